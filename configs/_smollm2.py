@@ -1,0 +1,36 @@
+"""Shared settings of the `<env>_smollm2` presets: SmolLM2-135M-Instruct, paper-sized batches.
+
+Meant for a GPU/TPU. The paper's knowns are used where given (256 episodes per iteration, starting
+turn cap 30, tau = 100); a pretrained instruct model gets a small warm start only to learn the
+answer format, a much smaller learning rate than the scratch model, a longer context (chat
+template + rules + several turns with thinking) and bfloat16 compute.
+"""
+from configs import base
+
+
+def smollm2_config(env_name: str, max_actions: int):
+    c = base.get_config()
+    c.env.name = env_name
+    c.model.source = "pretrained"
+    c.model.path = "smollm2-135m-instruct"
+    c.model.dtype = "bfloat16"
+    c.rollout.levels_per_iteration = 64
+    c.rollout.group_size = 4  # 256 episodes per iteration, as in the paper
+    c.rollout.max_turn_tokens = 256
+    c.rollout.context_len = 4096
+    c.rollout.max_actions = max_actions
+    c.anneal.l0 = 30
+    c.anneal.tau = 100
+    c.ppo.lr = 1e-6
+    c.ppo.warmup_steps = 10
+    c.ppo.minibatches = 8
+    c.ppo.kl_coef = 0.001
+    c.warmstart.enabled = True  # format only: short and gentle
+    c.warmstart.steps = 100
+    c.warmstart.batch_size = 16
+    c.warmstart.lr = 1e-5
+    c.train.iterations = 600
+    c.train.eval_every = 50
+    c.train.eval_levels = 256
+    c.train.checkpoint_every = 25
+    return c

@@ -1,0 +1,112 @@
+"""The full configuration of a WMAct training run; every preset starts from `get_config()`.
+
+Every field is overridable on the command line, e.g.
+`python -m wmact_jax.main --config=configs/base.py --config.ppo.lr=1e-4 --config.env.name=Maze-7x7`.
+`wmact_jax.config_check.check_config` rejects unknown fields and bad values before any work starts.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # What is trained, on what.
+    c.method = "wmact"  # entire_plan | interactive | rescale | anneal | wmact | step_penalty
+    c.seed = 0
+
+    c.env = ml_collections.ConfigDict()
+    c.env.name = "Sokoban-6x6-1"
+    c.env.max_steps = 100  # environment step limit of one episode (all turns together)
+    c.env.eval_names = ()  # extra environments evaluated for transfer (e.g. ("Maze-9x9",))
+
+    c.model = ml_collections.ConfigDict()
+    c.model.source = "scratch"  # scratch | pretrained
+    c.model.path = ""  # HF folder, .gguf file, or "smollm2-135m-instruct" (source=pretrained)
+    c.model.hidden_size = 128
+    c.model.intermediate_size = 384
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.dtype = "float32"  # float32 | bfloat16 (compute)
+    c.model.critic = "shared"  # shared (value head on the policy trunk) | separate (own model)
+
+    # One multi-turn episode: what the model may write and how long it may go on.
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.levels_per_iteration = 16  # distinct levels per iteration
+    c.rollout.group_size = 4  # rollouts per level (group statistics, GRPO)
+    c.rollout.max_turn_tokens = 48  # tokens the model may write per turn
+    c.rollout.max_actions_per_turn = 6  # K: actions parsed from one answer
+    c.rollout.max_actions = 40  # action cap of an episode
+    c.rollout.context_len = 1024  # token budget of an episode (prompt + all turns)
+    c.rollout.temperature = 1.0
+    c.rollout.top_k = 0  # 0 = off
+    c.rollout.top_p = 1.0
+
+    # WMAct mechanisms (set from `method` unless overridden explicitly).
+    c.reward = ml_collections.ConfigDict()
+    c.reward.outcome = "success"  # success | env_return
+    c.reward.rescale = True  # R * N_eff / N
+    c.reward.format_penalty = 0.1  # per malformed answer
+    c.reward.step_penalty = 0.0  # flat penalty (the "step penalty instead of annealing" ablation)
+    c.reward.step_penalty_unit = "turn"  # turn | action
+    c.reward.placement = "turn"  # turn (at each turn's last token) | episode
+
+    c.anneal = ml_collections.ConfigDict()
+    c.anneal.kind = "wmact"  # wmact | fixed | linear
+    c.anneal.l0 = 8  # starting turn cap L_max (the paper: 30)
+    c.anneal.tau = 10  # iterations between updates (the paper: 100)
+    c.anneal.floor = 1
+    c.anneal.rounding = "ceil"  # ceil | round | floor
+    c.anneal.final = 1  # linear schedule: final cap
+    c.anneal.linear_iterations = 100
+
+    c.ppo = ml_collections.ConfigDict()
+    c.ppo.lr = 1e-4
+    c.ppo.warmup_steps = 0
+    c.ppo.schedule = "constant"  # constant | cosine
+    c.ppo.gamma = 1.0
+    c.ppo.lam = 0.95
+    c.ppo.clip_low = 0.2
+    c.ppo.clip_high = 0.28
+    c.ppo.value_clip = 0.2
+    c.ppo.vf_coef = 0.5
+    c.ppo.ent_coef = 0.0
+    c.ppo.kl_coef = 0.0  # KL to the frozen starting policy (0 = no reference model)
+    c.ppo.epochs = 2
+    c.ppo.minibatches = 4
+    c.ppo.max_grad_norm = 1.0
+    c.ppo.advantage = "gae"  # gae | grpo
+    c.ppo.normalise_advantages = True
+
+    # Supervised warm start on oracle demonstrations (a scratch model cannot explore from nothing).
+    c.warmstart = ml_collections.ConfigDict()
+    c.warmstart.enabled = True
+    c.warmstart.steps = 300
+    c.warmstart.batch_size = 32
+    c.warmstart.lr = 1e-3
+    c.warmstart.num_levels = 2000
+    c.warmstart.plan_fraction = 0.5  # share of demos that give several actions per turn
+    c.warmstart.noise = 0.2  # share of demo turns with a deliberately suboptimal action
+    c.warmstart.path = ""  # reuse a warm-started checkpoint instead of training one
+
+    c.train = ml_collections.ConfigDict()
+    c.train.iterations = 60
+    c.train.log_every = 1
+    c.train.eval_every = 20
+    c.train.eval_levels = 64
+    c.train.checkpoint_every = 20
+    c.train.keep_checkpoints = 3
+    c.train.transcripts = 3  # readable transcripts written at each evaluation
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all devices not used by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.tp = 1
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.enabled = False  # call jax.distributed.initialize()
+    c.distributed.coordinator = ""  # host:port ("" = from the environment / TPU metadata)
+    c.distributed.num_processes = 0  # 0 = from the environment
+    c.distributed.process_id = -1  # -1 = from the environment
+    return c

@@ -1,0 +1,6 @@
+"""WMAct on Sokoban 6x6 with one box, small model from scratch (CPU-sized); see configs/_scratch.py."""
+from configs._scratch import scratch_config
+
+
+def get_config():
+    return scratch_config("Sokoban-6x6-1", max_actions=40, l0=8)

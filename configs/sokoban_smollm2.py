@@ -1,0 +1,6 @@
+"""WMAct on Sokoban-Standard with SmolLM2-135M-Instruct (for GPU/TPU); see configs/_smollm2.py."""
+from configs._smollm2 import smollm2_config
+
+
+def get_config():
+    return smollm2_config("Sokoban-Standard", max_actions=100)

@@ -1,0 +1,275 @@
+"""Model tests: parity with transformers' PyTorch Llama/Qwen2, KV-cache correctness, HF names, configs."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from wmact_jax.models import (HFTensorError, KVCache, ModelConfig, Transformer, apply, from_hf_tensors,
+                              hf_shapes, load_model, to_hf_tensors)
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 16}
+CASES = {
+    "llama_untied_llama3": ("llama", dict(tie_word_embeddings=False, rope_scaling=LLAMA3_SCALING, rope_theta=500.0)),
+    "llama_tied_linear": ("llama", dict(tie_word_embeddings=True, rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "qwen2_tied": ("qwen2", dict(tie_word_embeddings=True, rope_theta=1e6)),
+}
+
+
+def _perturb(model, seed):
+    """HF inits norms to 1 and biases to 0: randomise everything so the parity test sees every weight."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.1 * noise)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def hf_case(case):
+    arch, extra = CASES[case]
+    kw = {**SMALL, **extra}
+    if arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw, rms_norm_eps=1e-5))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw, rms_norm_eps=1e-6))
+    model = _perturb(model.eval(), seed=len(case))
+    if kw["tie_word_embeddings"]:
+        model.tie_weights()
+    tensors = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    config = ModelConfig.from_hf_dict(model.config.to_dict())
+    return model, config, tensors
+
+
+@functools.lru_cache(maxsize=None)
+def jitted():
+    return jax.jit(apply, static_argnums=0)
+
+
+def run(model_or_split, tokens, cache=None, num_new=None):
+    graphdef, state = model_or_split
+    return jitted()(graphdef, state, jnp.asarray(tokens, jnp.int32), cache, num_new)
+
+
+def split_of(config, tensors):
+    return nnx.split(load_model(config, tensors))
+
+
+def greedy_cached(split, config, prompt, steps, max_len=64):
+    """Greedy decode one row with the KV cache (prefill, then one token per call)."""
+    cache = KVCache.init(config, 1, max_len)
+    out = run(split, np.asarray(prompt)[None], cache)
+    toks = []
+    for _ in range(steps):
+        nxt = int(jnp.argmax(out.logits[0, -1]))
+        toks.append(nxt)
+        out = run(split, np.array([[nxt]]), out.cache)
+    return toks
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_with_transformers(case):
+    model, config, tensors = hf_case(case)
+    assert config.architecture == CASES[case][0]
+    split = split_of(config, tensors)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 24))
+    with torch.no_grad():
+        ref = model(torch.tensor(tokens)).logits.numpy()
+    ours = np.asarray(run(split, tokens).logits)
+    assert ours.dtype == np.float32 and ours.shape == (2, 24, config.vocab_size)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+    # Greedy tokens over 10 steps (our KV-cached decode vs transformers.generate).
+    prompt = tokens[0, :7]
+    with torch.no_grad():
+        ref_gen = model.generate(torch.tensor(prompt[None]), max_new_tokens=10, do_sample=False,
+                                 pad_token_id=0, eos_token_id=None)
+    ref_toks = ref_gen[0, 7:].tolist()
+    assert greedy_cached(split, config, prompt, 10) == ref_toks
+
+
+def test_export_loads_in_transformers():
+    """to_hf_dict + to_hf_tensors: transformers rebuilds the same model from our export."""
+    _, config, tensors = hf_case("llama_untied_llama3")
+    state = from_hf_tensors(config, tensors)
+    d = config.to_hf_dict()
+    assert ModelConfig.from_hf_dict(d) == config
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**d)).eval()
+    missing, unexpected = hf.load_state_dict({k: torch.tensor(v) for k, v in to_hf_tensors(config, state).items()},
+                                             strict=False)
+    assert not missing and not unexpected
+    tokens = np.arange(20)[None] % config.vocab_size
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(run(split_of(config, tensors), tokens).logits), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["llama_untied_llama3", "qwen2_tied"])
+def test_roundtrip_names(case):
+    _, config, tensors = hf_case(case)
+    back = to_hf_tensors(config, from_hf_tensors(config, tensors))
+    expect = {k: v for k, v in tensors.items() if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    assert set(back) == set(expect) == set(hf_shapes(config))
+    for k in expect:
+        np.testing.assert_array_equal(back[k], expect[k], err_msg=k)
+
+
+def test_value_head_absent_is_zero_and_exported():
+    _, config, tensors = hf_case("qwen2_tied")
+    cfg = config.replace(value_head=True)
+    split = split_of(cfg, tensors)
+    out = run(split, np.arange(5)[None])
+    assert out.values.shape == (1, 5) and out.values.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out.values), 0.0)
+    exported = to_hf_tensors(cfg, split[1])
+    assert exported["value_head.weight"].shape == (1, cfg.hidden_size) and exported["value_head.bias"].shape == (1,)
+    assert run(split_of(config, tensors), np.arange(5)[None]).values is None
+
+
+def test_cached_decoding_equals_full_recompute():
+    _, config, tensors = hf_case("llama_untied_llama3")
+    split = split_of(config, tensors)
+    seq = np.random.default_rng(1).integers(0, config.vocab_size, size=(2, 12))
+    full = np.asarray(run(split, seq).logits)
+    cache = KVCache.init(config, 2, 32)
+    out = run(split, seq[:, :5], cache)  # prefill 5
+    got = [np.asarray(out.logits)]
+    cache = out.cache
+    for t in range(5, 12, 1):  # then one token at a time
+        out = run(split, seq[:, t:t + 1], cache)
+        cache = out.cache
+        got.append(np.asarray(out.logits))
+    np.testing.assert_allclose(np.concatenate(got, axis=1), full, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(cache.lengths), [12, 12])
+
+
+def test_ragged_rows_equal_rows_alone():
+    """Rows with different prompt lengths in one batch == each row decoded alone."""
+    _, config, tensors = hf_case("qwen2_tied")
+    split = split_of(config, tensors)
+    rng = np.random.default_rng(2)
+    lens = np.array([3, 7, 5], np.int32)
+    prompts = rng.integers(1, config.vocab_size, size=(3, 7))
+    padded = np.where(np.arange(7)[None] < lens[:, None], prompts, 0)
+    out = run(split, padded, KVCache.init(config, 3, 32), jnp.asarray(lens))
+    np.testing.assert_array_equal(np.asarray(out.cache.lengths), lens)
+    last = [np.asarray(out.logits[b, lens[b] - 1]) for b in range(3)]
+    cache, steps = out.cache, []
+    for _ in range(4):
+        nxt = np.array([[int(np.argmax(x))] for x in last])
+        steps.append(nxt[:, 0])
+        out = run(split, nxt, cache)
+        cache = out.cache
+        last = [np.asarray(out.logits[b, 0]) for b in range(3)]
+    batch_toks = np.stack(steps, 1)
+    for b in range(3):
+        # Alone: batch of 1, same padded prompt width (one compiled shape), valid length lens[b].
+        out1 = run(split, padded[b:b + 1], KVCache.init(config, 1, 32), jnp.asarray(lens[b:b + 1]))
+        alone, nxt = [], int(np.argmax(np.asarray(out1.logits[0, lens[b] - 1])))
+        for _ in range(4):
+            alone.append(nxt)
+            out1 = run(split, np.array([[nxt]]), out1.cache)
+            nxt = int(np.argmax(np.asarray(out1.logits[0, -1])))
+        assert list(batch_toks[b]) == alone, b
+        np.testing.assert_allclose(last[b], np.asarray(out1.logits[0, -1]), atol=1e-5, rtol=1e-5)
+        # And against a cache-free full forward (right padding does not affect earlier positions).
+        seq = np.zeros((1, 11), np.int64)
+        seq[0, :lens[b] + 4] = np.concatenate([prompts[b, :lens[b]], batch_toks[b]])
+        full = np.asarray(run(split, seq).logits[0, lens[b] + 3])
+        np.testing.assert_allclose(last[b], full, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_step_does_not_recompile():
+    _, config, tensors = hf_case("llama_tied_linear")
+    graphdef, state = split_of(config, tensors)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(state, tok, cache):
+        out = apply(graphdef, state, tok, cache)
+        return jnp.argmax(out.logits[:, -1], -1).astype(jnp.int32)[:, None], out.cache
+
+    tok, cache = jnp.ones((2, 1), jnp.int32), KVCache.init(config, 2, 16)
+    for _ in range(6):
+        tok, cache = step(state, tok, cache)
+    np.testing.assert_array_equal(np.asarray(cache.lengths), [6, 6])
+
+
+def test_training_path_grad_and_mask():
+    """Cache-free path: gradients flow to every param; a padding-key mask matches the unpadded run."""
+    config = ModelConfig.tiny(64, num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
+    tokens = jnp.arange(8)[None] % 64
+
+    @jax.jit
+    def grad(s):
+        return jax.grad(lambda s: (lambda o: o.logits.mean() + o.values.mean())(apply(graphdef, s, tokens)))(s)
+
+    grads = grad(state)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    # Left padding: 3 pad tokens masked out, positions shifted -> same logits as the unpadded sequence.
+    padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), tokens], 1)
+    mask = jnp.arange(11)[None] >= 3
+    pos = jnp.maximum(jnp.arange(11)[None] - 3, 0)
+    fwd = jax.jit(functools.partial(apply, graphdef))
+    a = fwd(state, padded, positions=pos, attention_mask=mask).logits[:, 3:]
+    np.testing.assert_allclose(np.asarray(a), np.asarray(fwd(state, tokens).logits), atol=1e-5)
+
+
+def test_bfloat16_compute_close_to_float32():
+    _, config, tensors = hf_case("llama_untied_llama3")
+    tokens = np.arange(10)[None]
+    f32 = np.asarray(run(split_of(config, tensors), tokens).logits)
+    bf = run(split_of(config.replace(dtype="bfloat16"), tensors), tokens).logits
+    assert bf.dtype == jnp.float32
+    assert np.abs(np.asarray(bf) - f32).max() < 0.1 * np.abs(f32).max()
+    assert KVCache.init(config.replace(dtype="bfloat16"), 1, 4).k.dtype == jnp.bfloat16
+
+
+def test_missing_and_misshaped_tensor_errors():
+    _, config, tensors = hf_case("qwen2_tied")
+    bad = dict(tensors)
+    del bad["model.layers.1.mlp.up_proj.weight"]
+    bad["model.layers.0.self_attn.k_proj.weight"] = np.zeros((3, 64), np.float32)
+    bad["model.layers.0.self_attn.extra.weight"] = np.zeros((1,), np.float32)
+    with pytest.raises(HFTensorError) as e:
+        from_hf_tensors(config, bad)
+    msg = str(e.value)
+    assert "model.layers.1.mlp.up_proj.weight" in msg
+    assert "model.layers.0.self_attn.k_proj.weight: expected (32, 64), got (3, 64)" in msg
+    assert "model.layers.0.self_attn.extra.weight" in msg
+    tied_diff = dict(tensors, **{"lm_head.weight": tensors["model.embed_tokens.weight"] + 1})
+    with pytest.raises(HFTensorError, match="lm_head.weight"):
+        from_hf_tensors(config, tied_diff)
+
+
+def test_config_errors_and_presets():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        ModelConfig(vocab_size=10, hidden_size=64, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="hidden_size"):
+        ModelConfig(vocab_size=10, hidden_size=0, intermediate_size=64, num_layers=1, num_heads=4)
+    with pytest.raises(ValueError, match="mistral"):
+        ModelConfig.from_hf_dict({"model_type": "mistral", **SMALL})
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        ModelConfig.from_hf_dict({"model_type": "llama", **{k: v for k, v in SMALL.items() if k != "num_hidden_layers"}})
+    with pytest.raises(ValueError, match="yarn"):
+        ModelConfig.from_hf_dict({"model_type": "llama", **SMALL, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+    # transformers 4.x style config.json (rope_theta / rope_scaling with 'type') still parses.
+    c = ModelConfig.from_hf_dict({"architectures": ["LlamaForCausalLM"], **SMALL, "rope_theta": 5e5,
+                                  "rope_scaling": {"type": "linear", "factor": 4.0}, "eos_token_id": [1, 2]})
+    assert c.rope_type == "linear" and c.rope_theta == 5e5 and c.eos_token_ids == (1, 2)
+    hash(c)
+    tiny = ModelConfig.tiny(256)
+    assert 1_000_000 <= tiny.num_params() <= 5_000_000
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: Transformer(tiny)), nnx.Param)))
+    assert n == tiny.num_params()

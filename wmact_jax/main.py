@@ -1,0 +1,265 @@
+"""Command-line entry point: one WMAct (or baseline) training run.
+
+    python -m wmact_jax.main --config=configs/sokoban_scratch.py --workdir=runs/sokoban \
+        --config.ppo.lr=3e-4 --config.method=interactive
+
+`--config` is a config file path (any file whose `get_config()` returns a full config), or the name
+of a preset in `configs/` (``--config=maze_scratch``). Every field is overridable with
+``--config.<section>.<field>=value``; typos are reported with the closest valid name before any work.
+
+The run: distributed init (if configured) -> config check and method presets -> Trainer -> resume
+from the latest checkpoint in ``workdir/checkpoints`` (or init + warm start) -> iterations with a
+progress bar -> metrics to ``workdir/metrics.jsonl`` and TensorBoard ``workdir/tb`` -> evaluations
+(greedy and sampled, ``eval/`` prefix, transcripts in ``workdir/transcripts/``) -> checkpoints ->
+a before/after table in ``workdir/summary.md``. Re-running the same command resumes.
+
+What this expects of the Trainer (``wmact_jax.train.Trainer``):
+  Trainer(config, workdir); init_state(key) -> pytree with an int32 scalar ``iteration``;
+  warmstart(state) -> (state, metrics); iteration(state) -> (state, metrics) advancing
+  ``iteration`` by one; evaluate(state, num_levels, greedy) -> (metrics, transcripts: list[str]).
+  Metrics are dicts of scalar (or small) arrays; 'success_rate', 'mean_turns', 'tokens_per_s' are
+  shown live. All processes call every method (they may run collectives); only process 0 logs.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Config files do `from configs import base`: make that work from any working directory.
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from wmact_jax import config_check, distributed  # noqa: E402
+from wmact_jax.checkpointing import CheckpointError  # noqa: E402
+from wmact_jax.metrics import MetricsWriter, format_postfix, summary_markdown, to_host  # noqa: E402
+
+CONFIGS_DIR = os.path.join(_REPO_ROOT, "configs")
+DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "default.py")
+DEFAULT_WORKDIR = "runs/default"
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", DEFAULT_CONFIG, "Config file path, or a preset name from configs/ (e.g. maze_scratch).",
+    lock_config=False, accept_new_attributes=True)  # unknown fields reach check_config (hints)
+_WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR,
+                               "Run directory: logs, checkpoints, transcripts, summary. "
+                               "An existing run there is resumed.")
+
+
+def resolve_config_arg(argv: list[str]) -> list[str]:
+    """Rewrites ``--config=NAME`` to ``configs/NAME.py`` when NAME is not an existing file."""
+    out = []
+    for i, arg in enumerate(argv):
+        for prefix in ("--config=", "-config="):
+            if arg.startswith(prefix):
+                value = arg[len(prefix):]
+                path, sep, rest = value.partition(":")  # config_flags' "file.py:arg" syntax
+                if not os.path.exists(path):
+                    name = path[:-3] if path.endswith(".py") else path
+                    candidate = os.path.join(CONFIGS_DIR, os.path.basename(name) + ".py")
+                    if os.path.exists(candidate):
+                        arg = prefix + candidate + sep + rest
+        out.append(arg)
+    return out
+
+
+def _default_trainer_cls():
+    from wmact_jax.train import Trainer  # imported late: a bad config fails before this import
+    return Trainer
+
+
+def _eval_modes(trainer, config) -> list[tuple[str, dict]]:
+    """(name, evaluate kwargs): greedy and sampled; plus greedy with a one-turn cap (WMAct's goal:
+    solving from the internal world model alone) when the Trainer supports `single_turn`."""
+    params = inspect.signature(trainer.evaluate).parameters
+    extra = {"transcripts": config.train.transcripts} if "transcripts" in params else {}
+    modes = [("greedy", dict(greedy=True, **extra)), ("sampled", dict(greedy=False, **extra))]
+    if "single_turn" in params and config.method != "entire_plan":
+        modes.append(("single_turn", dict(greedy=True, single_turn=True, **extra)))
+    return modes
+
+
+def _evaluate(trainer, state, config, step: int, writer: MetricsWriter, workdir: str,
+              is_main: bool) -> dict[str, Any]:
+    """Runs every evaluation mode; logs `eval/<mode>/<metric>`, writes the transcripts file.
+
+    Returns {'<mode>/<metric>': value} (host numbers).
+    """
+    results: dict[str, Any] = {}
+    texts: list[str] = []
+    for mode, kwargs in _eval_modes(trainer, config):
+        metrics, transcripts = trainer.evaluate(state, config.train.eval_levels, **kwargs)
+        host = writer.write(step, metrics, prefix=f"eval/{mode}/")
+        results.update({f"{mode}/{k}": v for k, v in host.items()})
+        for i, t in enumerate(list(transcripts or [])[: config.train.transcripts]):
+            texts.append(f"##### iteration {step} | {mode} | transcript {i}\n{t}\n")
+    if is_main and texts:
+        tdir = os.path.join(workdir, "transcripts")
+        os.makedirs(tdir, exist_ok=True)
+        with open(os.path.join(tdir, f"iter_{step:05d}.txt"), "w") as f:
+            f.write("\n".join(texts))
+        writer.write_text(step, "eval/transcript", texts[0])
+    return results
+
+
+def _saved_steps(ckpt_dir: str) -> list[int]:
+    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[str] = (),
+        trainer_cls: Callable[..., Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Trains (or resumes) a run in `workdir`; returns {'before', 'after', 'summary', ...}.
+
+    Args:
+      config: the run config (method presets are applied here; `explicit` names the fields the
+        user set on the command line, which the method presets leave alone).
+      workdir: the run directory; an existing checkpoint there is resumed.
+      trainer_cls: `Trainer`-shaped class (default `wmact_jax.train.Trainer`); tests pass a fake.
+    """
+    # Distributed init must precede any backend use (the config check imports envs_jax).
+    distributed.maybe_initialize(config)
+    config = config_check.prepare_config(config, explicit)
+    import jax
+
+    from wmact_jax.checkpointing import Checkpointer
+
+    config_check.check_config(config, num_devices=jax.device_count())
+    is_main = distributed.is_main_process()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+        print(f"run directory {workdir}: metrics.jsonl, tb/ (TensorBoard), checkpoints/, "
+              "transcripts/, summary.md", flush=True)
+        logging.info("config (method %s resolved):\n%s", config.method, config)
+
+    trainer = (trainer_cls or _default_trainer_cls())(config, workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt = Checkpointer(ckpt_dir, config, max_to_keep=config.train.keep_checkpoints,
+                        save_interval_steps=config.train.checkpoint_every)
+    key = jax.random.key(config.seed)
+    latest = ckpt.latest_step()
+    initial_path = os.path.join(workdir, "eval_initial.json")
+    if latest is not None:
+        state = ckpt.restore(jax.eval_shape(trainer.init_state, key), latest)
+        start = int(jax.device_get(state.iteration))
+        logging.info("resumed from %s/%d (iteration %d)", ckpt_dir, latest, start)
+        writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
+    else:
+        writer = MetricsWriter(workdir, enabled=is_main)
+        state = trainer.init_state(key)
+        if config.warmstart.enabled or config.warmstart.path:
+            t0 = time.time()
+            state, wm = trainer.warmstart(state)
+            wm = dict(wm or {})
+            wm["seconds"] = time.time() - t0
+            writer.write(0, wm, prefix="warmstart/")
+        start = int(jax.device_get(state.iteration))
+        ckpt.save(start, state, force=True)  # a kill during RL never repeats the warm start
+
+    total = config.train.iterations
+    before = None
+    if start == 0:  # decided alike on every process (evaluate may run collectives)
+        before = {"step": 0, "metrics": _evaluate(trainer, state, config, 0, writer, workdir, is_main)}
+        if is_main:
+            _write_json(initial_path, before)
+    elif is_main and os.path.exists(initial_path):  # resumed: the "before" column survives
+        with open(initial_path) as f:
+            before = json.load(f)
+
+    step = start
+    bar = None
+    if progress and is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=min(start, total), desc=f"{config.method} {config.env.name}",
+                   unit="it", dynamic_ncols=True)
+    try:
+        for it in range(start, total):
+            t0 = time.time()
+            state, metrics = trainer.iteration(state)
+            host = to_host(metrics)  # also waits for the device
+            step = it + 1
+            seconds = time.time() - t0
+            host["perf/iteration_seconds"] = seconds
+            if "tokens_per_s" not in host and isinstance(host.get("generated_tokens"), (int, float)):
+                host["tokens_per_s"] = host["generated_tokens"] / max(seconds, 1e-9)
+            if step % config.train.log_every == 0 or step == total:
+                writer.write(step, host)
+            if bar is not None:
+                bar.set_postfix_str(format_postfix(host), refresh=False)
+                bar.update(1)
+            ckpt.save(step, state)
+            if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
+                _evaluate(trainer, state, config, step, writer, workdir, is_main)
+        if bar is not None:
+            bar.close()
+            bar = None
+        step = max(step, start)
+        after = {"step": step,
+                 "metrics": _evaluate(trainer, state, config, step, writer, workdir, is_main)}
+        ckpt.save(step, state, force=True)
+    except KeyboardInterrupt:
+        logging.warning("interrupted at iteration %d: saving a checkpoint", step)
+        ckpt.save(step, state, force=True)
+        raise
+    finally:  # also on a crash: let in-flight checkpoint writes finish, flush the logs
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+        writer.close()
+
+    if before is None:  # the initial evaluation was lost (e.g. a workdir copied without it)
+        before = {"step": None, "metrics": {}}
+    table = summary_markdown(before["metrics"], after["metrics"], before["step"], after["step"])
+    locations = "\n".join([
+        f"- metrics: {writer.jsonl_path}",
+        f"- TensorBoard: tensorboard --logdir {writer.tb_dir}",
+        f"- checkpoints: {ckpt_dir} (steps {_saved_steps(ckpt_dir)})",
+        f"- transcripts: {os.path.join(workdir, 'transcripts')}",
+        f"- config: {os.path.join(workdir, 'config.json')}",
+    ])
+    summary = (f"# {config.method} on {config.env.name}\n\n"
+               f"Evaluation on {config.train.eval_levels} levels, before RL vs after "
+               f"{step} iterations.\n\n{table}\n\n## Where things are\n{locations}\n")
+    if is_main:
+        with open(os.path.join(workdir, "summary.md"), "w") as f:
+            f.write(summary)
+        print("\n" + summary, flush=True)
+    return {"before": before, "after": after, "summary": summary, "state": state,
+            "config": config, "start": start}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    explicit = config_flags.get_override_values(flags.FLAGS["config"]).keys()
+    try:
+        run(config, _WORKDIR.value, explicit=explicit)
+    except (config_check.ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cli() -> None:
+    sys.argv = resolve_config_arg(sys.argv)  # config_flags also reads sys.argv for overrides
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

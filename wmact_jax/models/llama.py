@@ -1,0 +1,271 @@
+"""Llama-family decoder (Llama / Qwen2) as a Flax NNX module, with a KV cache and a value head.
+
+Design choices (why):
+- Layer weights are *stacked* on a leading `layers` axis and the forward runs `lax.scan` over them:
+  compile time is independent of depth (SmolLM2 has 30 layers) and the KV cache is one array per k/v.
+- Every parameter is an `nnx.Param` whose `out_sharding` metadata holds *logical* axis names
+  (('vocab', 'embed'), ('layers', 'embed', 'q_heads', 'head_dim'), ...); `sharding.py` maps them to
+  mesh axes. `eager_sharding=False` keeps construction mesh-free (CPU tests, single device).
+- Projections keep heads as an explicit axis ([embed, heads, head_dim]) so tensor parallelism can shard
+  heads without reshapes; `hf_names.py` converts to/from HF's [out, in] matrices.
+- Logits and values are float32 whatever the compute dtype (PPO log-probs need it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wmact_jax.models.config import ModelConfig
+from wmact_jax.models.kv_cache import KVCache
+
+
+class ModelOutput(NamedTuple):
+    logits: jax.Array  # [B, T, V] float32
+    values: jax.Array | None  # [B, T] float32, or None without a value head
+    cache: KVCache | None
+
+
+def _param(rngs, init, shape, axes, dtype) -> nnx.Param:
+    assert len(axes) == len(shape), (axes, shape)
+    value = init(rngs.params(), shape, dtype) if rngs is not None else jnp.zeros(shape, dtype)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+def _normal(std):
+    return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def _ones(key, shape, dtype):
+    return jnp.ones(shape, dtype)
+
+
+def _zeros(key, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+class Layers(nnx.Module):
+    """All decoder blocks, each weight stacked on a leading `layers` axis."""
+
+    def __init__(self, c: ModelConfig, rngs: nnx.Rngs, std: float = 0.02):
+        L, D, F, H, KV, Dh = c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
+        pd = jnp.dtype(c.param_dtype)
+        w = _normal(std)
+        w_out = _normal(std / math.sqrt(2 * L))  # GPT-2 style residual scaling for from-scratch training
+        self.attn_norm = _param(rngs, _ones, (L, D), ("layers", "norm"), pd)
+        self.wq = _param(rngs, w, (L, D, H, Dh), ("layers", "embed", "q_heads", "head_dim"), pd)
+        self.wk = _param(rngs, w, (L, D, KV, Dh), ("layers", "embed", "kv_heads", "head_dim"), pd)
+        self.wv = _param(rngs, w, (L, D, KV, Dh), ("layers", "embed", "kv_heads", "head_dim"), pd)
+        if c.attention_bias:
+            self.bq = _param(rngs, _zeros, (L, H, Dh), ("layers", "q_heads", "head_dim"), pd)
+            self.bk = _param(rngs, _zeros, (L, KV, Dh), ("layers", "kv_heads", "head_dim"), pd)
+            self.bv = _param(rngs, _zeros, (L, KV, Dh), ("layers", "kv_heads", "head_dim"), pd)
+        self.wo = _param(rngs, w_out, (L, H, Dh, D), ("layers", "q_heads", "head_dim", "embed"), pd)
+        self.mlp_norm = _param(rngs, _ones, (L, D), ("layers", "norm"), pd)
+        self.w_gate = _param(rngs, w, (L, D, F), ("layers", "embed", "mlp"), pd)
+        self.w_up = _param(rngs, w, (L, D, F), ("layers", "embed", "mlp"), pd)
+        self.w_down = _param(rngs, w_out, (L, F, D), ("layers", "mlp", "embed"), pd)
+
+
+class ValueHead(nnx.Module):
+    """Critic Linear(hidden, 1) on the final-normed trunk state (zero-init: V=0 at the start of PPO)."""
+
+    def __init__(self, c: ModelConfig, rngs: nnx.Rngs):
+        pd = jnp.dtype(c.param_dtype)
+        self.kernel = _param(rngs, _zeros, (c.hidden_size, 1), ("embed", None), pd)
+        self.bias = _param(rngs, _zeros, (1,), (None,), pd)
+
+
+# ---------------------------------------------------------------------------- math helpers
+def rope_inv_freq(c: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [head_dim // 2] (float32) incl. 'linear' / 'llama3' scaling, as in HF."""
+    dh = c.head_dim
+    inv = 1.0 / (c.rope_theta ** (np.arange(0, dh, 2, dtype=np.int64).astype(np.float32) / dh))
+    inv = inv.astype(np.float32)
+    rs = c.rope_scaling_dict
+    if c.rope_type == "linear":
+        inv = inv / np.float32(rs["factor"])
+    elif c.rope_type == "llama3":
+        factor, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+        old = float(rs["original_max_position_embeddings"])
+        lo_wl, hi_wl = old / lo, old / hi
+        wl = 2 * math.pi / inv
+        scaled = np.where(wl > lo_wl, inv / factor, inv)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wl < hi_wl) & ~(wl > lo_wl)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def rope_cos_sin(c: ModelConfig, positions: jax.Array):
+    """positions [B, T] int -> cos, sin [B, T, head_dim] float32 (HF layout: freqs repeated twice)."""
+    inv = jnp.asarray(rope_inv_freq(c))  # [Dh/2]
+    ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, Dh/2]
+    ang = jnp.concatenate([ang, ang], axis=-1)  # [B, T, Dh]
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, heads, Dh]; HF rotate_half convention (first half / second half pairs)."""
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rot = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos[:, :, None, :] + rot * sin[:, :, None, :]).astype(x.dtype)
+
+
+def rms_norm(x, weight, eps):
+    """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * x32.astype(x.dtype)
+
+
+def attention(q, k, v, mask):
+    """Grouped-query attention by einsum (no K/V head repetition).
+
+    q [B, T, H, Dh], k/v [B, S, KV, Dh], mask [B, T, S] bool (True = may attend) -> [B, T, H, Dh].
+    """
+    B, T, H, Dh = q.shape
+    KV = k.shape[2]
+    qg = q.reshape(B, T, KV, H // KV, Dh)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    s = jnp.where(mask[:, None, None, :, :], s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    o = jnp.einsum("bkgts,bskd->btkgd", p, v)
+    return o.reshape(B, T, H, Dh)
+
+
+# ---------------------------------------------------------------------------- the model
+class Transformer(nnx.Module):
+    """Decoder-only transformer policy (+ optional value head sharing the trunk).
+
+    `model(tokens [B,T] int32, cache=None, num_new=None) -> ModelOutput(logits, values, cache)`.
+    """
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs | None = None):
+        config.validate()
+        self.config = config
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        c, pd = config, jnp.dtype(config.param_dtype)
+        self.embed = _param(rngs, _normal(0.02), (c.vocab_size, c.hidden_size), ("vocab", "embed"), pd)
+        self.layers = Layers(c, rngs)
+        self.final_norm = _param(rngs, _ones, (c.hidden_size,), ("norm",), pd)
+        if not c.tie_word_embeddings:
+            self.lm_head = _param(rngs, _normal(0.02), (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
+        if c.value_head:
+            self.value_head = ValueHead(c, rngs)
+
+    def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
+                 attention_mask=None) -> ModelOutput:
+        """tokens [B, T] int32.
+
+        cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
+        `attention_mask` [B, T] bool (False = padding key, never attended) are optional.
+        With a cache: row b's tokens take positions cache.lengths[b] + t and see keys <= that position;
+        returned cache.lengths = lengths + num_new ([B] int32, default T).
+        """
+        c = self.config
+        cdt = jnp.dtype(c.dtype)
+        tokens = jnp.asarray(tokens, jnp.int32)
+        B, T = tokens.shape
+        lw = {k: v[...].astype(cdt) for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(cdt)  # [B, T, D]
+
+        if cache is None:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+            mask = jnp.tril(jnp.ones((T, T), bool))[None]  # [1, T, T]; causal by index
+            if attention_mask is not None:
+                mask = mask & jnp.asarray(attention_mask, bool)[:, None, :]
+            mask = jnp.broadcast_to(mask, (B, T, T))
+        else:
+            if positions is not None or attention_mask is not None:
+                raise ValueError("positions/attention_mask are derived from cache.lengths when a cache is given")
+            starts = cache.lengths.astype(jnp.int32)  # [B]
+            positions = starts[:, None] + jnp.arange(T, dtype=jnp.int32)[None]  # [B, T]
+            S = cache.k.shape[2]
+            mask = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        cos, sin = rope_cos_sin(c, positions)  # [B, T, Dh] f32
+
+        def block(x, w, kv_fn):
+            h = rms_norm(x, w["attn_norm"], c.rms_norm_eps)
+            q = jnp.einsum("btd,dhk->bthk", h, w["wq"])
+            k = jnp.einsum("btd,dhk->bthk", h, w["wk"])
+            v = jnp.einsum("btd,dhk->bthk", h, w["wv"])
+            if c.attention_bias:
+                q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            k_all, v_all, extra = kv_fn(k, v)
+            o = attention(q, k_all, v_all, mask)  # [B, T, H, Dh]
+            x = x + jnp.einsum("bthk,hkd->btd", o, w["wo"])
+            h = rms_norm(x, w["mlp_norm"], c.rms_norm_eps)
+            g = jnp.einsum("btd,df->btf", h, w["w_gate"])
+            u = jnp.einsum("btd,df->btf", h, w["w_up"])
+            x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, w["w_down"])
+            return x, extra
+
+        if cache is None:
+            def body(x, w):
+                x, _ = block(x, w, lambda k, v: (k, v, None))
+                return x, None
+
+            x, _ = jax.lax.scan(body, x, lw)
+            new_cache = None
+        else:
+            # Row b's new k/v go to [starts[b], starts[b] + T) by a vmapped dynamic_update_slice. Like every
+            # dynamic_update_slice, an offset with starts[b] + T > max_len is clamped: keep lengths + T <= max_len.
+            # The per-layer cache slices are scan inputs/outputs (measured faster on CPU than a carried cache).
+            def write(buf, new):  # buf [B, S, KV, Dh], new [B, T, KV, Dh]: row b at starts[b]
+                return jax.vmap(lambda b, n, s0: jax.lax.dynamic_update_slice(b, n.astype(b.dtype), (s0, 0, 0)))(
+                    buf, new, starts)
+
+            def body(x, xs):
+                w, ck, cv = xs  # ck/cv: this layer's cache [B, S, KV, Dh]
+
+                def kv_fn(k, v):
+                    ck2, cv2 = write(ck, k), write(cv, v)
+                    return ck2.astype(cdt), cv2.astype(cdt), (ck2, cv2)
+
+                x, (ck, cv) = block(x, w, kv_fn)
+                return x, (ck, cv)
+
+            x, (ck, cv) = jax.lax.scan(body, x, (lw, cache.k, cache.v))
+            if num_new is None:
+                num_new = jnp.full((B,), T, jnp.int32)
+            num_new = jnp.broadcast_to(jnp.asarray(num_new, jnp.int32), (B,))
+            new_cache = KVCache(k=ck, v=cv, lengths=starts + num_new)
+
+        h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)  # [B, T, D]
+        if c.tie_word_embeddings:
+            logits = jnp.einsum("btd,vd->btv", h, self.embed[...].astype(cdt), preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("btd,dv->btv", h, self.lm_head[...].astype(cdt), preferred_element_type=jnp.float32)
+        values = None
+        if c.value_head:
+            vh = self.value_head
+            values = (jnp.einsum("btd,do->bto", h.astype(jnp.float32), vh.kernel[...].astype(jnp.float32))
+                      + vh.bias[...].astype(jnp.float32))[..., 0]  # [B, T]
+        return ModelOutput(logits.astype(jnp.float32), values, new_cache)
+
+
+# ---------------------------------------------------------------------------- functional form
+def create(config: ModelConfig, seed: int = 0):
+    """Fresh random model in split form: (graphdef, params state)."""
+    return nnx.split(Transformer(config, rngs=nnx.Rngs(seed)))
+
+
+def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
+          attention_mask=None) -> ModelOutput:
+    """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
+    model = nnx.merge(graphdef, state)
+    return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask)
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    return KVCache.init(config, batch, max_len, dtype)

@@ -1,0 +1,408 @@
+"""Token-level PPO for LLM agents over ``[E, S]`` arrays (E episodes, S token positions).
+
+Alignment convention (used by every function here, and expected from the rollout):
+
+* ``tokens[e, t]`` is the t-th token of episode e (prompt, model text and environment feedback
+  interleaved, right-padded).
+* ``mask[e, t]`` is true iff ``tokens[e, t]`` was written by the model (the only tokens trained on).
+  ``mask[:, 0]`` must be false: the first token has no prediction.
+* ``logprobs[e, t] = log p(tokens[e, t] | tokens[e, :t])``; it comes from the logits the model
+  produced at position ``t - 1`` (a causal LM's logit at t predicts token t + 1).
+* ``values[e, t] = V(tokens[e, :t])``: the critic's value of the state *in which token t is
+  chosen*, i.e. the value head output at position ``t - 1``, same shift as the log-probs.
+* ``rewards[e, t]`` is the reward received after emitting ``tokens[e, t]`` (see
+  :func:`wmact_jax.rewards.rewards_to_tokens`).
+
+:func:`token_logprobs_and_values` performs that shift from raw model outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+Array = jax.Array
+ApplyFn = Callable[[Any, Array], tuple[Array, Array]]  # (params, tokens [M,S]) -> (logits [M,S,V], values [M,S])
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Static PPO hyper-parameters.
+
+    ``clip_low``/``clip_high`` give the asymmetric ratio range ``[1 - clip_low, 1 + clip_high]``
+    (clip-higher keeps exploration alive). ``value_clip=None`` disables value clipping.
+    ``kl_coef > 0`` requires ``ref_logprobs`` in the batch. ``loss_agg``: ``'token-mean'`` (every
+    model token weighs the same across the minibatch) or ``'seq-mean-token-sum'`` (sum over an
+    episode's tokens, mean over episodes: long answers weigh more, as in the original PPO-for-LLM
+    recipes).
+    """
+
+    gamma: float = 1.0
+    lam: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    value_clip: float | None = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    kl_coef: float = 0.0
+    epochs: int = 1
+    minibatches: int = 1
+    max_grad_norm: float = 1.0
+    advantage: Literal["gae", "grpo"] = "gae"
+    normalise_advantages: bool = True
+    loss_agg: Literal["token-mean", "seq-mean-token-sum"] = "token-mean"
+    adv_eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.advantage not in ("gae", "grpo"):
+            raise ValueError(f"unknown advantage {self.advantage!r}")
+        if self.loss_agg not in ("token-mean", "seq-mean-token-sum"):
+            raise ValueError(f"unknown loss_agg {self.loss_agg!r}")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError("epochs and minibatches must be >= 1")
+
+
+class TrainState(struct.PyTreeNode):
+    """Parameters + optimizer state; the optimizer itself stays outside so the state is a pure pytree."""
+
+    params: Any
+    opt_state: Any
+    step: Array  # int32 scalar, optimizer steps taken
+
+    @classmethod
+    def create(cls, params, optimizer: optax.GradientTransformation) -> "TrainState":
+        return cls(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+
+
+def make_optimizer(
+    learning_rate: float | optax.Schedule, max_grad_norm: float | None = 1.0, **adam_kwargs
+) -> optax.GradientTransformation:
+    """``clip_by_global_norm -> adamw(learning_rate)``; ``learning_rate`` may be an optax schedule."""
+    parts = []
+    if max_grad_norm is not None and max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(max_grad_norm))
+    parts.append(optax.adamw(learning_rate, **adam_kwargs))
+    return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masked reductions
+
+
+def masked_mean(x: Array, mask: Array, axis=None) -> Array:
+    m = mask.astype(x.dtype)
+    return jnp.sum(x * m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)
+
+
+def masked_var(x: Array, mask: Array) -> Array:
+    mu = masked_mean(x, mask)
+    return masked_mean(jnp.square(x - mu), mask)
+
+
+def aggregate(x: Array, mask: Array, mode: str = "token-mean") -> Array:
+    """Reduce a per-token loss ``[M, S]`` over model tokens to a scalar."""
+    m = mask.astype(x.dtype)
+    if mode == "token-mean":
+        return masked_mean(x, mask)
+    if mode == "seq-mean-token-sum":
+        per_seq = jnp.sum(x * m, axis=1)  # [M]
+        has = jnp.sum(m, axis=1) > 0  # episodes without model tokens do not dilute the mean
+        return jnp.sum(jnp.where(has, per_seq, 0.0)) / jnp.maximum(jnp.sum(has), 1)
+    raise ValueError(f"unknown aggregation {mode!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages
+
+
+def gae(
+    rewards: Array,  # [E, S]
+    values: Array,  # [E, S]
+    mask: Array,  # [E, S]
+    gamma: float,
+    lam: float,
+) -> tuple[Array, Array]:
+    """Generalised advantage estimation over model tokens only. Returns ``(advantages, returns)``, ``[E, S]``.
+
+    Non-model tokens (prompt, environment feedback, padding) are not decisions: the recursion jumps
+    from a model token straight to the previous model token, so feedback tokens neither discount
+    nor bootstrap. For model token t with next model token t':
+    ``delta_t = r_t + gamma * V_t' - V_t``, ``A_t = delta_t + gamma * lam * A_t'``; after the last
+    model token the bootstrap value is 0 (episodes end there or are truncated by the turn cap).
+    A reward sitting on a non-model token is credited (undiscounted) to the preceding model token,
+    so nothing is lost; rewards before the first model token are dropped.
+    Advantages and returns are 0 at non-model tokens. Reverse ``lax.scan`` over time.
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    values = jnp.asarray(values, jnp.float32)
+    m = jnp.asarray(mask).astype(bool)
+    e = rewards.shape[0]
+
+    def step(carry, xs):
+        next_v, next_a, pending = carry  # [E] each
+        r, v, mk = xs
+        delta = r + pending + gamma * next_v - v
+        a = delta + gamma * lam * next_a
+        new_carry = (
+            jnp.where(mk, v, next_v),
+            jnp.where(mk, a, next_a),
+            jnp.where(mk, 0.0, pending + r),
+        )
+        return new_carry, jnp.where(mk, a, 0.0)
+
+    zeros = jnp.zeros((e,), jnp.float32)
+    _, adv_t = jax.lax.scan(step, (zeros, zeros, zeros), (rewards.T, values.T, m.T), reverse=True)
+    adv = adv_t.T
+    returns = jnp.where(m, adv + values, 0.0)
+    return adv, returns
+
+
+def grpo_advantages(
+    episode_rewards: Array,  # [E]
+    mask: Array,  # [E, S]
+    group_ids: Array | None = None,  # [E] int in [0, E)
+    group_size: int | None = None,
+    eps: float = 1e-6,
+    scale_by_std: bool = True,
+) -> Array:
+    """Group-normalised (GRPO-style) advantages broadcast to model tokens, ``[E, S]``.
+
+    Episodes of the same group (same level, several samples) are compared with each other:
+    ``A = (R - mean_g) / (std_g + eps)`` with the population std (ddof=0). Give either ``group_ids``
+    (any int labels in ``[0, E)``) or ``group_size`` (consecutive blocks of that size).
+    A group whose rewards are all equal gets advantage 0.
+    """
+    r = jnp.asarray(episode_rewards, jnp.float32)
+    e = r.shape[0]
+    if group_ids is None:
+        if group_size is None:
+            raise ValueError("give group_ids or group_size")
+        if e % group_size:
+            raise ValueError(f"{e} episodes are not divisible into groups of {group_size}")
+        group_ids = jnp.arange(e) // group_size
+    gid = jnp.asarray(group_ids, jnp.int32)
+    count = jax.ops.segment_sum(jnp.ones_like(r), gid, num_segments=e)
+    mean = jax.ops.segment_sum(r, gid, num_segments=e) / jnp.maximum(count, 1.0)
+    centred = r - mean[gid]
+    adv = centred
+    if scale_by_std:
+        var = jax.ops.segment_sum(jnp.square(centred), gid, num_segments=e) / jnp.maximum(count, 1.0)
+        adv = centred / (jnp.sqrt(var)[gid] + eps)
+    return adv[:, None] * jnp.asarray(mask).astype(jnp.float32)
+
+
+def normalise(adv: Array, mask: Array, eps: float = 1e-6) -> Array:
+    """Whiten advantages over model tokens (zero elsewhere)."""
+    mu = masked_mean(adv, mask)
+    std = jnp.sqrt(masked_var(adv, mask))
+    return jnp.where(mask.astype(bool), (adv - mu) / (std + eps), 0.0)
+
+
+def compute_advantages(cfg: PPOConfig, batch: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Advantages and value targets ``[E, S]`` for a rollout batch, before any minibatching.
+
+    ``'gae'`` uses ``batch['rewards']`` (token rewards) and the rollout's ``batch['values']``.
+    ``'grpo'`` uses ``batch['episode_rewards']`` and ``batch['group_ids']`` (value targets are then
+    the episode reward on each model token; set ``vf_coef=0`` if no critic is wanted).
+    """
+    mask = jnp.asarray(batch["mask"]).astype(bool)
+    if cfg.advantage == "gae":
+        adv, ret = gae(batch["rewards"], batch["values"], mask, cfg.gamma, cfg.lam)
+    else:
+        adv = grpo_advantages(batch["episode_rewards"], mask, group_ids=batch["group_ids"], eps=cfg.adv_eps)
+        ret = jnp.asarray(batch["episode_rewards"], jnp.float32)[:, None] * mask
+    if cfg.normalise_advantages:
+        adv = normalise(adv, mask, cfg.adv_eps)
+    return adv, ret
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token quantities and losses
+
+
+def token_logprobs_and_values(logits: Array, values: Array, tokens: Array) -> tuple[Array, Array, Array]:
+    """Shift raw model outputs to the module's alignment. All outputs ``[M, S]``, position 0 is 0.
+
+    ``logits [M, S, V]`` at position t predict ``tokens[:, t + 1]``; returned
+    ``logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t])``, ``values[:, t] = value_head[:, t - 1]``
+    and ``entropy[:, t]`` the entropy of the distribution token t was drawn from.
+    """
+    logp_all = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [M, S-1, V]
+    nxt = tokens[:, 1:]
+    lp = jnp.take_along_axis(logp_all, nxt[..., None], axis=-1)[..., 0]  # [M, S-1]
+    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [M, S-1]
+    pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+    v = values[:, :-1].astype(jnp.float32)
+    return (
+        jnp.concatenate([pad, lp], axis=1),
+        jnp.concatenate([pad, v], axis=1),
+        jnp.concatenate([pad, ent], axis=1),
+    )
+
+
+def entropy_from_logits(logits: Array) -> Array:
+    """Entropy (nats) of ``softmax(logits)`` over the last axis."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def policy_loss_per_token(
+    logprobs: Array, old_logprobs: Array, advantages: Array, clip_low: float, clip_high: float
+) -> tuple[Array, Array]:
+    """PPO clipped surrogate per token (to minimise) and the 'clipped' indicator.
+
+    ``max(-A r, -A clip(r, 1-clip_low, 1+clip_high))``: the pessimistic bound removes the incentive
+    to move the ratio beyond the trust region.
+    """
+    ratio = jnp.exp(logprobs - old_logprobs)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return jnp.maximum(pg1, pg2), (pg2 > pg1).astype(jnp.float32)
+
+
+def value_loss_per_token(
+    values: Array, old_values: Array, returns: Array, value_clip: float | None
+) -> tuple[Array, Array]:
+    """``0.5 * max((V - R)^2, (V_clip - R)^2)`` per token, ``V_clip = V_old + clip(V - V_old, ±c)``.
+
+    With ``value_clip=None`` the plain squared error. Also returns the 'clipped' indicator.
+    """
+    err = jnp.square(values - returns)
+    if value_clip is None:
+        return 0.5 * err, jnp.zeros_like(err)
+    v_clip = old_values + jnp.clip(values - old_values, -value_clip, value_clip)
+    err_clip = jnp.square(v_clip - returns)
+    return 0.5 * jnp.maximum(err, err_clip), (err_clip > err).astype(jnp.float32)
+
+
+def kl_k3(logprobs: Array, ref_logprobs: Array) -> Array:
+    """Per-token k3 estimator of KL(pi || ref): ``exp(d) - d - 1`` with ``d = ref - logp``; >= 0, unbiased."""
+    d = ref_logprobs - logprobs
+    return jnp.exp(d) - d - 1.0
+
+
+def explained_variance(pred: Array, target: Array, mask: Array) -> Array:
+    """``1 - Var(target - pred) / Var(target)`` over model tokens (nan-free: 0 when Var(target)=0)."""
+    vt = masked_var(target, mask)
+    return jnp.where(vt > 0, 1.0 - masked_var(target - pred, mask) / jnp.where(vt > 0, vt, 1.0), 0.0)
+
+
+def ppo_loss(
+    cfg: PPOConfig,
+    logprobs: Array,  # [M, S] new log-probs (aligned)
+    values: Array,  # [M, S] new values (aligned)
+    entropy: Array,  # [M, S]
+    batch: Mapping[str, Array],  # minibatch: mask, logprobs, values, advantages, returns, (ref_logprobs)
+) -> tuple[Array, dict[str, Array]]:
+    """Total PPO loss (scalar) and metrics, given aligned per-token model outputs."""
+    mask = jnp.asarray(batch["mask"]).astype(bool)
+    agg = lambda x: aggregate(x, mask, cfg.loss_agg)  # noqa: E731
+    pg, pg_clipped = policy_loss_per_token(
+        logprobs, batch["logprobs"], batch["advantages"], cfg.clip_low, cfg.clip_high
+    )
+    vl, v_clipped = value_loss_per_token(values, batch["values"], batch["returns"], cfg.value_clip)
+    pg_loss, v_loss, ent = agg(pg), agg(vl), agg(entropy)
+    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
+    log_ratio = logprobs - batch["logprobs"]
+    metrics = {
+        "policy_loss": pg_loss,
+        "value_loss": v_loss,
+        "entropy": masked_mean(entropy, mask),
+        "approx_kl": masked_mean(jnp.exp(log_ratio) - 1.0 - log_ratio, mask),  # k3 of KL(old || new)
+        "clip_frac": masked_mean(pg_clipped, mask),
+        "value_clip_frac": masked_mean(v_clipped, mask),
+        "ratio_mean": masked_mean(jnp.exp(log_ratio), mask),
+        "explained_variance": explained_variance(values, batch["returns"], mask),
+    }
+    if cfg.kl_coef > 0:
+        if "ref_logprobs" not in batch:
+            raise ValueError("kl_coef > 0 needs batch['ref_logprobs']")
+        kl = agg(kl_k3(logprobs, batch["ref_logprobs"]))
+        loss = loss + cfg.kl_coef * kl
+        metrics["kl_ref"] = kl
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The update
+
+
+def make_update(
+    cfg: PPOConfig, apply_fn: ApplyFn, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Mapping[str, Array], Array], tuple[TrainState, dict[str, Array]]]:
+    """Build ``update(train_state, batch, key) -> (train_state, metrics)``; wrap it in ``jax.jit``.
+
+    ``batch`` holds ``[E, S]`` arrays ``tokens``, ``mask``, ``logprobs``, ``values`` (rollout-time,
+    aligned as in the module docstring) and either ``rewards`` (GAE) or ``episode_rewards`` [E] +
+    ``group_ids`` [E] (GRPO); optionally ``ref_logprobs``, or precomputed ``advantages`` and
+    ``returns`` (then used as given). Advantages are computed once on the whole batch, then
+    ``cfg.epochs`` x ``cfg.minibatches`` optimizer steps run as nested ``lax.scan`` over shuffled
+    episode minibatches (E must be divisible by ``cfg.minibatches``). ``apply_fn(params, tokens)``
+    returns raw ``(logits [M,S,V], values [M,S])``; the next-token shift is done here.
+    Metrics are means over all optimizer steps, plus ``grad_norm`` (pre-clipping).
+    """
+
+    def loss_fn(params, mb):
+        logits, vals = apply_fn(params, mb["tokens"])
+        lp, v, ent = token_logprobs_and_values(logits, vals, mb["tokens"])
+        return ppo_loss(cfg, lp, v, ent, mb)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def update(state: TrainState, batch: Mapping[str, Array], key: Array):
+        batch = dict(batch)
+        e = batch["tokens"].shape[0]
+        if e % cfg.minibatches:
+            raise ValueError(f"{e} episodes not divisible into {cfg.minibatches} minibatches")
+        mb_size = e // cfg.minibatches
+        if "advantages" not in batch or "returns" not in batch:
+            batch["advantages"], batch["returns"] = compute_advantages(cfg, batch)
+        keep = ("tokens", "mask", "logprobs", "values", "advantages", "returns", "ref_logprobs")
+        data = {k: batch[k] for k in keep if k in batch}
+        if cfg.kl_coef <= 0:
+            data.pop("ref_logprobs", None)
+
+        def sgd_step(st: TrainState, idx):  # idx [mb_size]
+            mb = jax.tree.map(lambda x: x[idx], data)
+            (_, metrics), grads = grad_fn(st.params, mb)
+            updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
+            params = optax.apply_updates(st.params, updates)
+            metrics["grad_norm"] = optax.global_norm(grads)
+            return st.replace(params=params, opt_state=opt_state, step=st.step + 1), metrics
+
+        def epoch(st: TrainState, k):
+            perm = jax.random.permutation(k, e).reshape(cfg.minibatches, mb_size)
+            return jax.lax.scan(sgd_step, st, perm)
+
+        state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, cfg.epochs))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["advantage_mean"] = masked_mean(batch["advantages"], batch["mask"])
+        return state, metrics
+
+    return update
+
+
+__all__ = [
+    "PPOConfig",
+    "TrainState",
+    "make_optimizer",
+    "make_update",
+    "gae",
+    "grpo_advantages",
+    "compute_advantages",
+    "normalise",
+    "token_logprobs_and_values",
+    "entropy_from_logits",
+    "policy_loss_per_token",
+    "value_loss_per_token",
+    "kl_k3",
+    "explained_variance",
+    "ppo_loss",
+    "aggregate",
+    "masked_mean",
+]

@@ -1,0 +1,320 @@
+"""WMAct training: one jitted iteration = multi-turn rollouts, rewards, PPO update, annealing.
+
+`Trainer(config, workdir)` builds everything from an `ml_collections` config (see configs/base.py):
+the environment, the tokenizer and policy (a small model from scratch or a pretrained checkpoint),
+the in-graph conversation codecs, the rollout program, the PPO update. The host only loops over
+iterations (wmact_jax/main.py), logs, evaluates and checkpoints; inside `iteration` nothing leaves
+the device.
+
+    rollout (turn cap from the annealing state, traced)
+      -> old log-probs and values by one forward pass over the episode tokens
+      -> episode reward: outcome x N_eff/N (rescaling), format / step penalties, placed on tokens
+      -> PPO (GAE or GRPO advantages), epochs x minibatches as lax.scan
+      -> annealing: L_max <- (mean turns + L_max)/2 every tau iterations
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx, struct
+
+import envs_jax
+from wmact_jax import annealing as anneal_lib
+from wmact_jax import ppo as ppo_lib
+from wmact_jax import rewards as rewards_lib
+from wmact_jax.conversation import Conversation
+from wmact_jax.models import ModelConfig, Transformer
+from wmact_jax.models.kv_cache import KVCache
+from wmact_jax.models.llama import apply as model_apply
+from wmact_jax.rollout import END_REASONS, Rollout, RolloutConfig, rollout_metrics
+from wmact_jax.sampler import SamplingParams
+
+
+@struct.dataclass
+class TrainState:
+    ppo: ppo_lib.TrainState  # params ({'policy'} or {'policy', 'critic'}), optimizer state, step
+    ref_params: Any  # frozen starting policy for the KL term (None when kl_coef == 0)
+    anneal: anneal_lib.AnnealState
+    key: jax.Array
+    iteration: jax.Array  # int32
+
+
+def _method_defaults(config) -> None:
+    """Applies the method presets (entire_plan, interactive, ...) when main.py's resolver is absent."""
+    try:
+        from wmact_jax.config_check import resolve_method
+    except ImportError:  # pragma: no cover
+        return
+    resolve_method(config)
+
+
+class Trainer:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str = ""):
+        self.config = config
+        self.workdir = workdir
+        c = config
+        # ---- environment
+        self.env, self.env_params = envs_jax.make(c.env.name, max_steps=c.env.max_steps)
+        # ---- tokenizer and policy
+        self.tokenizer, self.model_config, init_params = self._build_model(c)
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        # ---- conversation codecs
+        from wmact_jax.codec import AnswerCodec, GridCodec
+
+        single_turn = c.method == "entire_plan"
+        K = c.rollout.max_actions_per_turn
+        self.grid_codec = GridCodec.build(self.env, self.tokenizer)
+        self.answer_codec = AnswerCodec.build(self.env, self.tokenizer, max_actions=K)
+        self.conv = Conversation(self.env, self.tokenizer, self.grid_codec, K, single_turn=single_turn)
+        stop = self.tokenizer.convert_tokens_to_ids("</answer>")
+        stop_ids = [stop] if isinstance(stop, int) and stop != self.tokenizer.unk_token_id else []
+        self.eos_id = self.tokenizer.eos_token_id
+        # ---- static shapes
+        self.max_turns = 1 if single_turn else int(math.ceil(c.anneal.l0))
+        self.rollout_cfg = RolloutConfig(
+            num_levels=c.rollout.levels_per_iteration, group_size=c.rollout.group_size,
+            max_turns=self.max_turns, max_turn_tokens=c.rollout.max_turn_tokens, max_actions_per_turn=K,
+            max_actions=c.rollout.max_actions, context_len=c.rollout.context_len)
+        self.eval_cfg = dataclasses.replace(self.rollout_cfg, num_levels=c.train.eval_levels, group_size=1)
+        mc = self.model_config
+        init_cache = lambda b, s: KVCache.init(mc, b, s)
+        self.rollout = Rollout(self.env, self.env_params, self.conv, self.answer_codec, self._policy_apply,
+                               self.rollout_cfg, init_cache, stop_ids, self.eos_id, self.pad_id)
+        self.eval_rollout = Rollout(self.env, self.env_params, self.conv, self.answer_codec, self._policy_apply,
+                                    self.eval_cfg, init_cache, stop_ids, self.eos_id, self.pad_id)
+        self._init_params = init_params
+        # ---- RL pieces
+        self.reward_cfg = rewards_lib.RewardConfig(
+            outcome=c.reward.outcome, rescale=bool(c.reward.rescale), format_penalty=float(c.reward.format_penalty),
+            step_penalty=float(c.reward.step_penalty), step_penalty_unit=c.reward.step_penalty_unit)
+        kind = "fixed" if single_turn else c.anneal.kind
+        self.anneal_cfg = anneal_lib.AnnealConfig(
+            kind=kind, l0=float(self.max_turns if single_turn else c.anneal.l0), tau=int(c.anneal.tau),
+            floor=float(c.anneal.floor), rounding=c.anneal.rounding, final=float(c.anneal.final),
+            num_iterations=int(c.anneal.linear_iterations))
+        self.ppo_cfg = ppo_lib.PPOConfig(
+            gamma=float(c.ppo.gamma), lam=float(c.ppo.lam), clip_low=float(c.ppo.clip_low),
+            clip_high=float(c.ppo.clip_high), value_clip=float(c.ppo.value_clip) if c.ppo.value_clip > 0 else None,
+            vf_coef=float(c.ppo.vf_coef), ent_coef=float(c.ppo.ent_coef), kl_coef=float(c.ppo.kl_coef),
+            epochs=int(c.ppo.epochs), minibatches=int(c.ppo.minibatches), max_grad_norm=float(c.ppo.max_grad_norm),
+            advantage=c.ppo.advantage, normalise_advantages=bool(c.ppo.normalise_advantages))
+        self.optimizer = ppo_lib.make_optimizer(self._schedule(c), max_grad_norm=c.ppo.max_grad_norm)
+        self.sampling = SamplingParams(temperature=jnp.float32(c.rollout.temperature),
+                                       top_k=jnp.int32(c.rollout.top_k), top_p=jnp.float32(c.rollout.top_p))
+        self._update = ppo_lib.make_update(self.ppo_cfg, self._train_apply, self.optimizer)
+        self.iteration = jax.jit(self._iteration, donate_argnums=0)
+        self._eval_jit = jax.jit(self._eval_rollout)
+        self._eval_levels_cache: Dict[Tuple[str, int], Any] = {}
+
+    # ------------------------------------------------------------------ model
+    def _build_model(self, c):
+        critic_separate = c.model.critic == "separate"
+        if c.model.source == "scratch":
+            from wmact_jax.tokenization.scratch import build_scratch_tokenizer
+
+            tok = build_scratch_tokenizer()
+            mc = ModelConfig(
+                vocab_size=len(tok), hidden_size=c.model.hidden_size, intermediate_size=c.model.intermediate_size,
+                num_layers=c.model.num_layers, num_heads=c.model.num_heads, num_kv_heads=c.model.num_kv_heads,
+                max_position_embeddings=max(c.rollout.context_len, 2048), tie_word_embeddings=True,
+                dtype=c.model.dtype, value_head=not critic_separate,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+            graphdef, policy = nnx.split(Transformer(mc, rngs=nnx.Rngs(c.seed)))
+        else:
+            from wmact_jax.checkpoints import load_pretrained
+
+            mc, model, tok = load_pretrained(c.model.path)
+            if tok is None:
+                raise ValueError(f"model.path={c.model.path!r} has no tokenizer; one is needed for the conversation")
+            mc = dataclasses.replace(mc, value_head=not critic_separate, dtype=c.model.dtype)
+            model = _with_config(model, mc)
+            graphdef, policy = nnx.split(model)
+        self.graphdef = graphdef
+        params = {"policy": policy}
+        if critic_separate:
+            cc = dataclasses.replace(mc, value_head=True)
+            if c.model.source == "scratch":
+                cgraph, critic = nnx.split(Transformer(cc, rngs=nnx.Rngs(c.seed + 1)))
+            else:
+                cgraph, critic = nnx.split(_with_config(nnx.merge(graphdef, policy), cc))
+            self.critic_graphdef = cgraph
+            params["critic"] = critic
+        return tok, mc, params
+
+    def _policy_apply(self, params, tokens, cache, num_new):
+        """Rollout-time policy: params is the whole params dict."""
+        return model_apply(self.graphdef, params["policy"], tokens, cache, num_new)
+
+    def _train_apply(self, params, tokens):
+        """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head or its own model."""
+        out = model_apply(self.graphdef, params["policy"], tokens)
+        if "critic" in params:
+            values = model_apply(self.critic_graphdef, params["critic"], tokens).values
+        else:
+            values = out.values
+        return out.logits, values
+
+    def _schedule(self, c):
+        lr = float(c.ppo.lr)
+        total = max(1, int(c.train.iterations) * int(c.ppo.epochs) * int(c.ppo.minibatches))
+        if c.ppo.schedule == "cosine":
+            return optax.warmup_cosine_decay_schedule(0.0, lr, max(1, int(c.ppo.warmup_steps)), total)
+        if int(c.ppo.warmup_steps) > 0:
+            return optax.linear_schedule(0.0, lr, int(c.ppo.warmup_steps))
+        return lr
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, key) -> TrainState:
+        params = self._init_params
+        ref = params["policy"] if self.ppo_cfg.kl_coef > 0 else None
+        return TrainState(ppo=ppo_lib.TrainState.create(params, self.optimizer), ref_params=ref,
+                          anneal=anneal_lib.anneal_init(self.anneal_cfg), key=jnp.asarray(key),
+                          iteration=jnp.zeros((), jnp.int32))
+
+    def with_params(self, state: TrainState, params) -> TrainState:
+        """A state whose policy (and reference) start from `params` (e.g. after the warm start)."""
+        ref = params["policy"] if self.ppo_cfg.kl_coef > 0 else None
+        return state.replace(ppo=ppo_lib.TrainState.create(params, self.optimizer), ref_params=ref)
+
+    def turn_cap(self, state: TrainState) -> int:
+        return int(anneal_lib.current_cap(self.anneal_cfg, state.anneal))
+
+    # ------------------------------------------------------------------ one iteration (jitted)
+    def _iteration(self, state: TrainState):
+        key, k_roll, k_upd = jax.random.split(state.key, 3)
+        cap = jnp.minimum(anneal_lib.current_cap(self.anneal_cfg, state.anneal), self.max_turns)
+        params = state.ppo.params
+        batch, _ = self.rollout.run(params, k_roll, cap, self.sampling)
+        data, reward_parts = self._ppo_batch(params, state.ref_params, batch)
+        ppo_state, upd = self._update(state.ppo, data, k_upd)
+        anneal = anneal_lib.anneal_update(self.anneal_cfg, state.anneal, batch.turns)
+        metrics = rollout_metrics(batch)
+        metrics.update({f"ppo/{k}": v for k, v in upd.items()})
+        metrics.update({f"reward/{k}": jnp.mean(v) for k, v in reward_parts.items()})
+        metrics["turn_cap"] = cap.astype(jnp.float32)
+        metrics["l_max"] = anneal.l_max
+        new = TrainState(ppo=ppo_state, ref_params=state.ref_params, anneal=anneal, key=key,
+                         iteration=state.iteration + 1)
+        return new, metrics
+
+    def _ppo_batch(self, params, ref_params, b):
+        tokens, mask = b.tokens, b.loss_mask
+        logits, values = self._train_apply(params, tokens)
+        lp, v, _ = ppo_lib.token_logprobs_and_values(logits, values, tokens)
+        lp, v = jax.lax.stop_gradient(lp), jax.lax.stop_gradient(v)
+        parts = rewards_lib.episode_rewards(
+            self.reward_cfg, success=b.success, env_return=b.env_return, n_actions=b.n_actions,
+            n_effective=b.n_effective, format_errors=b.format_errors, turns=b.turns)
+        c = self.config.reward
+        if c.placement == "turn":
+            # Penalties at the turn that earned them, the (rescaled) outcome at the episode's end.
+            L = b.turn_valid.shape[1]
+            took = jnp.arange(L)[None, :] < b.turns[:, None]  # [E, L]
+            per_turn = -float(c.format_penalty) * (took & ~b.turn_valid)
+            if float(c.step_penalty) > 0:
+                unit = b.turn_actions.astype(jnp.float32) if c.step_penalty_unit == "action" else took
+                per_turn = per_turn - float(c.step_penalty) * unit
+            tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, per_turn.astype(jnp.float32), parts["scaled"], "turn")
+        else:
+            tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, None, parts["total"], "episode")
+        data = dict(tokens=tokens, mask=mask, logprobs=lp, values=v, rewards=tok_r,
+                    episode_rewards=parts["total"], group_ids=b.level_id)
+        if ref_params is not None:
+            ref_logits = model_apply(self.graphdef, ref_params, tokens).logits
+            data["ref_logprobs"] = ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tokens.shape), tokens)[0]
+        return data, parts
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_rollout(self, params, key, cap, temperature):
+        sampling = SamplingParams(temperature=temperature, top_k=jnp.int32(0), top_p=jnp.float32(1.0))
+        batch, _ = self.eval_rollout.run(params, key, cap, sampling)
+        return batch
+
+    def eval_key(self, env_seed: int = 0):
+        """Held-out levels: a key stream disjoint from training's (which derives from config.seed)."""
+        return jax.random.PRNGKey(10_000_019 + env_seed)
+
+    def evaluate(self, state: TrainState, num_levels: Optional[int] = None, greedy: bool = True,
+                 single_turn: bool = False, transcripts: int = 0):
+        """Success rate, mean turns, N_eff/N and optimality gap on held-out levels.
+
+        num_levels is fixed by config.train.eval_levels (static shapes); greedy uses temperature 0.
+        single_turn evaluates with a cap of one turn. Returns (metrics, transcripts).
+        """
+        cap = 1 if single_turn else min(self.turn_cap(state), self.max_turns)
+        temp = 0.0 if greedy else float(self.config.rollout.temperature)
+        key = self.eval_key()
+        batch = jax.device_get(self._eval_jit(state.ppo.params, key, jnp.int32(cap), jnp.float32(temp)))
+        m = {k: float(v) for k, v in jax.device_get(rollout_metrics(batch)).items()}
+        m["turn_cap"] = float(cap)
+        gap = self._optimality_gap(batch, key)
+        if gap is not None:
+            m["optimality_gap"] = gap
+        texts = [self.transcript(batch, i) for i in range(min(transcripts, batch.tokens.shape[0]))]
+        return m, texts
+
+    def _optimality_gap(self, batch, key) -> Optional[float]:
+        """Mean (N - N_opt) / N_opt over solved episodes (0 = every solved level solved optimally)."""
+        solved = np.asarray(batch.success)
+        if not solved.any():
+            return None
+        opt = self._oracle_lengths(key)
+        if opt is None:
+            return None
+        n = np.asarray(batch.n_actions)
+        ok = solved & (opt > 0)
+        if not ok.any():
+            return None
+        return float(np.mean((n[ok] - opt[ok]) / opt[ok]))
+
+    def _oracle_lengths(self, key) -> Optional[np.ndarray]:
+        ck = (self.config.env.name, int(self.eval_cfg.num_levels))
+        if ck not in self._eval_levels_cache:
+            try:
+                from envs_jax.oracles import optimal_length
+
+                states = jax.device_get(self.eval_rollout.reset_levels(jax.random.split(key)[0]))
+                E = self.eval_cfg.num_episodes
+                lens = []
+                for i in range(E):
+                    s = jax.tree.map(lambda x: x[i], states)
+                    lens.append(optimal_length(self.env, s, self.env_params))
+                self._eval_levels_cache[ck] = np.array([-1 if l is None else l for l in lens], np.float64)
+            except Exception:  # an oracle failure must never stop training; the gap is then absent
+                self._eval_levels_cache[ck] = None
+        return self._eval_levels_cache[ck]
+
+    def transcript(self, batch, i: int) -> str:
+        """Readable text of episode i: the whole conversation + its outcome."""
+        n = int(batch.length[i])
+        text = self.tokenizer.decode(np.asarray(batch.tokens[i, :n]).tolist(), skip_special_tokens=False)
+        return (f"=== episode {i}: success={bool(batch.success[i])} turns={int(batch.turns[i])} "
+                f"N={int(batch.n_actions[i])} N_eff={int(batch.n_effective[i])} "
+                f"format_errors={int(batch.format_errors[i])} end={END_REASONS[int(batch.end_reason[i])]}\n{text}\n")
+
+    # ------------------------------------------------------------------ warm start
+    def warmstart(self, state: TrainState):
+        """Supervised warm start on oracle demonstrations (config.warmstart). -> (state, metrics)."""
+        if not self.config.warmstart.enabled:
+            return state, {}
+        from wmact_jax.warmstart import run_warmstart
+
+        params, metrics = run_warmstart(self, state.ppo.params)
+        return self.with_params(state, params), metrics
+
+
+def _with_config(model, mc: ModelConfig):
+    """Rebuilds a pretrained model under a new config (value head / dtype), keeping its weights."""
+    from wmact_jax.models.hf_names import load_model, to_hf_tensors
+
+    return load_model(mc, to_hf_tensors(model.config, model))

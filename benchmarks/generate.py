@@ -51,17 +51,18 @@ def flops_per_token(c: ModelConfig, context: float) -> float:
     return c.num_layers * (layer + attn) + 2 * d * c.vocab_size
 
 
-def small_model():
+def small_model(dtype="float32"):
     cfg = ModelConfig(vocab_size=2048, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8,
-                      num_kv_heads=4, tie_word_embeddings=True, max_position_embeddings=2048)
+                      num_kv_heads=4, tie_word_embeddings=True, max_position_embeddings=2048, dtype=dtype,
+                      param_dtype=dtype)
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     return "small", cfg, model
 
 
-def smollm_model():
+def smollm_model(dtype="float32"):
     from wmact_jax.checkpoints import load_pretrained
 
-    cfg, model, _ = load_pretrained("smollm2-135m-instruct", tokenizer=False)
+    cfg, model, _ = load_pretrained("smollm2-135m-instruct", dtype, tokenizer=False)
     return "SmolLM2-135M", cfg, model
 
 
@@ -134,6 +135,8 @@ def main(argv=None):
     ap.add_argument("--cache-len", type=int, default=None, help="KV cache length (default prompt+new, /64)")
     ap.add_argument("--bucket", type=int, default=256, help="attention window bucket base (0 = off)")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="our params/compute/cache dtype (torch stays float32)")
     args = ap.parse_args(argv)
     batches = [int(b) for b in (args.batches or ("1,16" if args.quick else "1,16,64")).split(",")]
     new = args.new_tokens or (16 if args.quick else 64)
@@ -149,7 +152,8 @@ def main(argv=None):
     peak = matmul_peak()
     print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()} {threads} "
           f"python {platform.python_version()}")
-    print(f"# prompt_len={P} new_tokens={new} cache_len={cache_len} attend_buckets={buckets} greedy, EOS off")
+    print(f"# prompt_len={P} new_tokens={new} cache_len={cache_len} attend_buckets={buckets} greedy, EOS off, "
+          f"jax dtype={args.dtype}, torch float32")
     print(f"# float32 matmul peak (2048^3 jnp): {peak:.1f} GFLOP/s")
     hdr = (f"{'model':<13}{'params':>8}{'batch':>6} | {'jax tok/s':>10}{'torch tok/s':>12}{'speedup':>8}"
            f" | {'prefill tok/s':>13}{'prefill GF/s':>13}{'decode GF/s':>12}{'%peak':>7}{'same':>6}")
@@ -157,7 +161,7 @@ def main(argv=None):
     print("-" * len(hdr))
     makers = {"small": small_model, "smollm": smollm_model}
     for name in args.models.split(","):
-        label, cfg, model = makers[name]()
+        label, cfg, model = makers[name](args.dtype)
         split = nnx.split(model)
         tm = None if args.no_torch else torch_reference(cfg, model)
         nparams = cfg.num_params()

@@ -41,6 +41,9 @@ PRESETS: Dict[str, Tuple[Callable[[], type], Dict[str, Any], Dict[str, Any]]] = 
     "Maze-11x11": (_maze, dict(size=11), {}),
     "Maze-21x21": (_maze, dict(size=21), {}),
     "Taxi-v3": (_taxi, dict(), {}),
+    # Generated larger maps (envs_jax/taxi/maps.py) for transfer studies.
+    "Taxi-7x7": (_taxi, dict(map="7x7"), {}),
+    "Taxi-10x10": (_taxi, dict(map="10x10"), {}),
 }
 
 
@@ -59,8 +62,10 @@ def list_envs() -> list[str]:
 def make(name: str, **overrides: Any) -> Tuple[Environment, Any]:
     """Builds a named environment: `env, params = envs_jax.make("Sokoban-Standard", max_steps=50)`."""
     if name not in PRESETS:
-        close = [n for n in PRESETS if n.split("-")[0].lower() == name.split("-")[0].lower()]
-        hint = f" Did you mean one of {close}?" if close else ""
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise EnvError(f"unknown environment {name!r}.{hint} Known: {list_envs()}")
     factory, static, param_overrides = PRESETS[name]
     klass = factory()

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wmact_jax.checkpoints import (CheckpointError, export_hf, load_gguf, load_hf_folder, load_orbax,
+from wmact_jax.checkpoints import (CheckpointError, export_hf, load_hf_folder, load_orbax,
                                    load_pretrained, read_hf_folder, save_orbax)
 from wmact_jax.checkpoints.gguf_file import permute_rope_rows, unpermute_rope_rows
 from wmact_jax.models import ModelConfig, Transformer, apply, to_hf_tensors

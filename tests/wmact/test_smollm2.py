@@ -8,7 +8,6 @@ tensors. A wrong q/k permutation, name map or config field shows up as different
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp

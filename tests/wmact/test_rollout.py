@@ -1,0 +1,210 @@
+"""The in-graph multi-turn rollout equals a host replay of the same episodes, token for token.
+
+A scripted bigram "policy" (logits depend only on the previous token) writes random well-formed
+and malformed answers fast; a host replay re-parses its answers, steps the environment and
+rebuilds the conversation with the host specification (`Conversation.host_tokens`). Masks, turn
+ids, counters and the token stream must all agree. A tiny real transformer checks that the cached
+decoding across turns equals a full recomputation.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import envs_jax
+from wmact_jax.codec import AnswerCodec, GridCodec, decode_text, parse_answer_text
+from wmact_jax.conversation import Conversation
+from wmact_jax.models import ModelConfig, Transformer
+from wmact_jax.models.kv_cache import KVCache
+from wmact_jax.models.llama import ModelOutput
+from wmact_jax.models.llama import apply as model_apply
+from wmact_jax.rollout import END_REASONS, Rollout, RolloutConfig
+from wmact_jax.sampler import SamplingParams
+from wmact_jax.tokenization.scratch import build_scratch_tokenizer
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def setup():
+    env, params = envs_jax.make("Maze-5x5", max_steps=12)
+    tok = build_scratch_tokenizer()
+    grid = GridCodec.build(env, tok)
+    conv = Conversation(env, tok, grid, K)
+    answer = AnswerCodec.build(env, tok, max_actions=K)
+    return env, params, tok, grid, conv, answer
+
+
+def bigram_table(tok) -> np.ndarray:
+    """Logits [V, V]: '\\n' -> <think> -> </think> -> <answer> -> action (-> ' ' -> '||' -> ' action')*
+    -> </answer>, with a small chance of ending the turn with <|im_end|> (a malformed answer)."""
+    V = len(tok)
+    ids = lambda s: tok.encode(s, add_special_tokens=False)
+    t = np.full((V, V), -30.0, np.float32)
+    nl, = ids("\n")
+    think, end_think, ans, end_ans, bar = (tok.convert_tokens_to_ids(x) for x in
+                                           ("<think>", "</think>", "<answer>", "</answer>", "||"))
+    space, = ids(" ")
+    eos = tok.eos_token_id
+    first = [ids(a)[0] for a in ("Up", "Down", "Left", "Right")]
+    spaced = [ids(" || " + a)[-1] for a in ("Up", "Down", "Left", "Right")]  # ' Up' after the separator
+    t[nl, think] = 0.0
+    t[think, end_think] = 0.0
+    t[think, eos] = -2.0  # sometimes a malformed answer
+    t[end_think, ans] = 0.0
+    t[ans, first] = 0.0
+    for a in first + spaced:
+        t[a, space] = 0.0
+        t[a, end_ans] = 0.3
+    t[space, bar] = 0.0
+    t[bar, spaced] = 0.0
+    return t
+
+
+def bigram_apply(table, tokens, cache, num_new):
+    logits = jnp.asarray(table)[tokens]
+    n = jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32) if num_new is None else num_new
+    return ModelOutput(logits, None, cache.replace(lengths=cache.lengths + n))
+
+
+def fake_cache(batch, max_len):
+    z = jnp.zeros((1, batch, max_len, 1, 1), jnp.float32)
+    return KVCache(k=z, v=z, lengths=jnp.zeros((batch,), jnp.int32))
+
+
+def make_rollout(setup, apply_fn, init_cache, levels=6, group=2, turns=4, context=640, max_actions=8):
+    env, params, tok, grid, conv, answer = setup
+    cfg = RolloutConfig(num_levels=levels, group_size=group, max_turns=turns, max_turn_tokens=16,
+                        max_actions_per_turn=K, max_actions=max_actions, context_len=context)
+    return Rollout(env, params, conv, answer, apply_fn, cfg, init_cache, [tok.convert_tokens_to_ids("</answer>")],
+                   tok.eos_token_id, tok.pad_token_id)
+
+
+def host_replay(setup, roll: Rollout, batch, key, cap):
+    """Re-plays every episode on the host from its model-written tokens; returns expected arrays."""
+    env, params, tok, grid, conv, answer = setup
+    k_level, _ = jax.random.split(key)
+    states = jax.device_get(roll.reset_levels(k_level))
+    step = jax.jit(lambda s, a: env.step_env(jax.random.PRNGKey(0), s, a, params))
+    render = jax.jit(env.render_glyphs)
+    out = []
+    for e in range(roll.cfg.num_episodes):
+        n = int(batch.length[e])
+        toks = np.asarray(batch.tokens[e, :n])
+        mask = np.asarray(batch.loss_mask[e, :n])
+        runs, cur = [], []
+        for i in range(n):  # maximal runs of model-written tokens = the answers
+            if mask[i]:
+                cur.append(int(toks[i]))
+            elif cur:
+                runs.append(cur)
+                cur = []
+        if cur:
+            runs.append(cur)
+        state = jax.tree.map(lambda x: x[e], states)
+        grids = [np.asarray(render(state))]
+        rewards, valid, n_act, n_eff, fmt, success, done = [], [], 0, 0, 0, False, False
+        for t, a_ids in enumerate(runs):
+            acts, ok = parse_answer_text(decode_text(tok, a_ids), env.action_names, K)
+            r_turn = 0.0
+            if ok:
+                for a in acts:
+                    if done or n_act >= roll.cfg.max_actions:
+                        break
+                    _, state, r, d, info = step(state, jnp.int32(a))
+                    r_turn += float(r)
+                    n_act += 1
+                    n_eff += int(info.effective)
+                    if bool(d):
+                        done, success = True, bool(info.success)
+            else:
+                fmt += 1
+            rewards.append(r_turn)
+            valid.append(ok)
+            if t + 1 < len(runs):
+                grids.append(np.asarray(render(state)))
+        ids, m = conv.host_tokens(grids, runs, rewards, valid)
+        out.append(dict(ids=ids, mask=m, turns=len(runs), n_act=n_act, n_eff=n_eff, fmt=fmt, success=success,
+                        rewards=rewards, valid=valid))
+    return out
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_rollout_equals_host_replay(setup, cap):
+    env, params, tok, *_ = setup
+    table = bigram_table(tok)
+    roll = make_rollout(setup, lambda p, t, c, n: bigram_apply(p, t, c, n), fake_cache)
+    run = jax.jit(lambda p, k, cap: roll.run(p, k, cap, SamplingParams(temperature=jnp.float32(1.0)))[0])
+    key = jax.random.PRNGKey(3)
+    batch = jax.device_get(run(jnp.asarray(table), key, jnp.int32(cap)))
+    want = host_replay(setup, roll, batch, key, cap)
+    S = roll.cfg.context_len
+    saw_valid = saw_invalid = False
+    for e, w in enumerate(want):
+        n = int(batch.length[e])
+        assert n <= S
+        np.testing.assert_array_equal(np.asarray(batch.tokens[e, :n]), w["ids"], err_msg=f"episode {e}")
+        np.testing.assert_array_equal(np.asarray(batch.loss_mask[e, :n]).astype(int), w["mask"])
+        assert not np.asarray(batch.loss_mask[e, n:]).any()  # nothing past the end is trained on
+        tid = np.asarray(batch.turn_id[e, :n])
+        assert (tid[np.asarray(w["mask"]) == 0] == -1).all()  # env-written tokens have no turn
+        assert int(batch.turns[e]) == w["turns"] <= cap
+        assert int(batch.n_actions[e]) == w["n_act"] <= roll.cfg.max_actions
+        assert int(batch.n_effective[e]) == w["n_eff"]
+        assert int(batch.format_errors[e]) == w["fmt"]
+        assert bool(batch.success[e]) == w["success"]
+        np.testing.assert_allclose(np.asarray(batch.turn_rewards[e, : w["turns"]]), w["rewards"], atol=1e-5)
+        saw_valid |= any(w["valid"])
+        saw_invalid |= not all(w["valid"])
+        reason = END_REASONS[int(batch.end_reason[e])]
+        if w["success"]:
+            assert reason == "solved"
+        elif w["turns"] == cap:
+            assert reason in ("turn_cap", "action_cap", "env_step_limit", "context_full")
+    assert saw_valid and saw_invalid  # the script exercised both paths
+    # Episodes of one group share their level: identical first prompt.
+    first_len = [int(np.argmax(np.asarray(batch.loss_mask[e]))) for e in range(len(want))]
+    assert first_len[0] == first_len[1]
+    np.testing.assert_array_equal(batch.tokens[0, : first_len[0]], batch.tokens[1, : first_len[1]])
+
+
+def test_turn_cap_is_traced_and_context_budget_ends_episodes(setup):
+    env, params, tok, *_ = setup
+    table = jnp.asarray(bigram_table(tok))
+    conv = setup[4]
+    # Room for the prompt and about one more turn only: episodes must end on the context budget.
+    small = conv.max_prompt_len + 16 + conv.max_feedback_len + 8
+    roll = make_rollout(setup, lambda p, t, c, n: bigram_apply(p, t, c, n), fake_cache, context=small, turns=4)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(p, k, cap):
+        return roll.run(p, k, cap, SamplingParams(temperature=jnp.float32(1.0)))[0]
+
+    for cap in (1, 2, 4):
+        b = run(table, jax.random.PRNGKey(cap), jnp.int32(cap))
+        assert int(jnp.max(b.turns)) <= cap
+        assert int(jnp.max(b.length)) <= small
+    assert bool(jnp.any(b.end_reason == END_REASONS.index("context_full")))
+
+
+def test_cached_decoding_matches_full_recomputation(setup):
+    """Greedy rollout of a tiny transformer: every model token is the argmax of a full forward."""
+    env, params, tok, *_ = setup
+    mc = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                     num_kv_heads=1, max_position_embeddings=1024)
+    graphdef, state = nnx.split(Transformer(mc))
+    roll = make_rollout(setup, lambda p, t, c, n: model_apply(graphdef, p, t, c, n),
+                        lambda b, s: KVCache.init(mc, b, s), levels=2, group=2, turns=3, context=512)
+    run = jax.jit(lambda p, k: roll.run(p, k, jnp.int32(3), SamplingParams(temperature=jnp.float32(0.0)))[0])
+    b = jax.device_get(run(state, jax.random.PRNGKey(0)))
+    logits = model_apply(graphdef, state, jnp.asarray(b.tokens)).logits
+    pred = np.asarray(jnp.argmax(logits, axis=-1))
+    for e in range(b.tokens.shape[0]):
+        n = int(b.length[e])
+        pos = np.flatnonzero(np.asarray(b.loss_mask[e, :n]))
+        assert pos.size > 0
+        np.testing.assert_array_equal(pred[e, pos - 1], np.asarray(b.tokens[e, pos]))

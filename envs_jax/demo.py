@@ -51,10 +51,12 @@ def oracle_play(env, params, episodes: int, seed: int = 0):
     keys = jax.random.split(jax.random.PRNGKey(seed), episodes)
     _, st = jax.jit(jax.vmap(env.reset_env, in_axes=(0, None)))(keys, params)
     host = jax.device_get(st)
+    level = lambda i: jax.tree.map(lambda x: x[i], host)
+    optimal_actions(env, level(0), params)  # warm-up: Maze/Taxi oracles compile on first use
     t0 = time.perf_counter()
-    plans = [optimal_actions(env, jax.tree.map(lambda x: x[i], host), params) for i in range(episodes)]
+    plans = [optimal_actions(env, level(i), params) for i in range(episodes)]
     t_plan = time.perf_counter() - t0
-    L = max(len(p) for p in plans if p is not None)
+    L = max([len(p) for p in plans if p] + [1])  # >= 1: the replay scan indexes acts[:, t]
     acts = np.zeros((episodes, L), np.int32)
     lens = np.zeros(episodes, np.int32)
     for i, p in enumerate(plans):

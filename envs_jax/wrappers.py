@@ -29,8 +29,8 @@ from envs_jax.core import Environment, EnvError
 class QueueState:
     env_state: Any  # batched env state, leading axis [num_envs]
     queue: Any  # batched env state at step 0, leading axis [queue_size]
-    head: jax.Array  # int32: levels consumed so far (read pointer, modulo queue_size)
-    tail: jax.Array  # int32: levels produced so far (write pointer, modulo queue_size)
+    head: jax.Array  # int32: read pointer (slot = head % queue_size), kept in [0, queue_size)
+    tail: jax.Array  # int32: write pointer (slot = tail % queue_size); tail - head = unread levels
     reused: jax.Array  # int32: levels served that had been served before (ring ran dry)
     served: jax.Array  # int32: levels served by resets so far
 
@@ -110,6 +110,10 @@ class LevelQueueAutoReset:
         write_pos = jnp.where(write_ok, write_pos, self.queue_size)
         queue = jax.tree.map(lambda q, n: q.at[write_pos].set(n, mode="drop"), qs.queue, new_levels)
         tail = base + n_write
+        # Rebase both pointers by whole rings (slots are unchanged) so the int32 pointers never
+        # overflow: head stays in [0, queue_size) and tail in [head, head + queue_size].
+        shift = (head // self.queue_size) * self.queue_size
+        head, tail = head - shift, tail - shift
 
         qs = QueueState(env_state=env_state, queue=queue, head=head, tail=tail, reused=reused,
                         served=qs.served + n_done)

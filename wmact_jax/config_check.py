@@ -25,6 +25,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.source": ("scratch", "pretrained"),
     "model.dtype": ("float32", "bfloat16"),
     "model.critic": ("shared", "separate"),
+    "rollout.system_prompt": ("full", "compact"),
     "reward.outcome": ("success", "env_return"),
     "reward.step_penalty_unit": ("turn", "action"),
     "reward.placement": ("turn", "episode"),

@@ -21,8 +21,12 @@ STATE_HEADER = "Current state:\n"
 INVALID_TEXT = "Invalid answer: no action was taken.\n"
 
 
-def system_prompt(env, max_actions_per_turn: int, single_turn: bool = False) -> str:
-    """Rules + legend + answer format. `single_turn`: the whole plan must fit in one answer."""
+def system_prompt(env, max_actions_per_turn: int, single_turn: bool = False, compact: bool = False) -> str:
+    """Rules + legend + answer format. `single_turn`: the whole plan must fit in one answer.
+
+    `compact` drops the prose rules (legend, actions and format only): a model trained from
+    scratch cannot read them, and every prompt token costs compute in each rollout and update.
+    """
     actions = ", ".join(env.action_names)
     if single_turn:
         budget = (f"You get a single turn: give the whole plan, up to {max_actions_per_turn} "
@@ -30,8 +34,11 @@ def system_prompt(env, max_actions_per_turn: int, single_turn: bool = False) -> 
     else:
         budget = (f"Each turn, give up to {max_actions_per_turn} actions; they are executed in order "
                   "and you see the resulting state and reward.")
+    rules = f"{env.name}.\n" if compact else f"{env.rules_text.strip()}\n"
+    if compact:
+        budget = f"Up to {max_actions_per_turn} actions per {'answer' if single_turn else 'turn'}."
     return (
-        f"{env.rules_text.strip()}\n"
+        rules +
         f"Symbols:\n{env.legend_text()}\n"
         f"Actions: {actions}.\n"
         f"{budget}\n"

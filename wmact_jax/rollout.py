@@ -89,8 +89,11 @@ class Rollout:
 
     def __init__(self, env, env_params, conversation: Conversation, answer_codec, apply_fn: Callable,
                  cfg: RolloutConfig, init_cache: Callable[[int, int], Any], stop_token_ids, eos_id: int | None,
-                 pad_id: int = 0):
+                 pad_id: int = 0, shard_batch: Callable[[Any], Any] | None = None):
         self.init_cache = init_cache  # (batch, max_len) -> empty KVCache of the policy
+        # Under a device mesh: constrains batch-leading arrays (env states, cache, tokens) to be split
+        # over the data axes, so episodes run data-parallel; identity on one device.
+        self.shard_batch = shard_batch or (lambda tree: tree)
         self.env, self.env_params, self.conv, self.answer_codec = env, env_params, conversation, answer_codec
         self.apply_fn, self.cfg = apply_fn, cfg
         self.stop_token_ids = tuple(int(t) for t in stop_token_ids)
@@ -117,13 +120,14 @@ class Rollout:
         E, S, T, K, L = c.num_episodes, c.context_len, c.max_turn_tokens, c.max_actions_per_turn, c.max_turns
         k_level, k_loop = jax.random.split(key)
         env_state = self.reset_levels(k_level) if init_state is None else init_state
+        env_state = self.shard_batch(env_state)
         apply = lambda tok, cache, n: self.apply_fn(params, tok, cache, n)
         turn_cap = jnp.clip(jnp.asarray(turn_cap, jnp.int32), 1, L)
 
         # Turn 0: the prompt.
         grids = jax.vmap(env.render_glyphs)(env_state)
         prompt, plen = jax.vmap(conv.initial_prompt)(grids)  # [E, P0], [E]
-        cache = self.init_cache(E, S)
+        cache = self.shard_batch(self.init_cache(E, S))
         last_logits, cache, _ = prefill_fn(apply, prompt, plen, cache)
         zeros_es = jnp.zeros((E, S), jnp.int32)
         tokens = _scatter_rows(zeros_es, prompt, jnp.zeros((E,), jnp.int32), plen)

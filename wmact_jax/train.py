@@ -75,7 +75,8 @@ class Trainer:
         K = c.rollout.max_actions_per_turn
         self.grid_codec = GridCodec.build(self.env, self.tokenizer)
         self.answer_codec = AnswerCodec.build(self.env, self.tokenizer, max_actions=K)
-        self.conv = Conversation(self.env, self.tokenizer, self.grid_codec, K, single_turn=single_turn)
+        self.conv = Conversation(self.env, self.tokenizer, self.grid_codec, K, single_turn=single_turn,
+                                 compact=c.rollout.system_prompt == "compact")
         stop = self.tokenizer.convert_tokens_to_ids("</answer>")
         stop_ids = [stop] if isinstance(stop, int) and stop != self.tokenizer.unk_token_id else []
         self.eos_id = self.tokenizer.eos_token_id
@@ -88,10 +89,18 @@ class Trainer:
         self.eval_cfg = dataclasses.replace(self.rollout_cfg, num_levels=c.train.eval_levels, group_size=1)
         mc = self.model_config
         init_cache = lambda b, s: KVCache.init(mc, b, s)
+        # ---- devices: params placed by their logical axes, episodes split over ('data', 'fsdp')
+        self.mesh, shard_batch = None, None
+        if jax.device_count() > 1:
+            from wmact_jax.models import sharding
+
+            self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tp)
+            init_params = {k: sharding.shard_state(v, self.mesh) for k, v in init_params.items()}
+            shard_batch = functools.partial(_constrain_batch, self.mesh)
         self.rollout = Rollout(self.env, self.env_params, self.conv, self.answer_codec, self._policy_apply,
-                               self.rollout_cfg, init_cache, stop_ids, self.eos_id, self.pad_id)
+                               self.rollout_cfg, init_cache, stop_ids, self.eos_id, self.pad_id, shard_batch)
         self.eval_rollout = Rollout(self.env, self.env_params, self.conv, self.answer_codec, self._policy_apply,
-                                    self.eval_cfg, init_cache, stop_ids, self.eos_id, self.pad_id)
+                                    self.eval_cfg, init_cache, stop_ids, self.eos_id, self.pad_id, shard_batch)
         self._init_params = init_params
         # ---- RL pieces
         self.reward_cfg = rewards_lib.RewardConfig(
@@ -175,7 +184,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def init_state(self, key) -> TrainState:
-        params = self._init_params
+        # A copy: `iteration` donates the state's buffers, the initial params must survive it.
+        params = jax.tree.map(jnp.copy, self._init_params)
         ref = params["policy"] if self.ppo_cfg.kl_coef > 0 else None
         return TrainState(ppo=ppo_lib.TrainState.create(params, self.optimizer), ref_params=ref,
                           anneal=anneal_lib.anneal_init(self.anneal_cfg), key=jnp.asarray(key),
@@ -311,6 +321,27 @@ class Trainer:
 
         params, metrics = run_warmstart(self, state.ppo.params)
         return self.with_params(state, params), metrics
+
+
+def _constrain_batch(mesh, tree):
+    """Splits the leading (episode) axis of every array over ('data', 'fsdp') when it divides."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from wmact_jax.models.kv_cache import KVCache as _KV
+    from wmact_jax.models.sharding import BATCH_AXES, cache_shardings
+
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    if isinstance(tree, _KV):
+        if tree.k.shape[1] % n:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, cache_shardings(tree, mesh))
+
+    def one(x):
+        if x.ndim == 0 or x.shape[0] % n:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH_AXES, *([None] * (x.ndim - 1)))))
+
+    return jax.tree.map(one, tree)
 
 
 def _with_config(model, mc: ModelConfig):

@@ -45,12 +45,13 @@ class SokobanParams:
     box_on_target_reward: float = 1.0
     box_off_target_reward: float = -1.0
     finished_reward: float = 10.0
-    # Generator: gym-sokoban defaults (topology steps 1.7 * (rows + cols), p_change 0.35);
-    # reverse_steps is the length of the random reverse-play walk, p_pull the chance a move pulls.
+    # Generator: topology walk length (default from the env: gym-sokoban's 1.7 * (rows + cols),
+    # + 8 per extra box), gym's p_change 0.35; reverse_steps is the length of the reverse-play
+    # walk, p_pull the chance it takes an available pull instead of a plain move.
     topology_steps: int = 24
     p_change_direction: float = 0.35
     reverse_steps: int = 100
-    p_pull: float = 0.5
+    p_pull: float = 0.8
 
 
 @struct.dataclass
@@ -125,7 +126,8 @@ class Sokoban(Environment[SokobanState, SokobanParams]):
             if int(v) < 1:
                 raise EnvError(f"Sokoban: {nm} must be >= 1, got {v}")
         self.attempts_per_round, self.max_rounds = int(attempts_per_round), int(max_rounds)
-        self.max_topology_steps = int(max_topology_steps or 2 * default_topology_steps(self.dim_room))
+        self.max_topology_steps = int(max_topology_steps
+                                      or 2 * default_topology_steps(self.dim_room, self.num_boxes))
         self.max_reverse_steps = int(max_reverse_steps)
         self.grid_shape = self.dim_room
 
@@ -135,7 +137,7 @@ class Sokoban(Environment[SokobanState, SokobanParams]):
     @property
     def default_params(self) -> SokobanParams:
         H, W = self.dim_room
-        return SokobanParams(topology_steps=default_topology_steps(self.dim_room))
+        return SokobanParams(topology_steps=default_topology_steps(self.dim_room, self.num_boxes))
 
     # ---- levels ---------------------------------------------------------------------------------
     def generate(self, key: jax.Array, params: SokobanParams | None = None) -> Level:

@@ -4,11 +4,14 @@ The recipe follows gym-sokoban's `generate_room` (the generator behind RAGEN's S
 
 1. Room topology: a random walk inside the border walls stamps one of five 3x3 floor patterns at
    every step and changes direction with probability `p_change_direction`
-   (gym-sokoban's `room_topology_generation`, same masks, same clamping, same step count default).
-2. Placement: the player and `num_boxes` targets on distinct random floor cells; every box
-   starts on its own target (a solved position).
-3. Reverse play: the player walks at random; a move with the *pull* flag drags the box right
-   behind the player along. Pulls are exact inverses of pushes, so every position visited is
+   (gym-sokoban's `room_topology_generation`: same masks and clamping; walk length 1.7 x
+   (rows + cols) as gym's default, + 8 per extra box).
+2. Placement: `num_boxes` targets on distinct random floor cells (preferring cells a box can be
+   pulled off), every box on its own target (a solved position); the player on another floor
+   cell, preferably next to a target.
+3. Reverse play: a walk of `reverse_steps` steps; when a pull is available (a box right behind
+   the player, free cell ahead) the walk takes one with probability `p_pull`, else it moves to a
+   random free neighbour. Pulls are exact inverses of pushes, so every position visited is
    solvable forward. We keep the best-scoring position of the walk, with gym-sokoban's score:
    (number of pulls) x (sum of Manhattan distances of every box from its own target), and the
    position only counts when **no box is on a target** (gym-sokoban's rule, which makes the level
@@ -17,9 +20,11 @@ The recipe follows gym-sokoban's `generate_room` (the generator behind RAGEN's S
    kept; up to `max_rounds` rounds (a bounded `while_loop`) until a round has a room scoring > 0.
 
 Deviations from gym-sokoban (why): the exhaustive depth-first reverse search (ttl 300, up to
-300k states, host recursion) becomes a random walk of `reverse_steps` steps with a best-so-far
-snapshot: it is a fixed-shape loop, runs in XLA, and vmaps. gym-sokoban's score also zeroes
-positions where the *player* stands on a target (a side effect of its integer encoding); we do not.
+300k states, host recursion) becomes a pull-greedy random walk with a best-so-far snapshot: a
+fixed-shape loop that runs in XLA and vmaps. Target/player placement is biased as above, and the
+topology walk gets 8 extra steps per extra box, because with gym's sparse rooms most multi-box
+attempts cannot yield a level at all. gym-sokoban's score also zeroes positions where the
+*player* stands on a target (a side effect of its integer encoding); ours does not.
 
 Fallback (documented contract): if every attempt fails (too few floor cells, or no walk left all
 boxes off their targets), the level is a fixed, valid, unsolved one: an open room with box i at
@@ -68,9 +73,11 @@ class Level:
     fallback: jax.Array  # bool []: every attempt failed, the fixed fallback level was used
 
 
-def default_topology_steps(dim_room) -> int:
-    """gym-sokoban's default random-walk length for the room topology."""
-    return int(1.7 * (dim_room[0] + dim_room[1]))
+def default_topology_steps(dim_room, num_boxes: int = 1) -> int:
+    """Random-walk length of the room topology: gym-sokoban's 1.7 x (rows + cols), plus 8 per
+    extra box (our deviation: with gym's length a 7x7 room averages ~14 floor cells and only ~14%
+    of 3-box rooms admit a level; with +16 steps ~26% do, and the fallback becomes rare)."""
+    return int(1.7 * (dim_room[0] + dim_room[1])) + 8 * (int(num_boxes) - 1)
 
 
 def box_capacity(dim_room: Tuple[int, int]) -> int:
@@ -120,111 +127,187 @@ def fallback_level(dim_room, num_boxes) -> Tuple[np.ndarray, np.ndarray, np.ndar
     return walls, targets, boxes, player
 
 
-def _topology(key, H: int, W: int, max_steps: int, num_steps, p_change) -> jax.Array:
-    """gym-sokoban's room_topology_generation: bool [H, W] floor mask (True = floor).
+# Row patterns of the masks: MASK_ROWS[m, k] = the 3 bits of row k of mask m (bit c = column c).
+MASK_ROWS = np.array([[(int(b) >> (3 * k)) & 7 for k in range(3)] for b in MASK_BITS], np.uint32)
 
-    No loop: the walk's directions come from a running "last change" index (cummax), the clamped
-    positions from an unrolled chain of scalar adds (fused by XLA), and the 3x3 stamps of all
-    steps are OR-ed over a [S, H, W] broadcast. `max_steps` (static) sets the shape; the traced
-    `num_steps` masks the steps beyond it.
+
+def _u16(bits, shift):
+    return (bits >> shift) & 0xFFFF
+
+
+def _topology(bits, bits0, H: int, W: int, num_steps, p_change) -> jax.Array:
+    """gym-sokoban's room_topology_generation as a uint32 bitmask per row: uint32 [H] (bit c of
+    row r set = floor at (r, c)), the border cleared.
+
+    `bits` (uint32 [S], one word per walk step; S = the static bound) and `bits0` (uint32 [])
+    are the random numbers; the traced `num_steps` masks the steps beyond it. A `lax.scan` with
+    a tiny body (direction change, clamped move, 3x3 stamp OR-ed into the row bitmasks): under
+    vmap this is far cheaper than an [S, H, W] broadcast, a cummax or an associative scan.
     """
-    S = int(max_steps)
-    k_dir, k_r, k_c, k_chg, k_new, k_mask = jax.random.split(key, 6)
-    deltas = jnp.asarray(DELTAS)
-    direction0 = jax.random.randint(k_dir, (), 0, 4)
-    change = jax.random.uniform(k_chg, (S,)) < p_change  # bool [S]
-    new_dir = jax.random.randint(k_new, (S,), 0, 4)
-    # direction at step s = new_dir[last change <= s], or direction0 if none yet
-    steps = jnp.arange(S, dtype=jnp.int32)
-    last = jax.lax.cummax(jnp.where(change, steps, -1), axis=0)
-    direction = jnp.where(last >= 0, new_dir[jnp.maximum(last, 0)], direction0)  # int32 [S]
-    d = deltas[direction]  # int32 [S, 2]
-    pos = jnp.stack([jax.random.randint(k_r, (), 1, H - 1), jax.random.randint(k_c, (), 1, W - 1)])
-    lo = jnp.array([1, 1], jnp.int32)
-    hi = jnp.array([H - 2, W - 2], jnp.int32)
-    centres = []
-    for s in range(S):  # clamped walk: S tiny scalar updates, unrolled
-        pos = jnp.clip(pos + d[s], lo, hi)
-        centres.append(pos)
-    centres = jnp.stack(centres)  # int32 [S, 2]
-    bits = jnp.asarray(MASK_BITS)[jax.random.randint(k_mask, (S,), 0, len(MASK_BITS))]  # [S]
-    rows = jnp.arange(H, dtype=jnp.int32)[None, :, None]
-    cols = jnp.arange(W, dtype=jnp.int32)[None, None, :]
-    dr = rows - centres[:, 0, None, None] + 1  # [S, H, 1]
-    dc = cols - centres[:, 1, None, None] + 1  # [S, 1, W]
-    inside = (dr >= 0) & (dr < 3) & (dc >= 0) & (dc < 3)
-    bit = (bits[:, None, None] >> jnp.clip(3 * dr + dc, 0, 8)) & 1
-    active = (steps < num_steps)[:, None, None]
-    floor = jnp.any(inside & (bit == 1) & active, axis=0)  # bool [H, W]
-    r2, c2 = rows[0], cols[0]
-    border = (r2 == 0) | (r2 == H - 1) | (c2 == 0) | (c2 == W - 1)
-    return floor & ~border
+    thr = jnp.asarray(jnp.clip(p_change, 0.0, 1.0) * 65536.0, jnp.float32).astype(jnp.uint32)
+    pats = jnp.asarray(MASK_ROWS)  # uint32 [5, 3]
+    dr = jnp.asarray(DELTAS[:, 0])
+    dc = jnp.asarray(DELTAS[:, 1])
+    row_ids = jnp.arange(H, dtype=jnp.int32)
+
+    def body(carry, u):
+        direction, r, c, rows, s = carry
+        change = (u & 0xFFFF) < thr  # p_change at 16-bit resolution
+        direction = jnp.where(change, ((u >> 16) & 3).astype(jnp.int32), direction)
+        r = jnp.clip(r + dr[direction], 1, H - 2)
+        c = jnp.clip(c + dc[direction], 1, W - 2)
+        pat = pats[((((u >> 18) & 0xFF) * len(MASK_BITS)) >> 8).astype(jnp.int32)] << (c - 1).astype(jnp.uint32)
+        stamp = (jnp.where(row_ids == r - 1, pat[0], jnp.uint32(0)) | jnp.where(row_ids == r, pat[1], jnp.uint32(0))
+                 | jnp.where(row_ids == r + 1, pat[2], jnp.uint32(0)))
+        rows = rows | jnp.where(s < num_steps, stamp, jnp.uint32(0))
+        return (direction, r, c, rows, s + 1), None
+
+    direction0 = (bits0 & 3).astype(jnp.int32)
+    r0 = 1 + ((_u16(bits0, 2) * (H - 2)) >> 16).astype(jnp.int32)
+    c0 = 1 + ((bits0 >> 18) * (W - 2) >> 14).astype(jnp.int32)
+    init = (direction0, r0, c0, jnp.zeros((H,), jnp.uint32), jnp.int32(0))
+    rows = jax.lax.scan(body, init, bits)[0][3]
+    inner = np.uint32(((1 << (W - 1)) - 1) & ~1)  # columns 1 .. W-2
+    row_ok = np.array([0] + [1] * (H - 2) + [0], bool)
+    return jnp.where(jnp.asarray(row_ok), rows & inner, jnp.uint32(0))
 
 
-def _attempt(key, H: int, W: int, num_boxes: int, max_topology_steps: int, max_reverse_steps: int,
-             params):
+def _unpack_rows(rows, W: int) -> jax.Array:
+    """uint32 [H] row bitmasks -> bool [H * W] (flat r * W + c)."""
+    return (((rows[:, None] >> jnp.arange(W, dtype=jnp.uint32)[None, :]) & 1) == 1).reshape(-1)
+
+
+def _pick_distinct(score, k: int):
+    """Indices of the k largest entries (int32 [k]) by repeated argmax (XLA:CPU's top_k is ~50x
+    slower under vmap)."""
+    cell = jnp.arange(score.shape[0], dtype=jnp.int32)
+    out = []
+    for _ in range(k):
+        i = jnp.argmax(score).astype(jnp.int32)
+        out.append(i)
+        score = jnp.where(cell == i, jnp.iinfo(score.dtype).min, score)
+    return jnp.stack(out)
+
+
+def _attempt(key, H: int, W: int, num_boxes: int, max_topology_steps: int, n_reverse: int, params):
     """One room + placement + reverse walk. Returns (walls_flat, targets [nb], boxes [nb],
     player, score); positions are flat indices r * W + c; score 0 means failure."""
-    k_topo, k_place, k_walk = jax.random.split(key, 3)
-    floor2 = _topology(k_topo, H, W, max_topology_steps, params.topology_steps,
-                       params.p_change_direction)
-    floor = floor2.reshape(-1)
-    walls = ~floor
-    k_t, k_p = jax.random.split(k_place)
+    nb = num_boxes
+    n = H * W
+    S, T = int(max_topology_steps), int(n_reverse)
+    bits = jax.random.bits(key, (S + 1 + n + T,), jnp.uint32)
+    b_topo, b0, b_cell, b_walk = bits[:S], bits[S], bits[S + 1:S + 1 + n], bits[S + 1 + n:]
+    rows = _topology(b_topo, b0, H, W, params.topology_steps, params.p_change_direction)
+    floor = _unpack_rows(rows, W)  # bool [n]
+
     # Targets on distinct random floor cells, preferring cells a box can be pulled off (two
-    # floor cells in a row next to it; most failed attempts had a target in a dead end).
-    fp = jnp.pad(floor2, 2)
-    pullable = floor2 & ((fp[:H, 2:W + 2] & fp[1:H + 1, 2:W + 2]) | (fp[4:, 2:W + 2] & fp[3:H + 3, 2:W + 2])
-                         | (fp[2:H + 2, :W] & fp[2:H + 2, 1:W + 1]) | (fp[2:H + 2, 4:] & fp[2:H + 2, 3:W + 3]))
-    noise = jnp.where(floor, jax.random.uniform(k_t, (H * W,)) + pullable.reshape(-1), -1.0)
-    _, targets = jax.lax.top_k(noise, num_boxes)
-    targets = targets.astype(jnp.int32)  # int32 [nb]
-    enough_floor = jnp.sum(floor) >= num_boxes + 1
-    # Player on another floor cell, preferably next to a target so the first pulls come at once
-    # (any start is valid: reverse play only needs *some* final player position).
-    idx = jnp.arange(H * W, dtype=jnp.int32)
-    tgrid = jnp.any(idx[:, None] == targets[None, :], axis=1).reshape(H, W)
-    tpad = jnp.pad(tgrid, 1)
-    near = tpad[:-2, 1:-1] | tpad[2:, 1:-1] | tpad[1:-1, :-2] | tpad[1:-1, 2:]
-    pscore = jax.random.uniform(k_p, (H * W,)) + near.reshape(-1)
-    player0 = jnp.argmax(jnp.where(floor & ~tgrid.reshape(-1), pscore, -1.0)).astype(jnp.int32)
-    t_r, t_c = targets // W, targets % W
-    dflat = jnp.asarray(DELTAS[:, 0] * W + DELTAS[:, 1])  # int32 [4]: Up, Down, Left, Right
+    # floor cells in a row next to it), computed on the row bitmasks.
+    z = jnp.zeros((2,), jnp.uint32)
+    rp = jnp.concatenate([z, rows, z])  # rows padded by 2 on each side
+    up1, up2, dn1, dn2 = rp[1:H + 1], rp[0:H], rp[3:H + 3], rp[4:H + 4]
+    pull_rows = rows & ((up1 & up2) | (dn1 & dn2) | ((rows << 1) & (rows << 2))
+                        | ((rows >> 1) & (rows >> 2)))
+    pullable = _unpack_rows(pull_rows, W)
+    # score: floor cells > 0, pullable ones first, random order within (16 random bits)
+    t_key = jnp.where(floor, (b_cell & 0xFFFF).astype(jnp.int32) + 1 + (pullable << 16), 0)
+    targets = _pick_distinct(t_key, nb)
+    enough_floor = jnp.sum(floor, dtype=jnp.int32) >= nb + 1
+    # Player on another floor cell, preferably next to a target (any start is valid: reverse
+    # play only needs *some* final player position).
+    cell = jnp.arange(n, dtype=jnp.int32)
+    tflat = jnp.zeros((n,), bool)
+    for i in range(nb):
+        tflat = tflat | (cell == targets[i])
+    tp = jnp.pad(tflat, W)
+    near = tp[W - 1:W - 1 + n] | tp[W + 1:W + 1 + n] | tp[:n] | tp[2 * W:2 * W + n]
+    p_key = jnp.where(floor & ~tflat, (b_cell >> 16).astype(jnp.int32) + 1 + (near << 16), 0)
+    player0 = jnp.argmax(p_key).astype(jnp.int32)
 
-    # All the walk's random numbers at once (one vectorised draw, not a PRNG call per step).
-    k1, k2 = jax.random.split(k_walk)
-    u_pull = jax.random.uniform(k1, (max_reverse_steps,))
-    u_dir = jax.random.uniform(k2, (max_reverse_steps, 4))
+    # Free-neighbour table: bit d of fm[c] = cell c + delta_d is floor (d = Up, Down, Left, Right).
+    fp = jnp.pad(floor, W)
+    fm = (fp[:n].astype(jnp.int32) | (fp[2 * W:2 * W + n].astype(jnp.int32) << 1)
+          | (fp[W - 1:W - 1 + n].astype(jnp.int32) << 2) | (fp[W + 1:W + 1 + n].astype(jnp.int32) << 3))
+    offs = [int(DELTAS[d, 0]) * W + int(DELTAS[d, 1]) for d in range(4)]
+    t_list = [targets[i] for i in range(nb)]
+    t_r = [t // W for t in t_list]
+    t_c = [t % W for t in t_list]
+    thr_pull = jnp.asarray(jnp.clip(params.p_pull, 0.0, 1.0) * 256.0, jnp.float32).astype(jnp.uint32)
+    n_steps = jnp.asarray(params.reverse_steps, jnp.int32)
 
-    def body(s, carry):
+    def body(carry, xs):
+        u, s = xs
         player, boxes, pulls, best = carry
-        nxt = player + dflat  # [4] (in bounds: the player stays inside the border walls)
-        behind = player - dflat  # [4]
-        free = ~walls[nxt] & ~jnp.any(boxes[None, :] == nxt[:, None], axis=1)  # bool [4]
-        box_behind = boxes[None, :] == behind[:, None]  # bool [4, nb]
-        pullable = free & jnp.any(box_behind, axis=1)  # bool [4]
-        # Pull-greedy walk: when some pull is possible, take one with probability p_pull;
-        # otherwise move (without pulling) in a random free direction.
-        do_pull = jnp.any(pullable) & (u_pull[s] < params.p_pull)
-        allowed = jnp.where(do_pull, pullable, free)
-        a = jnp.argmax(jnp.where(allowed, u_dir[s], -1.0))
-        moved = allowed[a]
-        boxes = jnp.where(do_pull & box_behind[a], player, boxes)
-        player = jnp.where(moved, nxt[a], player)
+        fmask = fm[player]
+        nxt = [player + o for o in offs]
+        beh = [player - o for o in offs]
+        free, pull = [], []
+        for d in range(4):
+            f = ((fmask >> d) & 1) == 1
+            bh = jnp.zeros((), bool)
+            for b in boxes:
+                f = f & (b != nxt[d])
+                bh = bh | (b == beh[d])
+            free.append(f)
+            pull.append(f & bh)
+        if NO_PULL_ONTO_TARGET:
+            p_on_t = jnp.zeros((), bool)
+            for t in t_list:
+                p_on_t = p_on_t | (player == t)
+            pull = [q & ~p_on_t for q in pull]
+        any_pull = pull[0] | pull[1] | pull[2] | pull[3]
+        do_pull = any_pull & ((u & 0xFF) < thr_pull) & (s < n_steps)
+        if PREFER_ON_TARGET:
+            pon = []
+            for d in range(4):
+                bt = jnp.zeros((), bool)
+                for t in t_list:
+                    bt = bt | (beh[d] == t)
+                pon.append(pull[d] & bt)
+            any_on = pon[0] | pon[1] | pon[2] | pon[3]
+            do_pull = do_pull | (any_on & (s < n_steps))
+            pull = [jnp.where(any_on, q, r) for q, r in zip(pon, pull)]
+        # random priority (6 bits) per direction; the allowed direction of highest priority
+        pr = []
+        for d in range(4):
+            ok = jnp.where(do_pull, pull[d], free[d]) & (s < n_steps)
+            pr.append(jnp.where(ok, ((u >> (8 + 6 * d)) & 63).astype(jnp.int32) + 1, 0))
+        a01 = pr[1] > pr[0]
+        m01 = jnp.maximum(pr[0], pr[1])
+        a23 = pr[3] > pr[2]
+        m23 = jnp.maximum(pr[2], pr[3])
+        hi = m23 > m01
+        moved = jnp.maximum(m01, m23) > 0
+        off = jnp.where(hi, jnp.where(a23, offs[3], offs[2]), jnp.where(a01, offs[1], offs[0]))
+        src = player - off  # where a pulled box comes from
+        boxes = [jnp.where(do_pull & (b == src), player, b) for b in boxes]
+        player = jnp.where(moved, player + off, player)
         pulls = pulls + do_pull.astype(jnp.int32)
-        disp = jnp.sum(jnp.abs(boxes // W - t_r) + jnp.abs(boxes % W - t_c))
-        none_on_target = ~jnp.any(boxes[:, None] == targets[None, :])
-        score = jnp.where(none_on_target, pulls * disp, 0)
+        disp = jnp.zeros((), jnp.int32)
+        none_on = jnp.ones((), bool)
+        for i, b in enumerate(boxes):
+            disp = disp + jnp.abs(b // W - t_r[i]) + jnp.abs(b % W - t_c[i])
+            for t in t_list:
+                none_on = none_on & (b != t)
+        score = jnp.where(none_on, pulls * disp, 0)
         better = score > best[0]
-        best = jax.tree.map(lambda n, o: jnp.where(better, n, o), (score, player, boxes), best)
-        return player, boxes, pulls, best
+        best = (jnp.where(better, score, best[0]), jnp.where(better, player, best[1]),
+                [jnp.where(better, b, ob) for b, ob in zip(boxes, best[2])])
+        return (player, boxes, pulls, best), None
 
-    init = (player0, targets, jnp.int32(0), (jnp.int32(0), player0, targets))
-    n_steps = (min(params.reverse_steps, max_reverse_steps) if isinstance(params.reverse_steps, int)
-               else jnp.minimum(params.reverse_steps, max_reverse_steps))
-    _, _, _, (score, player, boxes) = jax.lax.fori_loop(0, n_steps, body, init)
+    init = (player0, list(t_list), jnp.int32(0), (jnp.int32(0), player0, list(t_list)))
+    (_, _, _, (score, player, boxes)), _ = jax.lax.scan(
+        body, init, (b_walk, jnp.arange(T, dtype=jnp.int32)), unroll=params_unroll(T))
     score = jnp.where(enough_floor, score, 0)
-    return walls, targets, boxes, player, score
+    return ~floor, targets, jnp.stack(boxes), player, score
+
+
+def params_unroll(T):
+    return UNROLL if UNROLL else 1
+
+
+UNROLL = 0
+NO_PULL_ONTO_TARGET = False
+PREFER_ON_TARGET = False
 
 
 def generate_level(key: jax.Array, params, dim_room: Tuple[int, int], num_boxes: int,
@@ -237,14 +320,21 @@ def generate_level(key: jax.Array, params, dim_room: Tuple[int, int], num_boxes:
     `attempts_per_round` rooms generated side by side (width is cheaper than depth under vmap:
     a `while_loop` runs until its slowest lane is done), at most `max_rounds` rounds, the best
     scoring room of a round kept; and the shapes bounding the traced knobs:
-    `params.topology_steps <= max_topology_steps` (default 2 x gym-sokoban's 1.7 x (rows + cols)),
+    `params.topology_steps <= max_topology_steps` (default 2 x `default_topology_steps`),
     `params.reverse_steps <= max_reverse_steps` (extra steps are ignored).
     """
     (H, W), nb = validate_sizes(dim_room, num_boxes)
     if max_topology_steps is None:
-        max_topology_steps = 2 * default_topology_steps((H, W))
+        max_topology_steps = 2 * default_topology_steps((H, W), nb)
     n = H * W
     fb_walls, fb_targets, fb_boxes, fb_player = fallback_level((H, W), nb)
+
+    def one_round(k):
+        keys = jax.random.split(k, attempts_per_round)
+        outs = jax.vmap(lambda k: _attempt(k, H, W, nb, max_topology_steps, max_reverse_steps,
+                                           params))(keys)
+        best = jnp.argmax(outs[4])  # gym-style preference: the highest score of the round
+        return jax.tree.map(lambda x: x[best], outs)
 
     def cond(c):
         rnd, found = c[0], c[1]
@@ -252,18 +342,18 @@ def generate_level(key: jax.Array, params, dim_room: Tuple[int, int], num_boxes:
 
     def body(c):
         rnd, found, walls, targets, boxes, player, score = c
-        keys = jax.random.split(jax.random.fold_in(key, rnd), attempts_per_round)
-        outs = jax.vmap(lambda k: _attempt(k, H, W, nb, max_topology_steps, max_reverse_steps,
-                                           params))(keys)
-        best = jnp.argmax(outs[4])  # gym-style preference: the highest score of the round
-        out = jax.tree.map(lambda x: x[best], outs)
+        out = one_round(jax.random.fold_in(key, rnd))
         ok = out[4] > 0
         new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), out, (walls, targets, boxes, player, score))
         return (rnd + 1, ok) + tuple(new)
 
     zi = jnp.zeros((nb,), jnp.int32)
     init = (jnp.int32(0), jnp.bool_(False), jnp.zeros((n,), bool), zi, zi, jnp.int32(0), jnp.int32(0))
-    rounds, found, walls, targets, boxes, player, score = jax.lax.while_loop(cond, body, init)
+    if max_rounds == 1:
+        walls, targets, boxes, player, score = one_round(jax.random.fold_in(key, 0))
+        rounds, found = jnp.int32(1), score > 0
+    else:
+        rounds, found, walls, targets, boxes, player, score = jax.lax.while_loop(cond, body, init)
     attempts = rounds * attempts_per_round
 
     idx = jnp.arange(n, dtype=jnp.int32)

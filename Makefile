@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench demo clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: install
 bench: install
 	$(PY) benchmarks/env_throughput.py
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/train_iteration.py
+
+demo: install
+	$(PY) -m envs_jax.demo
 
 clean:
 	rm -rf $(VENV) *.egg-info

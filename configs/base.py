@@ -79,6 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.ppo.max_grad_norm = 1.0
     c.ppo.advantage = "gae"  # gae | grpo
     c.ppo.normalise_advantages = True
+    # Old log-probs/values: False = the sampler's (cached decoding, free), True = one extra forward pass.
+    c.ppo.recompute_old = False
 
     # Supervised warm start on oracle demonstrations (a scratch model cannot explore from nothing).
     c.warmstart = ml_collections.ConfigDict()

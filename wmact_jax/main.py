@@ -247,6 +247,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO: keep the terminal readable
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     explicit = config_flags.get_override_values(flags.FLAGS["config"]).keys()
     try:

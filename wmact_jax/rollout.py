@@ -66,6 +66,8 @@ class RolloutBatch:
     end_reason: jax.Array  # [E] int32, index into END_REASONS
     level_id: jax.Array  # [E] int32: which level (episodes of one group share it)
     generated: jax.Array  # [E] int32: tokens written by the model
+    logprobs: jax.Array  # [E, S] f32: log p(token t | tokens[:t]) of model tokens at sampling time (0 elsewhere)
+    values: jax.Array  # [E, S] f32: value of tokens[:t] at model tokens (0 elsewhere, or without a value head)
 
 
 def _scatter_rows(buf, new, start, n):
@@ -128,13 +130,17 @@ class Rollout:
         grids = jax.vmap(env.render_glyphs)(env_state)
         prompt, plen = jax.vmap(conv.initial_prompt)(grids)  # [E, P0], [E]
         cache = self.shard_batch(self.init_cache(E, S))
-        last_logits, cache, _ = prefill_fn(apply, prompt, plen, cache)
+        probe = jax.eval_shape(lambda c: apply(jnp.zeros((E, 1), jnp.int32), c, jnp.zeros((E,), jnp.int32)), cache)
+        has_values = probe.values is not None
+        last_logits, cache, last_values = prefill_fn(apply, prompt, plen, cache)
+        if last_values is None:
+            last_values = jnp.zeros((E,), jnp.float32)
         zeros_es = jnp.zeros((E, S), jnp.int32)
         tokens = _scatter_rows(zeros_es, prompt, jnp.zeros((E,), jnp.int32), plen)
 
         carry = dict(
-            t=jnp.zeros((), jnp.int32), key=k_loop, cache=cache, last_logits=last_logits,
-            pos=plen, tokens=tokens, loss_mask=jnp.zeros((E, S), bool), turn_id=jnp.full((E, S), -1, jnp.int32),
+            t=jnp.zeros((), jnp.int32), key=k_loop, cache=cache, last_logits=last_logits, last_values=last_values,
+            logprobs=jnp.zeros((E, S), jnp.float32), values=jnp.zeros((E, S), jnp.float32), pos=plen, tokens=tokens, loss_mask=jnp.zeros((E, S), bool), turn_id=jnp.full((E, S), -1, jnp.int32),
             env_state=env_state, active=jnp.ones((E,), bool),
             turn_rewards=jnp.zeros((E, L), jnp.float32), turn_valid=jnp.zeros((E, L), bool),
             turn_actions=jnp.zeros((E, L), jnp.int32), success=jnp.zeros((E,), bool),
@@ -149,10 +155,13 @@ class Rollout:
             key, k_dec, k_env = jax.random.split(cr["key"], 3)
             out = decode_fn(apply, cr["cache"], cr["last_logits"], k_dec, max_new_tokens=T, params=sampling,
                             stop_token_ids=jnp.asarray(self.stop_token_ids, jnp.int32), eos=self.eos_id,
-                            active=active, pad_id=self.pad_id, attend_buckets=c.attend_buckets, has_values=False)
+                            active=active, pad_id=self.pad_id, attend_buckets=c.attend_buckets,
+                            has_values=has_values, last_values=cr["last_values"] if has_values else None)
             n_gen = jnp.where(active, out.num_generated, 0)
             pos = cr["pos"]
             tokens = _scatter_rows(cr["tokens"], out.tokens, pos, n_gen)
+            logprobs = _scatter_rows(cr["logprobs"], out.logprobs, pos, n_gen)
+            values = cr["values"] if not has_values else _scatter_rows(cr["values"], out.values, pos, n_gen)
             loss_mask = _scatter_rows(cr["loss_mask"], jnp.ones((E, T), bool), pos, n_gen)
             turn_id = _scatter_rows(cr["turn_id"], jnp.full((E, T), t, jnp.int32), pos, n_gen)
             pos = pos + n_gen
@@ -208,11 +217,15 @@ class Rollout:
             grids = jax.vmap(env.render_glyphs)(env_state)
             fb, fb_len = jax.vmap(conv.feedback)(r_turn, valid, grids, last_tok)
             fb_len = jnp.where(still, fb_len, 0)
-            last_logits, cache, _ = prefill_fn(apply, fb, fb_len, out.cache, out.last_logits)
+            last_logits, cache, last_values = prefill_fn(apply, fb, fb_len, out.cache, out.last_logits,
+                                                         out.last_values)
+            if last_values is None:
+                last_values = cr["last_values"]
             tokens = _scatter_rows(tokens, fb, pos, fb_len)
             pos = pos + fb_len
 
-            return dict(t=t + 1, key=key, cache=cache, last_logits=last_logits, pos=pos, tokens=tokens,
+            return dict(t=t + 1, key=key, cache=cache, last_logits=last_logits, last_values=last_values,
+                        logprobs=logprobs, values=values, pos=pos, tokens=tokens,
                         loss_mask=loss_mask, turn_id=turn_id, env_state=env_state, active=still,
                         turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions,
                         success=success, env_return=env_return, turns=turns, n_actions=n_actions,
@@ -227,7 +240,7 @@ class Rollout:
             turn_rewards=cr["turn_rewards"], turn_valid=cr["turn_valid"], turn_actions=cr["turn_actions"],
             success=cr["success"], env_return=cr["env_return"], turns=cr["turns"], n_actions=cr["n_actions"],
             n_effective=cr["n_effective"], format_errors=cr["format_errors"], end_reason=end_reason,
-            level_id=level_id, generated=cr["generated"])
+            level_id=level_id, generated=cr["generated"], logprobs=cr["logprobs"], values=cr["values"])
         chex.assert_shape(batch.tokens, (E, S))
         return batch, cr["env_state"]
 

@@ -219,8 +219,15 @@ class Trainer:
 
     def _ppo_batch(self, params, ref_params, b):
         tokens, mask = b.tokens, b.loss_mask
-        logits, values = self._train_apply(params, tokens)
-        lp, v, _ = ppo_lib.token_logprobs_and_values(logits, values, tokens)
+        if self.config.ppo.recompute_old:
+            # One forward pass over the episodes instead of the sampler's cached-path numbers.
+            logits, values = self._train_apply(params, tokens)
+            lp, v, _ = ppo_lib.token_logprobs_and_values(logits, values, tokens)
+        else:
+            lp, v = b.logprobs, b.values
+            if "critic" in params:  # a separate critic was not run during the rollout
+                cv = model_apply(self.critic_graphdef, params["critic"], tokens).values
+                v = ppo_lib.token_logprobs_and_values(jnp.zeros(tokens.shape + (1,)), cv, tokens)[1] * mask
         lp, v = jax.lax.stop_gradient(lp), jax.lax.stop_gradient(v)
         parts = rewards_lib.episode_rewards(
             self.reward_cfg, success=b.success, env_return=b.env_return, n_actions=b.n_actions,

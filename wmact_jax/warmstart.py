@@ -104,8 +104,9 @@ def _pad(rows: List[List[int]], width: int, value: int = 0) -> np.ndarray:
     return arr
 
 
-def run_warmstart(trainer, params, log=print):
+def run_warmstart(trainer, params, log=None):
     """Fits the policy to demonstrations; returns (params, metrics). The critic is left as is."""
+    log = log or (lambda msg: print(msg, flush=True))
     c = trainer.config.warmstart
     t0 = time.perf_counter()
     toks, masks, stats = make_demos(

@@ -16,7 +16,7 @@ from flax import struct
 
 from envs_jax.core import Environment, EnvError, StepInfo
 from envs_jax.sokoban.generator import (
-    DELTAS, Level, default_topology_steps, generate_level, validate_sizes)
+    DELTAS, Level, default_budget, default_topology_steps, generate_level, validate_sizes)
 
 # Glyph ids follow gym-sokoban's room_state codes (and RAGEN's GRID_LOOKUP), so ids line up with
 # the reference implementations: 0 wall, 1 empty, 2 target, 3 box on target, 4 box, 5 player,
@@ -46,8 +46,9 @@ class SokobanParams:
     box_off_target_reward: float = -1.0
     finished_reward: float = 10.0
     # Generator: topology walk length (default from the env: gym-sokoban's 1.7 * (rows + cols),
-    # + 8 per extra box), gym's p_change 0.35; reverse_steps is the length of the reverse-play
-    # walk, p_pull the chance it takes an available pull instead of a plain move.
+    # + 12 per extra box), gym's p_change 0.35; reverse_steps is the length of the reverse-play
+    # walk (default from the env: 40 / 50 / 60 for 1 / 2 / 3+ boxes; capped at the env's static
+    # max_reverse_steps), p_pull the chance it takes an available pull instead of a plain move.
     topology_steps: int = 24
     p_change_direction: float = 0.35
     reverse_steps: int = 100
@@ -118,16 +119,20 @@ class Sokoban(Environment[SokobanState, SokobanParams]):
     rules_text = RULES_TEXT
 
     def __init__(self, dim_room: Tuple[int, int] = (7, 7), num_boxes: int = 2,
-                 attempts_per_round: int = 4, max_rounds: int = 4,
-                 max_topology_steps: int | None = None, max_reverse_steps: int = 400):
+                 attempts_per_round: int | None = None, max_rounds: int | None = None,
+                 max_topology_steps: int | None = None, max_reverse_steps: int | None = None):
         self.dim_room, self.num_boxes = validate_sizes(dim_room, num_boxes)
+        d_att, d_rounds, d_rev = default_budget(self.num_boxes)
+        attempts_per_round = d_att if attempts_per_round is None else attempts_per_round
+        max_rounds = d_rounds if max_rounds is None else max_rounds
+        max_reverse_steps = d_rev if max_reverse_steps is None else max_reverse_steps
         for nm, v in (("attempts_per_round", attempts_per_round), ("max_rounds", max_rounds),
                       ("max_reverse_steps", max_reverse_steps)):
             if int(v) < 1:
                 raise EnvError(f"Sokoban: {nm} must be >= 1, got {v}")
         self.attempts_per_round, self.max_rounds = int(attempts_per_round), int(max_rounds)
         self.max_topology_steps = int(max_topology_steps
-                                      or 2 * default_topology_steps(self.dim_room, self.num_boxes))
+                                      or default_topology_steps(self.dim_room, self.num_boxes))
         self.max_reverse_steps = int(max_reverse_steps)
         self.grid_shape = self.dim_room
 
@@ -137,7 +142,10 @@ class Sokoban(Environment[SokobanState, SokobanParams]):
     @property
     def default_params(self) -> SokobanParams:
         H, W = self.dim_room
-        return SokobanParams(topology_steps=default_topology_steps(self.dim_room, self.num_boxes))
+        return SokobanParams(
+            topology_steps=min(default_topology_steps(self.dim_room, self.num_boxes),
+                               self.max_topology_steps),
+            reverse_steps=self.max_reverse_steps)
 
     # ---- levels ---------------------------------------------------------------------------------
     def generate(self, key: jax.Array, params: SokobanParams | None = None) -> Level:

@@ -5,24 +5,39 @@ The recipe follows gym-sokoban's `generate_room` (the generator behind RAGEN's S
 1. Room topology: a random walk inside the border walls stamps one of five 3x3 floor patterns at
    every step and changes direction with probability `p_change_direction`
    (gym-sokoban's `room_topology_generation`: same masks and clamping; walk length 1.7 x
-   (rows + cols) as gym's default, + 8 per extra box).
+   (rows + cols) as gym's default, + 12 per extra box). Built as uint32 row bitmasks in a
+   `lax.scan` with a tiny body.
 2. Placement: `num_boxes` targets on distinct random floor cells (preferring cells a box can be
    pulled off), every box on its own target (a solved position); the player on another floor
    cell, preferably next to a target.
 3. Reverse play: a walk of `reverse_steps` steps; when a pull is available (a box right behind
-   the player, free cell ahead) the walk takes one with probability `p_pull`, else it moves to a
-   random free neighbour. Pulls are exact inverses of pushes, so every position visited is
-   solvable forward. We keep the best-scoring position of the walk, with gym-sokoban's score:
+   the player, free cell ahead) the walk takes one with probability `p_pull` (always when the
+   pull takes a box off a target), else it moves to a random free neighbour; pulls into a wall
+   dead end are skipped, and a player left with no free neighbour restarts from the solved
+   position. Pulls are exact inverses of pushes, so every position visited is solvable
+   forward. We keep the best-scoring position of the walk, with gym-sokoban's score:
    (number of pulls) x (sum of Manhattan distances of every box from its own target), and the
    position only counts when **no box is on a target** (gym-sokoban's rule, which makes the level
    never start solved and every box need at least one push).
-4. Retry: rounds of `attempts_per_round` rooms made side by side (vmapped), the best of a round
-   kept; up to `max_rounds` rounds (a bounded `while_loop`) until a round has a room scoring > 0.
+4. Retry: `attempts_per_round` rooms made side by side (vmapped), the best scoring one kept; up
+   to `max_rounds` rounds (a bounded `while_loop`, only built when max_rounds > 1) until a round
+   has a room scoring > 0. Defaults per box count: `default_budget`.
+
+Speed (why the code looks the way it does): under vmap every loop runs as long as its slowest
+lane and XLA:CPU runs each op of a loop body as its own small kernel, so the walk is a
+fixed-length `lax.scan` (no traced trip count) whose body is a few dozen elementwise ops on
+per-lane scalars: positions are flat cell indices, boxes a tuple of `num_boxes` scalars (no grid
+scatter), walls one gather per step from a precomputed uint8 free-neighbour table (4 bits
+"neighbour is floor", 4 bits "neighbour is not a dead end"), random numbers one uint32 per step
+drawn up front (8 bits for the pull decision, 4 x 6 bits of direction priorities). Targets are
+picked by repeated argmax (XLA:CPU's `top_k` was ~50x slower under vmap), and the topology is a
+scan over row bitmasks instead of an [S, H, W] broadcast. About 4-20x more levels/s than the
+first version at equal difficulty.
 
 Deviations from gym-sokoban (why): the exhaustive depth-first reverse search (ttl 300, up to
 300k states, host recursion) becomes a pull-greedy random walk with a best-so-far snapshot: a
 fixed-shape loop that runs in XLA and vmaps. Target/player placement is biased as above, and the
-topology walk gets 8 extra steps per extra box, because with gym's sparse rooms most multi-box
+topology walk gets 12 extra steps per extra box, because with gym's sparse rooms most multi-box
 attempts cannot yield a level at all. gym-sokoban's score also zeroes positions where the
 *player* stands on a target (a side effect of its integer encoding); ours does not.
 
@@ -77,7 +92,7 @@ def default_topology_steps(dim_room, num_boxes: int = 1) -> int:
     """Random-walk length of the room topology: gym-sokoban's 1.7 x (rows + cols), plus 8 per
     extra box (our deviation: with gym's length a 7x7 room averages ~14 floor cells and only ~14%
     of 3-box rooms admit a level; with +16 steps ~26% do, and the fallback becomes rare)."""
-    return int(1.7 * (dim_room[0] + dim_room[1])) + 8 * (int(num_boxes) - 1)
+    return int(1.7 * (dim_room[0] + dim_room[1])) + 12 * (int(num_boxes) - 1)
 
 
 def box_capacity(dim_room: Tuple[int, int]) -> int:
@@ -98,6 +113,9 @@ def validate_sizes(dim_room, num_boxes) -> Tuple[Tuple[int, int], int]:
             f"included), and at least one side >= 5")
     if isinstance(num_boxes, bool) or int(num_boxes) != num_boxes or num_boxes < 1:
         raise EnvError(f"Sokoban: num_boxes must be an int >= 1, got {num_boxes!r}")
+    if W > 32:
+        raise EnvError(f"Sokoban: dim_room={H}x{W} is too wide; at most 32 columns (the generator "
+                       f"keeps one uint32 bitmask per row)")
     num_boxes = int(num_boxes)
     cap = box_capacity((H, W))
     if num_boxes > cap:
@@ -228,6 +246,12 @@ def _attempt(key, H: int, W: int, num_boxes: int, max_topology_steps: int, n_rev
     fm = (fp[:n].astype(jnp.int32) | (fp[2 * W:2 * W + n].astype(jnp.int32) << 1)
           | (fp[W - 1:W - 1 + n].astype(jnp.int32) << 2) | (fp[W + 1:W + 1 + n].astype(jnp.int32) << 3))
     offs = [int(DELTAS[d, 0]) * W + int(DELTAS[d, 1]) for d in range(4)]
+    # bit 4 + d: the neighbour in direction d has another floor neighbour (not a dead end)
+    deg = sum(((fm >> d) & 1) for d in range(4))
+    live = jnp.pad(floor & (deg >= 2), W).astype(jnp.int32)
+    fm = fm | ((live[:n] << 4) | (live[2 * W:2 * W + n] << 5) | (live[W - 1:W - 1 + n] << 6)
+               | (live[W + 1:W + 1 + n] << 7))
+    fm8 = fm.astype(jnp.uint8)
     t_list = [targets[i] for i in range(nb)]
     t_r = [t // W for t in t_list]
     t_c = [t % W for t in t_list]
@@ -237,7 +261,7 @@ def _attempt(key, H: int, W: int, num_boxes: int, max_topology_steps: int, n_rev
     def body(carry, xs):
         u, s = xs
         player, boxes, pulls, best = carry
-        fmask = fm[player]
+        fmask = fm8[player].astype(jnp.int32)
         nxt = [player + o for o in offs]
         beh = [player - o for o in offs]
         free, pull = [], []
@@ -248,24 +272,22 @@ def _attempt(key, H: int, W: int, num_boxes: int, max_topology_steps: int, n_rev
                 f = f & (b != nxt[d])
                 bh = bh | (b == beh[d])
             free.append(f)
+            # no pull into a dead end (the box would seal the player in for good)
+            bh = bh & (((fmask >> (4 + d)) & 1) == 1)
             pull.append(f & bh)
-        if NO_PULL_ONTO_TARGET:
-            p_on_t = jnp.zeros((), bool)
-            for t in t_list:
-                p_on_t = p_on_t | (player == t)
-            pull = [q & ~p_on_t for q in pull]
         any_pull = pull[0] | pull[1] | pull[2] | pull[3]
         do_pull = any_pull & ((u & 0xFF) < thr_pull) & (s < n_steps)
-        if PREFER_ON_TARGET:
-            pon = []
-            for d in range(4):
-                bt = jnp.zeros((), bool)
-                for t in t_list:
-                    bt = bt | (beh[d] == t)
-                pon.append(pull[d] & bt)
-            any_on = pon[0] | pon[1] | pon[2] | pon[3]
-            do_pull = do_pull | (any_on & (s < n_steps))
-            pull = [jnp.where(any_on, q, r) for q, r in zip(pon, pull)]
+        # A pull that takes a box off a target is always taken (the walk's goal is every box off
+        # every target; without this preference most 3-box walks keep one box home).
+        pon = []
+        for d in range(4):
+            bt = jnp.zeros((), bool)
+            for t in t_list:
+                bt = bt | (beh[d] == t)
+            pon.append(pull[d] & bt)
+        any_on = pon[0] | pon[1] | pon[2] | pon[3]
+        do_pull = do_pull | (any_on & (s < n_steps))
+        pull = [jnp.where(any_on, q, r) for q, r in zip(pon, pull)]
         # random priority (6 bits) per direction; the allowed direction of highest priority
         pr = []
         for d in range(4):
@@ -278,6 +300,12 @@ def _attempt(key, H: int, W: int, num_boxes: int, max_topology_steps: int, n_rev
         hi = m23 > m01
         moved = jnp.maximum(m01, m23) > 0
         off = jnp.where(hi, jnp.where(a23, offs[3], offs[2]), jnp.where(a01, offs[1], offs[0]))
+        # A player boxed in (no free neighbour) can never move again: restart the walk from the
+        # solved position (still a valid reverse-play walk; the best position so far is kept).
+        stuck = ~(free[0] | free[1] | free[2] | free[3]) & (s < n_steps)
+        player = jnp.where(stuck, player0, player)
+        boxes = [jnp.where(stuck, t, b) for t, b in zip(t_list, boxes)]
+        pulls = jnp.where(stuck, 0, pulls)
         src = player - off  # where a pulled box comes from
         boxes = [jnp.where(do_pull & (b == src), player, b) for b in boxes]
         player = jnp.where(moved, player + off, player)
@@ -296,36 +324,47 @@ def _attempt(key, H: int, W: int, num_boxes: int, max_topology_steps: int, n_rev
 
     init = (player0, list(t_list), jnp.int32(0), (jnp.int32(0), player0, list(t_list)))
     (_, _, _, (score, player, boxes)), _ = jax.lax.scan(
-        body, init, (b_walk, jnp.arange(T, dtype=jnp.int32)), unroll=params_unroll(T))
+        body, init, (b_walk, jnp.arange(T, dtype=jnp.int32)))
     score = jnp.where(enough_floor, score, 0)
     return ~floor, targets, jnp.stack(boxes), player, score
 
 
-def params_unroll(T):
-    return UNROLL if UNROLL else 1
+def default_budget(num_boxes: int) -> Tuple[int, int, int]:
+    """Default search budget per box count: (attempts_per_round, max_rounds, reverse_steps).
 
-
-UNROLL = 0
-NO_PULL_ONTO_TARGET = False
-PREFER_ON_TARGET = False
+    Chosen so the four presets keep the old generator's difficulty (mean shortest solution) with
+    a fallback rate <= ~0.5% (see the module docstring); 3+ boxes get a second round, which
+    under vmap only costs when some lane's first round failed."""
+    nb = int(num_boxes)
+    if nb <= 1:
+        return 4, 1, 40
+    if nb == 2:
+        return 8, 1, 50
+    return 8, 2, 60
 
 
 def generate_level(key: jax.Array, params, dim_room: Tuple[int, int], num_boxes: int,
-                   attempts_per_round: int = 4, max_rounds: int = 4,
-                   max_topology_steps: int | None = None, max_reverse_steps: int = 400) -> Level:
+                   attempts_per_round: int | None = None, max_rounds: int | None = None,
+                   max_topology_steps: int | None = None,
+                   max_reverse_steps: int | None = None) -> Level:
     """A solvable, unsolved level (no box on a target) from `key`. Jittable, vmappable.
 
     `params` needs fields topology_steps, p_change_direction, reverse_steps, p_pull (traced:
     `SokobanParams` has them). Static: `dim_room`, `num_boxes`; the search budget: rounds of
-    `attempts_per_round` rooms generated side by side (width is cheaper than depth under vmap:
-    a `while_loop` runs until its slowest lane is done), at most `max_rounds` rounds, the best
-    scoring room of a round kept; and the shapes bounding the traced knobs:
-    `params.topology_steps <= max_topology_steps` (default 2 x `default_topology_steps`),
-    `params.reverse_steps <= max_reverse_steps` (extra steps are ignored).
+    `attempts_per_round` rooms generated side by side (vmapped), at most `max_rounds` rounds
+    (a `while_loop` only when > 1: under vmap it runs until the slowest lane is done), the best
+    scoring room of a round kept; and the static loop lengths bounding the traced knobs:
+    `params.topology_steps <= max_topology_steps` (default `default_topology_steps`),
+    `params.reverse_steps <= max_reverse_steps` (extra steps are ignored). Defaults for the
+    budget: `default_budget(num_boxes)`.
     """
     (H, W), nb = validate_sizes(dim_room, num_boxes)
+    d_att, d_rounds, d_rev = default_budget(nb)
+    attempts_per_round = int(attempts_per_round or d_att)
+    max_rounds = int(max_rounds or d_rounds)
+    max_reverse_steps = int(d_rev if max_reverse_steps is None else max_reverse_steps)
     if max_topology_steps is None:
-        max_topology_steps = 2 * default_topology_steps((H, W), nb)
+        max_topology_steps = default_topology_steps((H, W), nb)
     n = H * W
     fb_walls, fb_targets, fb_boxes, fb_player = fallback_level((H, W), nb)
 

@@ -90,7 +90,8 @@ def ref_step(walls, targets, boxes, player, a, step_count, max_steps, nb):
 
 
 # ---- sizes and errors ---------------------------------------------------------------------------
-@pytest.mark.parametrize("dim,nb", [((5, 5), 6), ((3, 7), 1), ((4, 4), 1), ((7, 7), 0), ((5, 5), 4)])
+@pytest.mark.parametrize("dim,nb", [((5, 5), 6), ((3, 7), 1), ((4, 4), 1), ((7, 7), 0), ((5, 5), 4),
+                                    ((7, 33), 1)])
 def test_impossible_sizes_raise(dim, nb):
     with pytest.raises(EnvError):
         Sokoban(dim, nb)
@@ -204,6 +205,41 @@ def test_generated_levels_valid_unsolved_and_solvable(dim, nb):
                 assert bool(d) == (j == res[0] - 1)
             assert bool(info.success)
     assert lv.fallback.mean() <= 0.2
+
+
+@pytest.mark.parametrize("dim,nb", PRESETS)
+def test_generator_many_levels_structure_and_fallback_rate(dim, nb):
+    """512 levels per preset (no oracle: structure only; solvability is checked above): valid
+    layouts, no box on a target, and the fixed fallback level stays rare."""
+    env, params, _, gen, *_ = env_fns(dim, nb)
+    keys = jax.random.split(jax.random.key(3), 512)
+    lv = jax.device_get(jax.jit(jax.vmap(env.generate, in_axes=(0, None)))(keys, params))
+    B = np.arange(512)
+    assert (lv.boxes.sum((1, 2)) == nb).all() and (lv.targets.sum((1, 2)) == nb).all()
+    assert not (lv.boxes & lv.targets).any() and not (lv.boxes & lv.walls).any()
+    assert not (lv.targets & lv.walls).any()
+    assert not lv.walls[B, lv.player[:, 0], lv.player[:, 1]].any()
+    assert not lv.boxes[B, lv.player[:, 0], lv.player[:, 1]].any()
+    assert lv.walls[:, 0].all() and lv.walls[:, -1].all()
+    assert lv.walls[:, :, 0].all() and lv.walls[:, :, -1].all()
+    assert lv.fallback.mean() <= 0.02, lv.fallback.mean()
+    assert (lv.score[~lv.fallback] > 0).all()
+    # not all levels alike
+    assert len({lv.walls[i].tobytes() + lv.boxes[i].tobytes() for i in range(512)}) > 400
+
+
+def test_generator_budget_knobs():
+    """attempts / rounds / walk length are static knobs; more rounds never raise the fallback."""
+    keys = jax.random.split(jax.random.key(4), 128)
+    params = Sokoban((7, 7), 3).default_params
+    out = {}
+    for rounds in (1, 3):
+        env = Sokoban((7, 7), 3, attempts_per_round=2, max_rounds=rounds)
+        lv = jax.device_get(jax.jit(jax.vmap(env.generate, in_axes=(0, None)))(keys, params))
+        assert not (lv.boxes & lv.targets).any()
+        assert (lv.attempts <= 2 * rounds).all() and (lv.attempts % 2 == 0).all()
+        out[rounds] = lv.fallback.mean()
+    assert out[3] <= out[1]
 
 
 @pytest.mark.parametrize("dim,nb", [((6, 6), 1), ((7, 7), 3), ((5, 9), 2), ((9, 5), 3)])

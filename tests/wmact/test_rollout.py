@@ -21,6 +21,7 @@ from wmact_jax.models import ModelConfig, Transformer
 from wmact_jax.models.kv_cache import KVCache
 from wmact_jax.models.llama import ModelOutput
 from wmact_jax.models.llama import apply as model_apply
+from wmact_jax.ppo import token_logprobs_and_values
 from wmact_jax.rollout import END_REASONS, Rollout, RolloutConfig
 from wmact_jax.sampler import SamplingParams
 from wmact_jax.tokenization.scratch import build_scratch_tokenizer
@@ -195,16 +196,24 @@ def test_cached_decoding_matches_full_recomputation(setup):
     """Greedy rollout of a tiny transformer: every model token is the argmax of a full forward."""
     env, params, tok, *_ = setup
     mc = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                     num_kv_heads=1, max_position_embeddings=1024)
-    graphdef, state = nnx.split(Transformer(mc))
+                     num_kv_heads=1, max_position_embeddings=1024, value_head=True)
+    model = Transformer(mc)
+    model.value_head.kernel.value = 0.3 * jax.random.normal(jax.random.PRNGKey(5), model.value_head.kernel.value.shape)
+    graphdef, state = nnx.split(model)
     roll = make_rollout(setup, lambda p, t, c, n: model_apply(graphdef, p, t, c, n),
                         lambda b, s: KVCache.init(mc, b, s), levels=2, group=2, turns=3, context=512)
     run = jax.jit(lambda p, k: roll.run(p, k, jnp.int32(3), SamplingParams(temperature=jnp.float32(0.0)))[0])
     b = jax.device_get(run(state, jax.random.PRNGKey(0)))
-    logits = model_apply(graphdef, state, jnp.asarray(b.tokens)).logits
-    pred = np.asarray(jnp.argmax(logits, axis=-1))
+    full = model_apply(graphdef, state, jnp.asarray(b.tokens))
+    pred = np.asarray(jnp.argmax(full.logits, axis=-1))
+    lp, v, _ = token_logprobs_and_values(full.logits, full.values, jnp.asarray(b.tokens))
     for e in range(b.tokens.shape[0]):
         n = int(b.length[e])
         pos = np.flatnonzero(np.asarray(b.loss_mask[e, :n]))
         assert pos.size > 0
         np.testing.assert_array_equal(pred[e, pos - 1], np.asarray(b.tokens[e, pos]))
+        # The sampler's log-probs and values (PPO's "old" numbers) equal the full forward's.
+        np.testing.assert_allclose(np.asarray(b.logprobs[e, pos]), np.asarray(lp[e, pos]), atol=1e-4)
+        np.testing.assert_allclose(np.asarray(b.values[e, pos]), np.asarray(v[e, pos]), atol=1e-4)
+        assert np.abs(np.asarray(v[e, pos])).max() > 1e-3  # a random value head: the check is not vacuous
+    assert not np.asarray(b.logprobs)[~np.asarray(b.loss_mask)].any()

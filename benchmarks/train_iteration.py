@@ -11,12 +11,13 @@ Both sides use the SAME Trainer (model, params, tokenizer, codecs, static shapes
   with `tokenizer.encode`, then prefills it.
 
 The update is `trainer._ppo_batch` (old log-probs/values forward + rewards) + `trainer._update` (PPO
-epochs x minibatches), jitted once and fed each side's batch. Default mode first warm-starts the scratch
-model on oracle demonstrations (100 steps) so most answers are well-formed and actions really run;
-the random (untrained) model is measured too, where nearly every answer is malformed.
+epochs x minibatches), jitted once and fed each side's batch (same shapes, so the same cost: --quick
+times it on the in-graph batch only). Default mode measures the random (untrained) model, where nearly
+every answer is malformed and no action runs, then warm-starts it on oracle demonstrations
+(`trainer.warmstart`, 100 steps x 16) so that answers parse and actions really run, and measures again.
 
-    python benchmarks/train_iteration.py              # warm start + random model, 64 episodes (~5-8 min)
-    python benchmarks/train_iteration.py --quick      # random model only, 1 repeat (< 3 min)
+    python benchmarks/train_iteration.py              # random + warm-started model, 64 episodes, 8 turns
+    python benchmarks/train_iteration.py --quick      # random model only, turn cap 4, 1 repeat
     python benchmarks/train_iteration.py --smollm2    # + SmolLM2-135M, 8 episodes, 2 turns (slow on CPU)
 
 Figures: seconds per rollout / update (mean over repeats, each repeat a fresh set of levels, the same
@@ -84,12 +85,14 @@ class Side:
         self.name = name
         self.rollout_s, self.update_s = [], []
         self.stats = []
+        self.update_ref = float("nan")  # update seconds when not timed on this side's batch (same program)
 
     def row(self):
         s = {k: sum(x[k] for x in self.stats) for k in ("generated", "actions", "turns", "format_errors", "success")}
         n = len(self.stats)
         ep = self.stats[0]["episodes"]
-        r, u = float(np.mean(self.rollout_s)), float(np.mean(self.update_s))
+        r = float(np.mean(self.rollout_s))
+        u = float(np.mean(self.update_s)) if self.update_s else self.update_ref
         tot_r = float(np.sum(self.rollout_s))
         return dict(name=self.name, rollout=r, update=u, iteration=r + u, tok_s=s["generated"] / tot_r,
                     steps_s=s["actions"] / tot_r, turns=s["turns"] / (n * ep),
@@ -116,7 +119,7 @@ def _programs(trainer):
     return _PROGRAMS[id(trainer)]
 
 
-def measure(trainer, state, label: str, repeats: int, update_repeats: int = 1, log=print):
+def measure(trainer, state, label: str, repeats: int, update_repeats: int = 1, host_update: bool = True, log=print):
     """-> (in-graph Side, host Side, host-loop timers per rollout). The update (same shapes, same cost for
     both sides) is timed on the first `update_repeats` batches of each side."""
     params = state.ppo.params
@@ -161,11 +164,13 @@ def measure(trainer, state, label: str, repeats: int, update_repeats: int = 1, l
         hb = host.run(params, k, cap, sampling)
         hl.rollout_s.append(time.perf_counter() - t0)
         hl.stats.append(batch_stats(hb))
-        if i < update_repeats:
+        if i < update_repeats and host_update:
             t0 = time.perf_counter()
             hb_dev = jax.device_put(hb)
             jax.block_until_ready(upd_jit(state.ppo, state.ref_params, hb_dev, ukey))
             hl.update_s.append(time.perf_counter() - t0)
+    if not hl.update_s:
+        hl.update_ref = float(np.mean(ig.update_s))
     timers = {k: v / repeats for k, v in host.timers.items()}
     return ig, hl, timers
 
@@ -211,21 +216,24 @@ def print_table(title, ig, hl, timers, fused=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="random model only, 1 repeat, no fused iteration (< 3 min)")
+    ap.add_argument("--quick", action="store_true", help="random model only, turn cap 4, 1 repeat")
     ap.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (8 episodes, few turns; slow)")
     ap.add_argument("--env", default="Sokoban-6x6-1")
     ap.add_argument("--levels", type=int, default=16)
     ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--turns", type=int, default=0, help="turn cap L_max (0 = config default, 8)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed rollouts per side (default 3; quick 1)")
+    ap.add_argument("--turns", type=int, default=0, help="turn cap L_max (0 = config default 8; quick 4)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rollouts per side (default 2; quick 1)")
     ap.add_argument("--warmstart-steps", type=int, default=100)
     ap.add_argument("--warmstart-levels", type=int, default=300)
+    ap.add_argument("--warmstart-batch", type=int, default=16)
     ap.add_argument("--fused", action="store_true", help="also time the fused trainer.iteration (compiles again)")
     ap.add_argument("--no-random", action="store_true", help="skip the random-model measurement (default mode)")
     ap.add_argument("--smollm2-turns", type=int, default=2)
     ap.add_argument("--smollm2-turn-tokens", type=int, default=48)
     args = ap.parse_args()
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 2)
+    if args.quick and not args.turns:
+        args.turns = 4
 
     from wmact_jax.train import Trainer
 
@@ -253,7 +261,8 @@ def main():
     results = []
 
     if args.quick or not args.no_random:
-        ig, hl, tm = measure(trainer, state, "random model", repeats if args.quick else 1)
+        ig, hl, tm = measure(trainer, state, "random model", repeats if args.quick else 1,
+                             host_update=not args.quick)
         sp = print_table(f"random (untrained) scratch model, {rc.num_episodes} episodes, load {_load()}", ig, hl, tm)
         results.append(("random", sp))
 
@@ -261,9 +270,10 @@ def main():
         c.warmstart.enabled = True
         c.warmstart.steps = args.warmstart_steps
         c.warmstart.num_levels = args.warmstart_levels
+        c.warmstart.batch_size = args.warmstart_batch
         t0 = time.perf_counter()
         state, wm = trainer.warmstart(state)
-        print(f"\n# warm start: {args.warmstart_steps} steps on {args.warmstart_levels} levels in "
+        print(f"\n# warm start: {args.warmstart_steps} steps x {args.warmstart_batch} demos from {args.warmstart_levels} levels in "
               f"{time.perf_counter() - t0:.0f}s (token accuracy {wm.get('warmstart/token_accuracy', float('nan')):.3f})")
         ig, hl, tm = measure(trainer, state, "warm-started", repeats)
         fused = fused_iteration_seconds(trainer, state, 1) if args.fused else None

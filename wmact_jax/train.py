@@ -271,7 +271,14 @@ class Trainer:
         cap = 1 if single_turn else min(self.turn_cap(state), self.max_turns)
         temp = 0.0 if greedy else float(self.config.rollout.temperature)
         key = self.eval_key()
-        batch = jax.device_get(self._eval_jit(state.ppo.params, key, jnp.int32(cap), jnp.float32(temp)))
+        def to_host(x):  # multi-process: episodes span processes -> gather (a collective: all call evaluate)
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                from jax.experimental import multihost_utils
+
+                return multihost_utils.process_allgather(x, tiled=True)
+            return jax.device_get(x)
+
+        batch = jax.tree.map(to_host, self._eval_jit(state.ppo.params, key, jnp.int32(cap), jnp.float32(temp)))
         m = {k: float(v) for k, v in jax.device_get(rollout_metrics(batch)).items()}
         m["turn_cap"] = float(cap)
         gap = self._optimality_gap(batch, key)

@@ -50,24 +50,30 @@ class HostLoopRollout:
         self.stop_ids = jnp.asarray(tuple(int(t) for t in stop_token_ids), jnp.int32)
         self.eos_id, self.pad_id = eos_id, pad_id
         self.init_cache = init_cache
-        apply = apply_fn
+        apply = self._apply = apply_fn
 
-        def _prefill(params, tokens, lengths, cache, last_logits):
-            ll, cache, _ = prefill_fn(lambda t, ca, n: apply(params, t, ca, n), tokens, lengths, cache, last_logits)
-            return ll, cache
+        def _prefill(params, tokens, lengths, cache, last_logits, last_values):
+            ll, cache, lv = prefill_fn(lambda t, ca, n: apply(params, t, ca, n), tokens, lengths, cache, last_logits,
+                                       last_values if self.has_values else None)
+            return ll, cache, (last_values if lv is None else lv)
 
         def _prefill0(params, tokens, lengths, cache):
-            ll, cache, _ = prefill_fn(lambda t, ca, n: apply(params, t, ca, n), tokens, lengths, cache)
-            return ll, cache
+            ll, cache, lv = prefill_fn(lambda t, ca, n: apply(params, t, ca, n), tokens, lengths, cache)
+            return ll, cache, (jnp.zeros((tokens.shape[0],), jnp.float32) if lv is None else lv)
 
         stop_ids, eos, pad_id = self.stop_ids, self.eos_id, self.pad_id
 
-        def _decode(params, cache, last_logits, key, sampling, active):
+        def _decode(params, cache, last_logits, last_values, key, sampling, active):
+            hv = self.has_values
             out = decode_fn(lambda t, ca, n: apply(params, t, ca, n), cache, last_logits, key,
                             max_new_tokens=c.max_turn_tokens, params=sampling, stop_token_ids=stop_ids, eos=eos,
-                            active=active, pad_id=pad_id, attend_buckets=c.attend_buckets, has_values=False)
-            return out.tokens, out.num_generated, out.cache, out.last_logits
+                            active=active, pad_id=pad_id, attend_buckets=c.attend_buckets, has_values=hv,
+                            last_values=last_values if hv else None)
+            values = out.values if hv else jnp.zeros_like(out.logprobs)
+            last_v = out.last_values if hv else last_values
+            return out.tokens, out.logprobs, values, out.num_generated, out.cache, out.last_logits, last_v
 
+        self.has_values = None  # found on the first run (as in-graph: does the policy return values?)
         self._prefill = jax.jit(_prefill, donate_argnums=3)
         self._prefill0 = jax.jit(_prefill0, donate_argnums=3)
         self._decode = jax.jit(_decode, donate_argnums=1)
@@ -133,13 +139,19 @@ class HostLoopRollout:
         t1 = time.perf_counter()
         ptok, plen = self._pad(prompts_ids, conv.max_prompt_len)
         cache = self.init_cache(E, S)
-        last_logits, cache = self._prefill0(params, jnp.asarray(ptok), jnp.asarray(plen), cache)
+        if self.has_values is None:
+            probe = jax.eval_shape(lambda p, ca: self._apply(p, jnp.zeros((E, 1), jnp.int32), ca,
+                                                             jnp.zeros((E,), jnp.int32)), params, cache)
+            self.has_values = probe.values is not None
+        last_logits, cache, last_values = self._prefill0(params, jnp.asarray(ptok), jnp.asarray(plen), cache)
         jax.block_until_ready(last_logits)
         tm["device_prefill"] += time.perf_counter() - t1
 
         tokens = np.zeros((E, S), np.int32)
         loss_mask = np.zeros((E, S), bool)
         turn_id = np.full((E, S), -1, np.int32)
+        logprobs = np.zeros((E, S), np.float32)
+        values = np.zeros((E, S), np.float32)
         for e in range(E):
             tokens[e, : plen[e]] = ptok[e, : plen[e]]
         pos = plen.astype(np.int64).copy()
@@ -162,9 +174,9 @@ class HostLoopRollout:
         while t < L and active.any():
             loop_key, k_dec, _k_env = jax.random.split(loop_key, 3)
             t1 = time.perf_counter()
-            out_tok, n_gen, cache, dec_logits = self._decode(params, cache, last_logits, k_dec, sampling,
-                                                             jnp.asarray(active))
-            out_tok, n_gen = np.asarray(out_tok), np.asarray(n_gen)  # device -> host (blocks)
+            out_tok, out_lp, out_v, n_gen, cache, dec_logits, dec_values = self._decode(
+                params, cache, last_logits, last_values, k_dec, sampling, jnp.asarray(active))
+            out_tok, out_lp, out_v, n_gen = (np.asarray(x) for x in (out_tok, out_lp, out_v, n_gen))  # -> host
             tm["device_decode"] += time.perf_counter() - t1
             n_gen = np.where(active, n_gen, 0)
 
@@ -173,6 +185,8 @@ class HostLoopRollout:
                 ng = int(n_gen[e])
                 tokens[e, pos[e]: pos[e] + ng] = out_tok[e, :ng]
                 loss_mask[e, pos[e]: pos[e] + ng] = True
+                logprobs[e, pos[e]: pos[e] + ng] = out_lp[e, :ng]
+                values[e, pos[e]: pos[e] + ng] = out_v[e, :ng]
                 turn_id[e, pos[e]: pos[e] + ng] = t
                 pos[e] += ng
                 generated[e] += ng
@@ -230,7 +244,8 @@ class HostLoopRollout:
             t1 = time.perf_counter()
             fb, fb_len = self._pad(fb_rows, conv.max_feedback_len)
             fb_len = np.where(active, fb_len, 0)
-            last_logits, cache = self._prefill(params, jnp.asarray(fb), jnp.asarray(fb_len), cache, dec_logits)
+            last_logits, cache, last_values = self._prefill(params, jnp.asarray(fb), jnp.asarray(fb_len), cache,
+                                                            dec_logits, dec_values)
             jax.block_until_ready(last_logits)
             tm["device_prefill"] += time.perf_counter() - t1
             t += 1
@@ -241,4 +256,4 @@ class HostLoopRollout:
                             turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions,
                             success=success, env_return=env_return, turns=turns, n_actions=n_actions,
                             n_effective=n_eff, format_errors=format_errors, end_reason=end_reason,
-                            level_id=level_id, generated=generated)
+                            level_id=level_id, generated=generated, logprobs=logprobs, values=values)

@@ -14,7 +14,7 @@ The update is `trainer._ppo_batch` (old log-probs/values forward + rewards) + `t
 epochs x minibatches), jitted once and fed each side's batch (same shapes, so the same cost: --quick
 times it on the in-graph batch only). Default mode measures the random (untrained) model, where nearly
 every answer is malformed and no action runs, then warm-starts it on oracle demonstrations
-(`trainer.warmstart`, 100 steps x 16) so that answers parse and actions really run, and measures again.
+(`trainer.warmstart`, 100 steps x 8 demonstrations) so that answers parse and actions really run, and measures again.
 
     python benchmarks/train_iteration.py              # random + warm-started model, 64 episodes, 8 turns
     python benchmarks/train_iteration.py --quick      # random model only, turn cap 4, 1 repeat
@@ -225,7 +225,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=None, help="timed rollouts per side (default 2; quick 1)")
     ap.add_argument("--warmstart-steps", type=int, default=100)
     ap.add_argument("--warmstart-levels", type=int, default=300)
-    ap.add_argument("--warmstart-batch", type=int, default=16)
+    ap.add_argument("--warmstart-batch", type=int, default=8)
     ap.add_argument("--fused", action="store_true", help="also time the fused trainer.iteration (compiles again)")
     ap.add_argument("--no-random", action="store_true", help="skip the random-model measurement (default mode)")
     ap.add_argument("--smollm2-turns", type=int, default=2)

@@ -16,12 +16,13 @@ def get_config():
     c.rollout.max_turn_tokens = 24
     c.rollout.max_actions_per_turn = 4
     c.rollout.max_actions = 20
-    c.anneal.l0, c.anneal.tau = 5, 5
-    c.ppo.epochs, c.ppo.minibatches = 1, 2
-    c.ppo.lr = 2e-4
-    c.warmstart.steps, c.warmstart.batch_size, c.warmstart.num_levels = 200, 16, 800
-    c.train.iterations = 20
-    c.train.eval_every = 10
+    c.anneal.l0, c.anneal.tau = 6, 5
+    c.ppo.epochs, c.ppo.minibatches = 2, 2
+    c.ppo.lr = 5e-4
+    c.warmstart.steps, c.warmstart.batch_size, c.warmstart.num_levels = 150, 16, 800
+    c.warmstart.plan_fraction = 0.7
+    c.train.iterations = 40
+    c.train.eval_every = 20
     c.train.eval_levels = 64
     c.train.checkpoint_every = 10
     return c

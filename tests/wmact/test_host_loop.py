@@ -40,6 +40,9 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), err_msg=f)
     for f in ("turn_rewards", "env_return"):
         np.testing.assert_allclose(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), atol=1e-5, err_msg=f)
+    for f in ("logprobs", "values"):  # sampling-time numbers (float round-off between the two programs)
+        if hasattr(a, f):
+            np.testing.assert_allclose(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), atol=2e-3, err_msg=f)
 
 
 @pytest.mark.parametrize("cap", [1, 3])

@@ -10,7 +10,7 @@ Both sides use the SAME Trainer (model, params, tokenizer, codecs, static shapes
   for ONE episode (one call + sync per action), renders the grid as text and tokenizes the feedback
   with `tokenizer.encode`, then prefills it.
 
-The update is `trainer._ppo_batch` (old log-probs/values forward + rewards) + `trainer._update` (PPO
+The update is `trainer._ppo_batch` (rewards; the old log-probs/values come from the sampler unless ppo.recompute_old) + `trainer._update` (PPO
 epochs x minibatches), jitted once and fed each side's batch (same shapes, so the same cost: --quick
 times it on the in-graph batch only). Default mode measures the random (untrained) model, where nearly
 every answer is malformed and no action runs, then warm-starts it on oracle demonstrations
@@ -254,7 +254,8 @@ def main():
           f"context {rc.context_len}, prompt <= {trainer.conv.max_prompt_len} tokens, feedback <= "
           f"{trainer.conv.max_feedback_len}; sampling temperature {c.rollout.temperature}")
     print(f"# update: PPO {c.ppo.epochs} epochs x {c.ppo.minibatches} minibatches over the {rc.num_episodes} x "
-          f"{rc.context_len} token batch (+ the old log-prob / value forward)")
+          f"{rc.context_len} token batch (old log-probs/values: "
+          f"{'an extra forward pass' if trainer.config.ppo.recompute_old else 'from the sampler'})")
     print(f"# host loop: per-episode jitted env.step_env / render_glyphs (JAX env, one call + sync per action), "
           f"regex parse_answer_text, tokenizer.encode of the feedback text, jitted prefill_fn/decode_fn")
     state = trainer.init_state(jax.random.PRNGKey(c.seed))

@@ -49,15 +49,6 @@ class TrainState:
     iteration: jax.Array  # int32
 
 
-def _method_defaults(config) -> None:
-    """Applies the method presets (entire_plan, interactive, ...) when main.py's resolver is absent."""
-    try:
-        from wmact_jax.config_check import resolve_method
-    except ImportError:  # pragma: no cover
-        return
-    resolve_method(config)
-
-
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str = ""):
         self.config = config
@@ -226,8 +217,9 @@ class Trainer:
         else:
             lp, v = b.logprobs, b.values
             if "critic" in params:  # a separate critic was not run during the rollout
-                cv = model_apply(self.critic_graphdef, params["critic"], tokens).values
-                v = ppo_lib.token_logprobs_and_values(jnp.zeros(tokens.shape + (1,)), cv, tokens)[1] * mask
+                cv = model_apply(self.critic_graphdef, params["critic"], tokens).values  # [E, S]
+                # PPO's alignment: values[:, t] is the critic's output at position t - 1.
+                v = jnp.pad(cv[:, :-1], ((0, 0), (1, 0))) * mask
         lp, v = jax.lax.stop_gradient(lp), jax.lax.stop_gradient(v)
         parts = rewards_lib.episode_rewards(
             self.reward_cfg, success=b.success, env_return=b.env_return, n_actions=b.n_actions,
@@ -339,10 +331,8 @@ class Trainer:
 
 def _constrain_batch(mesh, tree):
     """Splits the leading (episode) axis of every array over ('data', 'fsdp') when it divides."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     from wmact_jax.models.kv_cache import KVCache as _KV
-    from wmact_jax.models.sharding import BATCH_AXES, cache_shardings
+    from wmact_jax.models.sharding import batch_sharding, cache_shardings
 
     n = mesh.shape["data"] * mesh.shape["fsdp"]
     if isinstance(tree, _KV):
@@ -353,7 +343,7 @@ def _constrain_batch(mesh, tree):
     def one(x):
         if x.ndim == 0 or x.shape[0] % n:
             return x
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH_AXES, *([None] * (x.ndim - 1)))))
+        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
 
     return jax.tree.map(one, tree)
 

@@ -62,6 +62,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_all(procs, t0: float, timeout: float, what: str):
+    """(stdout, stderr) of every worker, all within `timeout` seconds from t0; kills them all and
+    fails the test if any is still running then."""
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=max(5.0, timeout - (time.time() - t0))))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+            p.wait()
+        pytest.fail(f"{what} timed out")
+    return outs
+
+
 def test_two_processes_agree(tmp_path):
     t0 = time.time()
     script = tmp_path / "worker.py"
@@ -74,15 +89,7 @@ def test_two_processes_agree(tmp_path):
         env.pop("XLA_FLAGS", None)  # one CPU device per process
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=str(tmp_path),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=max(5.0, 55.0 - (time.time() - t0))))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-            p.wait()
-        pytest.fail("distributed workers timed out")
+    outs = wait_all(procs, t0, 55.0, "distributed workers")
     codes = [p.returncode for p in procs]
     if GLOO_UNAVAILABLE in codes:
         pytest.skip("gloo CPU collectives are not available in this jax build")

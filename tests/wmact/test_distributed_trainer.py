@@ -8,7 +8,6 @@ evaluation metrics exactly.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,10 +16,10 @@ import time
 import numpy as np
 import pytest
 
+from .test_distributed import GLOO_UNAVAILABLE, _free_port, wait_all
 from .test_train import TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GLOO_UNAVAILABLE = 77
 TIMEOUT = 900.0  # seconds for all workers together (compiling dominates; ~1-2 min on a quiet machine)
 
 WORKER = TINY + textwrap.dedent("""
@@ -70,12 +69,6 @@ WORKER = TINY + textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_trainer_two_processes_agree_with_one_process(tmp_path):
     t0 = time.time()
     script = tmp_path / "worker.py"
@@ -89,15 +82,7 @@ def test_trainer_two_processes_agree_with_one_process(tmp_path):
                  dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")))
     procs = [subprocess.Popen([sys.executable] + args, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for args, env in runs]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=max(5.0, TIMEOUT - (time.time() - t0))))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-            p.wait()
-        pytest.fail("trainer workers timed out")
+    outs = wait_all(procs, t0, TIMEOUT, "trainer workers")
     codes = [p.returncode for p in procs]
     if GLOO_UNAVAILABLE in codes[:2]:
         pytest.skip("gloo CPU collectives are not available in this jax build")

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test bench demo clean
+.PHONY: install run test bench demo experiments experiments-quick clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ bench: install
 
 demo: install
 	$(PY) -m envs_jax.demo
+
+# The paper's comparison at small scale (experiments/README section in README.md).
+experiments-quick: install
+	$(PY) experiments/run.py --suite quick
+
+experiments: install
+	$(PY) experiments/run.py --suite full
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -152,8 +152,10 @@ def main(argv=None):
     peak = matmul_peak()
     print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()} {threads} "
           f"python {platform.python_version()}")
+    layout = KVCache.init(ModelConfig.tiny(8), 1, 1).layout
     print(f"# prompt_len={P} new_tokens={new} cache_len={cache_len} attend_buckets={buckets} greedy, EOS off, "
-          f"jax dtype={args.dtype}, torch float32")
+          f"jax dtype={args.dtype} (KV cache layout {layout}), torch float32; timings include cache allocation "
+          f"and prefill on both sides")
     print(f"# float32 matmul peak (2048^3 jnp): {peak:.1f} GFLOP/s")
     hdr = (f"{'model':<13}{'params':>8}{'batch':>6} | {'jax tok/s':>10}{'torch tok/s':>12}{'speedup':>8}"
            f" | {'prefill tok/s':>13}{'prefill GF/s':>13}{'decode GF/s':>12}{'%peak':>7}{'same':>6}")

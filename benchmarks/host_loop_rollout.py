@@ -35,7 +35,7 @@ import numpy as np
 from wmact_jax import prompts
 from wmact_jax.codec import decode_text, parse_answer_text
 from wmact_jax.rollout import (END_ACTION_CAP, END_CONTEXT, END_ENV_LIMIT, END_RUNNING, END_SOLVED, END_TURN_CAP,
-                               RolloutBatch)
+                               RolloutBatch, takes_logits_at)
 from wmact_jax.sampler import decode_fn, prefill_fn
 
 
@@ -52,13 +52,18 @@ class HostLoopRollout:
         self.init_cache = init_cache
         apply = self._apply = apply_fn
 
+        def with_params(params):  # logits only where prefill reads them, as the in-graph rollout does
+            if takes_logits_at(apply):
+                return lambda t, ca, n, logits_at=None: apply(params, t, ca, n, logits_at=logits_at)
+            return lambda t, ca, n: apply(params, t, ca, n)
+
         def _prefill(params, tokens, lengths, cache, last_logits, last_values):
-            ll, cache, lv = prefill_fn(lambda t, ca, n: apply(params, t, ca, n), tokens, lengths, cache, last_logits,
+            ll, cache, lv = prefill_fn(with_params(params), tokens, lengths, cache, last_logits,
                                        last_values if self.has_values else None)
             return ll, cache, (last_values if lv is None else lv)
 
         def _prefill0(params, tokens, lengths, cache):
-            ll, cache, lv = prefill_fn(lambda t, ca, n: apply(params, t, ca, n), tokens, lengths, cache)
+            ll, cache, lv = prefill_fn(with_params(params), tokens, lengths, cache)
             return ll, cache, (jnp.zeros((tokens.shape[0],), jnp.float32) if lv is None else lv)
 
         stop_ids, eos, pad_id = self.stop_ids, self.eos_id, self.pad_id

@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.ppo.normalise_advantages = True
     # Old log-probs/values: False = the sampler's (cached decoding, free), True = one extra forward pass.
     c.ppo.recompute_old = False
+    # Train on tokens[:, :W], W the smallest of 128, 256, ... context_len holding every model token
+    # (the same result: trailing padding is never trained on). 0 = always context_len.
+    c.ppo.width_bucket = 128
 
     # Supervised warm start on oracle demonstrations (a scratch model cannot explore from nothing).
     c.warmstart = ml_collections.ConfigDict()
@@ -91,7 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmstart.num_levels = 2000
     c.warmstart.plan_fraction = 0.5  # share of demos that give several actions per turn
     c.warmstart.noise = 0.2  # share of demo turns with a deliberately suboptimal action
-    c.warmstart.path = ""  # reuse a warm-started checkpoint instead of training one
+    c.warmstart.single_turn_fraction = 0.0  # share of demos in the one-turn whole-plan (entire_plan) format
+    c.warmstart.length_bucket = 128  # demos are batched by length, in widths of this multiple (0 = one width)
+    c.warmstart.path = ""  # start from this warm-started policy (`python -m wmact_jax.warmstart` output)
 
     c.train = ml_collections.ConfigDict()
     c.train.iterations = 60
@@ -101,6 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 20
     c.train.keep_checkpoints = 3
     c.train.transcripts = 3  # readable transcripts written at each evaluation
+    # Evaluation modes: greedy and sampled at the current turn cap, greedy with a one-turn cap.
+    c.train.eval_modes = ("greedy", "sampled", "single_turn")
+    c.train.eval_before = True  # evaluate before RL too (the "before" column of summary.md)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all devices not used by the other axes

@@ -35,6 +35,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.advantage": ("gae", "grpo"),
 }
 
+EVAL_MODES = ("greedy", "sampled", "single_turn")
+
 # What each method sets (applied by `resolve_method` unless the user set the field explicitly).
 # `None` values are computed from the config (see `_method_values`).
 STEP_PENALTY_PER_TURN = 0.1
@@ -218,7 +220,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
 
     # Warm start.
     w = c.warmstart
-    nonneg("warmstart.steps")
+    nonneg("warmstart.steps", "warmstart.length_bucket")
+    need(0 <= w.single_turn_fraction <= 1,
+         f"'warmstart.single_turn_fraction' must be in [0, 1], got {w.single_turn_fraction!r}")
     positive("warmstart.batch_size", "warmstart.lr", "warmstart.num_levels")
     need(0 <= w.plan_fraction <= 1, f"'warmstart.plan_fraction' must be in [0, 1], got {w.plan_fraction!r}")
     need(0 <= w.noise < 1, f"'warmstart.noise' must be in [0, 1), got {w.noise!r}")
@@ -229,7 +233,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
         need(os.path.exists(w.path), f"'warmstart.path' {w.path!r} does not exist")
 
     # Training loop.
-    nonneg("train.iterations", "train.eval_every", "train.transcripts")
+    nonneg("train.iterations", "train.eval_every", "train.transcripts", "ppo.width_bucket")
+    for mode in c.train.eval_modes:
+        need(mode in EVAL_MODES, f"'train.eval_modes': unknown mode {mode!r}, must be among {list(EVAL_MODES)}")
     positive("train.log_every", "train.eval_levels", "train.checkpoint_every",
              "train.keep_checkpoints")
 
@@ -302,13 +308,19 @@ def _method_values(config: ml_collections.ConfigDict) -> dict[str, Any]:
                          if difflib.get_close_matches(str(m), METHODS, n=1) else ""))
 
 
+# Fields without which a method is not itself: set from the method even when a preset changed them
+# (only a command-line override wins). A preset's 4 actions per turn must not cap a whole plan.
+_DEFINING = {"entire_plan": ("anneal.kind", "anneal.l0", "rollout.max_actions_per_turn")}
+
+
 def resolve_method(config: ml_collections.ConfigDict,
                    explicit: Iterable[str] | None = None) -> ml_collections.ConfigDict:
     """Returns a copy of `config` with the settings `config.method` implies.
 
     A field counts as set explicitly by the user (and is then left alone) if it is in `explicit`
     (e.g. the command-line overrides, ``config_flags.get_override_values``) or if its value
-    differs from ``configs/base.py``: a preset or override that changes it wins over the method.
+    differs from ``configs/base.py``: a preset or override that changes it wins over the method,
+    except for the fields that define the method (`_DEFINING`), where only `explicit` wins.
     Idempotent. Methods:
       entire_plan: 1 turn (anneal fixed, l0=1), the answer carries the whole plan
         (max_actions_per_turn = max_actions), no rescaling.
@@ -320,9 +332,10 @@ def resolve_method(config: ml_collections.ConfigDict,
     out = ml_collections.ConfigDict(config.to_dict())
     base = flatten(_base_config())
     explicit = set(explicit or ())
+    defining = _DEFINING.get(out.method, ())
     for path, value in _method_values(out).items():
         current = _get(out, path)
-        user_set = path in explicit or (path in base and current != base[path])
+        user_set = path in explicit or (path not in defining and path in base and current != base[path])
         if not user_set:
             _set(out, path, value)
     return out

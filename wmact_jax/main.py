@@ -77,13 +77,24 @@ def _default_trainer_cls():
 
 
 def _eval_modes(trainer, config) -> list[tuple[str, dict]]:
-    """(name, evaluate kwargs): greedy and sampled; plus greedy with a one-turn cap (WMAct's goal:
-    solving from the internal world model alone) when the Trainer supports `single_turn`."""
+    """(name, evaluate kwargs) of `config.train.eval_modes`: greedy and sampled at the turn cap,
+    greedy with a one-turn cap (WMAct's goal: solving from the internal world model alone), and
+    greedy on every `config.env.eval_names` environment (transfer) as mode `transfer/<name>`.
+    Modes the Trainer's `evaluate` cannot run (no such keyword) are skipped."""
     params = inspect.signature(trainer.evaluate).parameters
     extra = {"transcripts": config.train.transcripts} if "transcripts" in params else {}
-    modes = [("greedy", dict(greedy=True, **extra)), ("sampled", dict(greedy=False, **extra))]
-    if "single_turn" in params and config.method != "entire_plan":
+    wanted = tuple(config.train.eval_modes) if "eval_modes" in config.train else ("greedy", "sampled", "single_turn")
+    modes = []
+    if "greedy" in wanted:
+        modes.append(("greedy", dict(greedy=True, **extra)))
+    if "sampled" in wanted:
+        modes.append(("sampled", dict(greedy=False, **extra)))
+    if "single_turn" in wanted and "single_turn" in params and config.method != "entire_plan":
         modes.append(("single_turn", dict(greedy=True, single_turn=True, **extra)))
+    if "env_name" in params:
+        for name in config.env.eval_names:
+            if name != config.env.name:
+                modes.append((f"transfer/{name}", dict(greedy=True, env_name=name, **extra)))
     return modes
 
 
@@ -161,6 +172,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
         logging.info("resumed from %s/%d (iteration %d)", ckpt_dir, latest, start)
         writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
     else:
+        stale = os.path.join(workdir, "metrics.jsonl")
+        if is_main and os.path.exists(stale):  # metrics of a run whose checkpoints are gone: keep, set aside
+            os.replace(stale, f"{stale}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         writer = MetricsWriter(workdir, enabled=is_main)
         state = trainer.init_state(key)
         if config.warmstart.enabled or config.warmstart.path:
@@ -174,7 +188,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
 
     total = config.train.iterations
     before = None
-    if start == 0:  # decided alike on every process (evaluate may run collectives)
+    eval_before = bool(config.train.get("eval_before", True))
+    if start == 0 and eval_before:  # decided alike on every process (evaluate may run collectives)
         before = {"step": 0, "metrics": _evaluate(trainer, state, config, 0, writer, workdir, is_main)}
         if is_main:
             _write_json(initial_path, before)
@@ -223,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
         ckpt.close()
         writer.close()
 
-    if before is None:  # the initial evaluation was lost (e.g. a workdir copied without it)
+    if before is None:  # not run (train.eval_before=False) or lost (e.g. a workdir copied without it)
         before = {"step": None, "metrics": {}}
     table = summary_markdown(before["metrics"], after["metrics"], before["step"], after["step"])
     locations = "\n".join([

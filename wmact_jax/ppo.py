@@ -18,6 +18,7 @@ Alignment convention (used by every function here, and expected from the rollout
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Literal, Mapping
 
 import jax
@@ -56,6 +57,10 @@ class PPOConfig:
     normalise_advantages: bool = True
     loss_agg: Literal["token-mean", "seq-mean-token-sum"] = "token-mean"
     adv_eps: float = 1e-6
+    # Static sequence widths the update may run at (increasing, the last = the batch width S; empty =
+    # always S). The update trains on tokens[:, :W] for the smallest W holding every model token:
+    # trailing padding is never attended to or trained on, so the result is the same, only cheaper.
+    width_buckets: tuple = ()
 
     def __post_init__(self):
         if self.advantage not in ("gae", "grpo"):
@@ -332,6 +337,15 @@ def ppo_loss(
 # The update
 
 
+def width_buckets(width: int, base: int = 128) -> tuple:
+    """base, 2*base, ... below `width`, then `width`: the update's static sequence widths."""
+    out, w = [], base
+    while w < width:
+        out.append(w)
+        w *= 2
+    return tuple(out) + (width,)
+
+
 def make_update(
     cfg: PPOConfig, apply_fn: ApplyFn, optimizer: optax.GradientTransformation
 ) -> Callable[[TrainState, Mapping[str, Array], Array], tuple[TrainState, dict[str, Array]]]:
@@ -367,7 +381,7 @@ def make_update(
         if cfg.kl_coef <= 0:
             data.pop("ref_logprobs", None)
 
-        def sgd_step(st: TrainState, idx):  # idx [mb_size]
+        def sgd_step(st: TrainState, data, idx):  # idx [mb_size]
             mb = jax.tree.map(lambda x: x[idx], data)
             (_, metrics), grads = grad_fn(st.params, mb)
             updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
@@ -375,11 +389,25 @@ def make_update(
             metrics["grad_norm"] = optax.global_norm(grads)
             return st.replace(params=params, opt_state=opt_state, step=st.step + 1), metrics
 
-        def epoch(st: TrainState, k):
-            perm = jax.random.permutation(k, e).reshape(cfg.minibatches, mb_size)
-            return jax.lax.scan(sgd_step, st, perm)
+        def epochs(st: TrainState, data):
+            def epoch(st: TrainState, k):
+                perm = jax.random.permutation(k, e).reshape(cfg.minibatches, mb_size)
+                return jax.lax.scan(lambda s, idx: sgd_step(s, data, idx), st, perm)
 
-        state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, cfg.epochs))
+            return jax.lax.scan(epoch, st, jax.random.split(key, cfg.epochs))
+
+        width = data["tokens"].shape[1]
+        buckets = [w for w in cfg.width_buckets if w < width]
+        if buckets:
+            # lax.switch on the smallest bucket holding the last model token (each branch is compiled).
+            mask = jnp.asarray(data["mask"]).astype(bool)
+            need = jnp.max(jnp.where(jnp.any(mask, axis=0), jnp.arange(width) + 1, 0))
+            index = jnp.sum(jnp.asarray(buckets) < need)
+            branches = [functools.partial(lambda w, st: epochs(st, jax.tree.map(lambda x: x[:, :w], data)), w)
+                        for w in buckets] + [lambda st: epochs(st, data)]
+            state, metrics = jax.lax.switch(index, branches, state)
+        else:
+            state, metrics = epochs(state, data)
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["advantage_mean"] = masked_mean(batch["advantages"], batch["mask"])
         return state, metrics

@@ -70,6 +70,15 @@ class RolloutBatch:
     values: jax.Array  # [E, S] f32: value of tokens[:t] at model tokens (0 elsewhere, or without a value head)
 
 
+def takes_logits_at(fn) -> bool:
+    import inspect
+
+    try:
+        return "logits_at" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _scatter_rows(buf, new, start, n):
     """buf [E, S], new [E, P]: row e gets new[e, :n[e]] at start[e] (never clamps, drops overflow)."""
     S, P = buf.shape[1], new.shape[1]
@@ -123,7 +132,10 @@ class Rollout:
         k_level, k_loop = jax.random.split(key)
         env_state = self.reset_levels(k_level) if init_state is None else init_state
         env_state = self.shard_batch(env_state)
-        apply = lambda tok, cache, n: self.apply_fn(params, tok, cache, n)
+        if takes_logits_at(self.apply_fn):  # prefill then computes logits only where they are read
+            apply = lambda tok, cache, n, logits_at=None: self.apply_fn(params, tok, cache, n, logits_at=logits_at)
+        else:
+            apply = lambda tok, cache, n: self.apply_fn(params, tok, cache, n)
         turn_cap = jnp.clip(jnp.asarray(turn_cap, jnp.int32), 1, L)
 
         # Turn 0: the prompt.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -34,6 +35,8 @@ from flax import nnx, struct
 from wmact_jax.models.kv_cache import KVCache
 
 ApplyFn = Callable[..., Any]  # (tokens [B,T], cache, num_new [B]) -> ModelOutput(logits, values, cache)
+# An ApplyFn may also take a keyword `logits_at` ([B] positions; logits [B,1,V] only there, as
+# `llama.apply` does): prefill then pays the LM head once per row instead of once per prompt token.
 
 
 # ----------------------------------------------------------------------------- sampling params
@@ -82,39 +85,54 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def argmax(x: jax.Array) -> jax.Array:
+    """jnp.argmax over the last axis (first maximal index; first NaN if any), as two plain reductions.
+
+    XLA:CPU lowers jnp.argmax to a variadic (value, index) reduce that does not vectorise; a max followed
+    by a min over matching indices is several times faster on [B, V] logits.
+    """
+    V = x.shape[-1]
+    mx = jnp.max(x, axis=-1, keepdims=True)  # NaN if the row has one
+    hit = (x == mx) | jnp.isnan(x)
+    idx = jnp.min(jnp.where(hit, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+    return jnp.minimum(idx, V - 1).astype(jnp.int32)
+
+
 def sample_logits(key: jax.Array, logits: jax.Array, params: SamplingParams):
     """Draw one token per row from logits [B,V] (float32).
 
     Returns (tokens [B] int32, logprobs [B] under the raw temperature-1 policy, sample_logprobs [B]
     under the modified distribution actually sampled from; 0 for greedy rows).
-    The sort-based filter and the random draw are skipped (lax.cond) when no row needs them, which keeps
-    greedy decoding of large vocabularies cheap.
+    The temperature / sort-based filter / random draw are skipped (lax.cond) when no row needs them, and
+    the policy log-prob is logits[token] - logsumexp(logits) (no [B,V] log-softmax is materialised), which
+    keeps greedy decoding of large vocabularies cheap.
     """
     B, V = logits.shape
     p = params.as_arrays(B)
-    logp = jax.nn.log_softmax(logits, axis=-1)  # [B,V] policy log-probs
     greedy = p.temperature <= 0.0
-    temp = jnp.where(greedy, 1.0, p.temperature)
-    scaled = logits / temp[:, None]
-    need_filter = jnp.any(~greedy & ((p.top_k > 0) | (p.top_p < 1.0)))
-    scaled = jax.lax.cond(need_filter, lambda s: filter_logits(s, p.top_k, p.top_p), lambda s: s, scaled)
-    slogp = jax.nn.log_softmax(scaled, axis=-1)  # [B,V]
+    best = argmax(logits)  # [B] greedy tokens
 
     def draw(_):
+        temp = jnp.where(greedy, 1.0, p.temperature)
+        scaled = logits / temp[:, None]
+        need_filter = jnp.any(~greedy & ((p.top_k > 0) | (p.top_p < 1.0)))
+        scaled = jax.lax.cond(need_filter, lambda s: filter_logits(s, p.top_k, p.top_p), lambda s: s, scaled)
+        slogp = jax.nn.log_softmax(scaled, axis=-1)  # [B,V]
         # Inverse-CDF draw: one uniform per row instead of V Gumbel variates (cheap for big vocabularies).
         u = jax.random.uniform(key, (B, 1), jnp.float32)
         cdf = jnp.cumsum(jnp.exp(slogp), axis=-1)  # [B,V]
         tok = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)
         tok = jnp.minimum(tok, V - 1)
         # Guard against float round-off landing on a masked (-inf) token: fall back to the argmax.
-        ok = jnp.take_along_axis(slogp, tok[:, None], axis=-1)[:, 0] > -jnp.inf
-        return jnp.where(ok, tok, jnp.argmax(scaled, axis=-1)).astype(jnp.int32)
+        slp = jnp.take_along_axis(slogp, tok[:, None], axis=-1)[:, 0]
+        tok = jnp.where(slp > -jnp.inf, tok, argmax(scaled)).astype(jnp.int32)
+        return tok, jnp.take_along_axis(slogp, tok[:, None], axis=-1)[:, 0]
 
-    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    sampled = jax.lax.cond(jnp.all(greedy), lambda _: argmax, draw, None)
-    tok = jnp.where(greedy, argmax, sampled)
-    lp = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
-    slp = jnp.where(greedy, 0.0, jnp.take_along_axis(slogp, tok[:, None], axis=-1)[:, 0])
+    sampled, slp = jax.lax.cond(jnp.all(greedy), lambda _: (best, jnp.zeros((B,), jnp.float32)), draw, None)
+    tok = jnp.where(greedy, best, sampled)
+    lse = jax.nn.logsumexp(logits, axis=-1)  # [B]
+    lp = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - lse
+    slp = jnp.where(greedy, 0.0, slp)
     return tok, lp, slp
 
 
@@ -129,11 +147,12 @@ def _as_apply(model) -> tuple[ApplyFn, Any]:
     Accepts an nnx module, a `(graphdef, state)` pair from `nnx.split`, or a callable apply function.
     """
     if isinstance(model, nnx.Module):
-        return (lambda t, c, n: model(t, c, n)), getattr(getattr(model, "config", None), "value_head", None)
+        return ((lambda t, c, n, logits_at=None: model(t, c, n, logits_at=logits_at)),
+                getattr(getattr(model, "config", None), "value_head", None))
     if _is_split(model):
         from wmact_jax.models.llama import apply
         graphdef, state = model
-        return (lambda t, c, n: apply(graphdef, state, t, c, n)), None
+        return (lambda t, c, n, logits_at=None: apply(graphdef, state, t, c, n, logits_at=logits_at)), None
     if callable(model):
         return model, None
     raise TypeError(f"model must be an nnx.Module, a (graphdef, state) pair or an apply callable; got {type(model)}")
@@ -153,27 +172,33 @@ class SampleOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- prefill
-def _windowed_apply(apply_fn: ApplyFn, tokens, cache: KVCache, num_new, buckets: Sequence[int]):
+def _accepts_logits_at(apply_fn: ApplyFn) -> bool:
+    """Whether apply_fn takes a `logits_at` keyword (checked on its signature, at trace time)."""
+    try:
+        params = inspect.signature(apply_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "logits_at" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _windowed_apply(apply_fn: ApplyFn, tokens, cache: KVCache, num_new, buckets: Sequence[int], **kw):
     """apply_fn on the shortest cache prefix [0, W) that holds every row's writes (lax.switch on W).
 
     Attention and the cache read/write cost scale with the cache length given to the model, so a long
     preallocated cache (multi-turn rollouts) is only paid for once the histories are actually long.
     """
-    S, T = cache.k.shape[2], tokens.shape[1]
+    S, T = cache.max_len, tokens.shape[1]
     buckets = [w for w in buckets if w >= T]
     if len(buckets) <= 1:
-        return apply_fn(tokens, cache, num_new)
+        return apply_fn(tokens, cache, num_new, **kw)
     need = jnp.max(cache.lengths) + T  # the model writes all T columns of every row at lengths[b]
 
     def branch(W):
         def f(cache):
             if W == S:
-                return apply_fn(tokens, cache, num_new)
-            small = KVCache(k=cache.k[:, :, :W], v=cache.v[:, :, :W], lengths=cache.lengths)
-            out = apply_fn(tokens, small, num_new)
-            c = out.cache
-            return out._replace(cache=KVCache(k=cache.k.at[:, :, :W].set(c.k), v=cache.v.at[:, :, :W].set(c.v),
-                                              lengths=c.lengths))
+                return apply_fn(tokens, cache, num_new, **kw)
+            out = apply_fn(tokens, cache.prefix(W), num_new, **kw)
+            return out._replace(cache=cache.with_prefix(out.cache))
         return f
 
     index = jnp.sum(jnp.asarray(buckets)[:-1] < need)  # first bucket with need <= W (else the full cache)
@@ -191,10 +216,14 @@ def prefill_fn(apply_fn: ApplyFn, tokens, lengths, cache: KVCache, last_logits=N
     tokens = jnp.asarray(tokens, jnp.int32)
     B, T = tokens.shape
     lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (B,))
-    S = cache.k.shape[2]
+    S = cache.max_len
     buckets = tuple(attend_buckets) if attend_buckets is not None else attend_buckets_for(S)
-    out = _windowed_apply(apply_fn, tokens, cache, lengths, buckets)
-    idx = jnp.clip(lengths - 1, 0, T - 1)
+    idx = jnp.clip(lengths - 1, 0, T - 1)  # each row's last new token
+    if _accepts_logits_at(apply_fn):  # logits / values only at idx: [B,1,V]
+        out = _windowed_apply(apply_fn, tokens, cache, lengths, buckets, logits_at=idx)
+        idx = jnp.zeros_like(idx)
+    else:
+        out = _windowed_apply(apply_fn, tokens, cache, lengths, buckets)
     ll = jnp.take_along_axis(out.logits, idx[:, None, None], axis=1)[:, 0]  # [B,V]
     prev = jnp.zeros_like(ll) if last_logits is None else last_logits.astype(ll.dtype)
     ll = jnp.where((lengths > 0)[:, None], ll, prev)
@@ -208,8 +237,8 @@ def prefill_fn(apply_fn: ApplyFn, tokens, lengths, cache: KVCache, last_logits=N
 @functools.partial(jax.jit, static_argnames=("graphdef", "attend_buckets"), donate_argnames=("cache",))
 def _prefill_split(graphdef, state, tokens, lengths, cache, last_logits, last_values, attend_buckets):
     from wmact_jax.models.llama import apply
-    return prefill_fn(lambda t, c, n: apply(graphdef, state, t, c, n), tokens, lengths, cache, last_logits,
-                      last_values, attend_buckets)
+    return prefill_fn(lambda t, c, n, logits_at=None: apply(graphdef, state, t, c, n, logits_at=logits_at), tokens,
+                      lengths, cache, last_logits, last_values, attend_buckets)
 
 
 def prefill(model, tokens, lengths, cache: KVCache, *, last_logits=None, last_values=None,
@@ -220,7 +249,7 @@ def prefill(model, tokens, lengths, cache: KVCache, *, last_logits=None, last_va
     """
     if isinstance(model, nnx.Module):
         model = nnx.split(model)
-    buckets = tuple(int(b) for b in (attend_buckets or attend_buckets_for(cache.k.shape[2])))
+    buckets = tuple(int(b) for b in (attend_buckets or attend_buckets_for(cache.max_len)))
     if _is_split(model):
         ll, cache, lv = _prefill_split(model[0], model[1], tokens, lengths, cache, last_logits, last_values,
                                        buckets)
@@ -265,7 +294,7 @@ def decode_fn(apply_fn: ApplyFn, cache: KVCache, last_logits, key, *, max_new_to
     """Pure decode loop (see `decode`); usable inside any jit. `attend_buckets` must be static."""
     N = int(max_new_tokens)
     B, V = last_logits.shape
-    S = cache.k.shape[2]
+    S = cache.max_len
     params = SamplingParams() if params is None else params
     stop_ids = [jnp.zeros((0,), jnp.int32)]
     for s in (stop_token_ids, eos):
@@ -338,12 +367,9 @@ def decode_fn(apply_fn: ApplyFn, cache: KVCache, last_logits, key, *, max_new_to
             # Attend only keys [0, W): valid while every row (done or not) has length < W, since the
             # model also writes (ignored) padding at position lengths[b] for rows with num_new 0.
             full = st.cache
-            small = KVCache(k=full.k[:, :, :W], v=full.v[:, :, :W], lengths=full.lengths)
-            st = st.replace(cache=small)
+            st = st.replace(cache=full.prefix(W))
             st = jax.lax.while_loop(lambda s: not_finished(s) & (jnp.max(s.cache.lengths) < W), body, st)
-            c = st.cache
-            return st.replace(cache=KVCache(k=full.k.at[:, :, :W].set(c.k), v=full.v.at[:, :, :W].set(c.v),
-                                            lengths=c.lengths))
+            return st.replace(cache=full.with_prefix(st.cache))
 
         st = jax.lax.cond(not_finished(st) & (jnp.max(st.cache.lengths) < W), run_window, lambda s: s, st)
 
@@ -395,7 +421,7 @@ def decode(model, cache: KVCache, last_logits, key, *, max_new_tokens: int, para
     active = jnp.ones((B,), bool) if active is None else jnp.broadcast_to(jnp.asarray(active, bool), (B,))
     if isinstance(model, nnx.Module):
         model = nnx.split(model)
-    buckets = tuple(int(b) for b in (attend_buckets or attend_buckets_for(cache.k.shape[2])))
+    buckets = tuple(int(b) for b in (attend_buckets or attend_buckets_for(cache.max_len)))
     if _is_split(model):
         return _decode_split(model[0], model[1], cache, last_logits, key, params,
                              stop_token_ids, stop_sequences, eos, active, last_values,

@@ -107,7 +107,9 @@ class Trainer:
             clip_high=float(c.ppo.clip_high), value_clip=float(c.ppo.value_clip) if c.ppo.value_clip > 0 else None,
             vf_coef=float(c.ppo.vf_coef), ent_coef=float(c.ppo.ent_coef), kl_coef=float(c.ppo.kl_coef),
             epochs=int(c.ppo.epochs), minibatches=int(c.ppo.minibatches), max_grad_norm=float(c.ppo.max_grad_norm),
-            advantage=c.ppo.advantage, normalise_advantages=bool(c.ppo.normalise_advantages))
+            advantage=c.ppo.advantage, normalise_advantages=bool(c.ppo.normalise_advantages),
+            width_buckets=(ppo_lib.width_buckets(c.rollout.context_len, int(c.ppo.width_bucket))
+                           if int(c.ppo.width_bucket) > 0 else ()))
         self.optimizer = ppo_lib.make_optimizer(self._schedule(c), max_grad_norm=c.ppo.max_grad_norm)
         self.sampling = SamplingParams(temperature=jnp.float32(c.rollout.temperature),
                                        top_k=jnp.int32(c.rollout.top_k), top_p=jnp.float32(c.rollout.top_p))
@@ -115,6 +117,7 @@ class Trainer:
         self.iteration = jax.jit(self._iteration, donate_argnums=0)
         self._eval_jit = jax.jit(self._eval_rollout)
         self._eval_levels_cache: Dict[Tuple[str, int], Any] = {}
+        self._transfer_cache: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ model
     def _build_model(self, c):
@@ -151,9 +154,9 @@ class Trainer:
             params["critic"] = critic
         return tok, mc, params
 
-    def _policy_apply(self, params, tokens, cache, num_new):
-        """Rollout-time policy: params is the whole params dict."""
-        return model_apply(self.graphdef, params["policy"], tokens, cache, num_new)
+    def _policy_apply(self, params, tokens, cache, num_new, logits_at=None):
+        """Rollout-time policy: params is the whole params dict (logits_at: see llama.apply)."""
+        return model_apply(self.graphdef, params["policy"], tokens, cache, num_new, logits_at=logits_at)
 
     def _train_apply(self, params, tokens):
         """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head or its own model."""
@@ -253,12 +256,45 @@ class Trainer:
         """Held-out levels: a key stream disjoint from training's (which derives from config.seed)."""
         return jax.random.PRNGKey(10_000_019 + env_seed)
 
+    def _transfer(self, name: str):
+        """(env, env_params, Rollout, jitted run) for evaluating on another environment (transfer).
+
+        Same tokenizer, policy and answer format; the conversation is rebuilt for the new grid, and the
+        context budget grows with its prompt (a larger grid means longer states every turn).
+        """
+        if name not in self._transfer_cache:
+            from wmact_jax.codec import AnswerCodec, GridCodec
+
+            c = self.config
+            env, ep = envs_jax.make(name, max_steps=c.env.max_steps)
+            if env.num_actions != self.env.num_actions or list(env.action_names) != list(self.env.action_names):
+                raise ValueError(f"env.eval_names: {name!r} has actions {list(env.action_names)}, the policy was "
+                                 f"trained on {list(self.env.action_names)} ({c.env.name})")
+            K = c.rollout.max_actions_per_turn
+            conv = Conversation(env, self.tokenizer, GridCodec.build(env, self.tokenizer), K,
+                                single_turn=c.method == "entire_plan", compact=c.rollout.system_prompt == "compact")
+            grow = conv.max_prompt_len / max(1, self.conv.max_prompt_len)
+            ctx = int(math.ceil(c.rollout.context_len * max(1.0, grow) / 64) * 64)
+            cfg = dataclasses.replace(self.eval_cfg, context_len=ctx)
+            mc = self.model_config
+            rollout = Rollout(env, ep, conv, AnswerCodec.build(env, self.tokenizer, max_actions=K), self._policy_apply,
+                              cfg, lambda b, s: KVCache.init(mc, b, s), self.rollout.stop_token_ids, self.eos_id,
+                              self.pad_id, self.rollout.shard_batch)
+
+            def run(params, key, cap, temperature):
+                sampling = SamplingParams(temperature=temperature, top_k=jnp.int32(0), top_p=jnp.float32(1.0))
+                return rollout.run(params, key, cap, sampling)[0]
+
+            self._transfer_cache[name] = (env, ep, rollout, jax.jit(run))
+        return self._transfer_cache[name]
+
     def evaluate(self, state: TrainState, num_levels: Optional[int] = None, greedy: bool = True,
-                 single_turn: bool = False, transcripts: int = 0):
+                 single_turn: bool = False, transcripts: int = 0, env_name: Optional[str] = None):
         """Success rate, mean turns, N_eff/N and optimality gap on held-out levels.
 
         num_levels is fixed by config.train.eval_levels (static shapes); greedy uses temperature 0.
-        single_turn evaluates with a cap of one turn. Returns (metrics, transcripts).
+        single_turn evaluates with a cap of one turn. env_name: another environment with the same
+        actions (transfer, config.env.eval_names). Returns (metrics, transcripts).
         """
         cap = 1 if single_turn else min(self.turn_cap(state), self.max_turns)
         temp = 0.0 if greedy else float(self.config.rollout.temperature)
@@ -270,21 +306,26 @@ class Trainer:
                 return multihost_utils.process_allgather(x, tiled=True)
             return jax.device_get(x)
 
-        batch = jax.tree.map(to_host, self._eval_jit(state.ppo.params, key, jnp.int32(cap), jnp.float32(temp)))
+        if env_name is None or env_name == self.config.env.name:
+            env, ep, rollout, run = self.env, self.env_params, self.eval_rollout, self._eval_jit
+            env_name = self.config.env.name
+        else:
+            env, ep, rollout, run = self._transfer(env_name)
+        batch = jax.tree.map(to_host, run(state.ppo.params, key, jnp.int32(cap), jnp.float32(temp)))
         m = {k: float(v) for k, v in jax.device_get(rollout_metrics(batch)).items()}
         m["turn_cap"] = float(cap)
-        gap = self._optimality_gap(batch, key)
+        gap = self._optimality_gap(batch, key, env_name, env, ep, rollout)
         if gap is not None:
             m["optimality_gap"] = gap
         texts = [self.transcript(batch, i) for i in range(min(transcripts, batch.tokens.shape[0]))]
         return m, texts
 
-    def _optimality_gap(self, batch, key) -> Optional[float]:
+    def _optimality_gap(self, batch, key, env_name, env, env_params, rollout) -> Optional[float]:
         """Mean (N - N_opt) / N_opt over solved episodes (0 = every solved level solved optimally)."""
         solved = np.asarray(batch.success)
         if not solved.any():
             return None
-        opt = self._oracle_lengths(key)
+        opt = self._oracle_lengths(key, env_name, env, env_params, rollout)
         if opt is None:
             return None
         n = np.asarray(batch.n_actions)
@@ -293,18 +334,17 @@ class Trainer:
             return None
         return float(np.mean((n[ok] - opt[ok]) / opt[ok]))
 
-    def _oracle_lengths(self, key) -> Optional[np.ndarray]:
-        ck = (self.config.env.name, int(self.eval_cfg.num_levels))
+    def _oracle_lengths(self, key, env_name, env, env_params, rollout) -> Optional[np.ndarray]:
+        ck = (env_name, int(rollout.cfg.num_episodes))
         if ck not in self._eval_levels_cache:
             try:
                 from envs_jax.oracles import optimal_length
 
-                states = jax.device_get(self.eval_rollout.reset_levels(jax.random.split(key)[0]))
-                E = self.eval_cfg.num_episodes
+                states = jax.device_get(rollout.reset_levels(jax.random.split(key)[0]))
                 lens = []
-                for i in range(E):
+                for i in range(rollout.cfg.num_episodes):
                     s = jax.tree.map(lambda x: x[i], states)
-                    lens.append(optimal_length(self.env, s, self.env_params))
+                    lens.append(optimal_length(env, s, env_params))
                 self._eval_levels_cache[ck] = np.array([-1 if l is None else l for l in lens], np.float64)
             except Exception:  # an oracle failure must never stop training; the gap is then absent
                 self._eval_levels_cache[ck] = None
@@ -320,8 +360,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ warm start
     def warmstart(self, state: TrainState):
-        """Supervised warm start on oracle demonstrations (config.warmstart). -> (state, metrics)."""
-        if not self.config.warmstart.enabled:
+        """Supervised warm start on oracle demonstrations, or the saved one at config.warmstart.path.
+
+        -> (state, metrics)."""
+        c = self.config.warmstart
+        if c.path:  # a saved warm start (`python -m wmact_jax.warmstart`): every method starts from it
+            from wmact_jax.warmstart import load_warmstart
+
+            params, saved = load_warmstart(c.path, self, state.ppo.params)
+            return self.with_params(state, params), {f"loaded/{k.split('/')[-1]}": v for k, v in saved.items()}
+        if not c.enabled:
             return state, {}
         from wmact_jax.warmstart import run_warmstart
 

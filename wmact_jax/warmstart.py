@@ -28,11 +28,16 @@ def _single_step(env, params):
 
 
 def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_per_turn: int,
-               plan_fraction: float, noise: float) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
-    """-> (token lists, loss-mask lists, stats). Levels come from a key stream disjoint from RL's."""
-    env, ep, conv, tok = trainer.env, trainer.env_params, trainer.conv, trainer.tokenizer
+               plan_fraction: float, noise: float, conv=None,
+               level_offset: int = 0) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
+    """-> (token lists, loss-mask lists, stats). Levels come from a key stream disjoint from RL's.
+
+    conv: the conversation to write (default the trainer's); max_turns == 1 writes whole plans.
+    """
+    env, ep, tok = trainer.env, trainer.env_params, trainer.tokenizer
+    conv = trainer.conv if conv is None else conv
     rng = np.random.default_rng(seed)
-    keys = jax.random.split(jax.random.PRNGKey(7_000_003 + seed), num_levels)
+    keys = jax.random.split(jax.random.PRNGKey(7_000_003 + seed + 1_000 * level_offset), num_levels)
     _, states = jax.jit(jax.vmap(env.reset_env, in_axes=(0, None)))(keys, ep)
     states = jax.device_get(states)
     step = _single_step(env, ep)
@@ -104,26 +109,79 @@ def _pad(rows: List[List[int]], width: int, value: int = 0) -> np.ndarray:
     return arr
 
 
+def length_buckets(lengths: List[int], multiple: int, min_rows: int) -> Dict[int, List[int]]:
+    """{width: demo indices}: each demo in the smallest multiple of `multiple` holding it; buckets with
+    fewer than `min_rows` demos merge upward (a batch is drawn from one bucket). multiple 0: one width."""
+    top = int(np.ceil(max(lengths) / 64) * 64)
+    if multiple <= 0:
+        return {top: list(range(len(lengths)))}
+    width = lambda n: min(top, int(np.ceil(n / multiple) * multiple))
+    out: Dict[int, List[int]] = {}
+    for i, n in enumerate(lengths):
+        out.setdefault(width(n), []).append(i)
+    merged: Dict[int, List[int]] = {}
+    carry: List[int] = []
+    for w in sorted(out):
+        carry = carry + out[w]
+        if len(carry) >= min_rows or w == max(out):
+            merged[w] = carry
+            carry = []
+    widths = sorted(merged)
+    if len(widths) > 1 and len(merged[widths[-1]]) < min_rows:  # too few of the longest: join the next
+        merged[widths[-1]] = merged.pop(widths[-2]) + merged[widths[-1]]
+    return merged
+
+
+def all_demos(trainer, log=None):
+    """Demonstrations in the trainer's format, plus a `single_turn_fraction` share written as one-turn
+    whole plans (the entire_plan format), so one warm start serves every method of a comparison."""
+    from wmact_jax.conversation import Conversation
+
+    c, rc = trainer.config.warmstart, trainer.config.rollout
+    n = int(c.num_levels)
+    n_single = int(round(n * float(c.single_turn_fraction))) if trainer.max_turns > 1 else 0
+    seed = int(trainer.config.seed)
+    toks, masks, stats = make_demos(trainer, n - n_single, seed, trainer.max_turns, int(rc.max_actions_per_turn),
+                                    float(c.plan_fraction), float(c.noise))
+    if n_single:
+        conv1 = Conversation(trainer.env, trainer.tokenizer, trainer.grid_codec, int(rc.max_actions),
+                             single_turn=True, compact=rc.system_prompt == "compact")
+        t1, m1, s1 = make_demos(trainer, n_single, seed, 1, int(rc.max_actions), 1.0, float(c.noise),
+                                conv=conv1, level_offset=1)
+        kept = stats["kept"] + s1["kept"]
+        for k in ("turns", "actions"):
+            stats[k] = (stats[k] * stats["kept"] + s1[k] * s1["kept"]) / max(kept, 1)
+        for k in ("levels", "kept", "unsolved", "too_long"):
+            stats[k] += s1[k]
+        stats["single_turn_demos"] = s1["kept"]
+        toks, masks = toks + t1, masks + m1
+    return toks, masks, stats
+
+
 def run_warmstart(trainer, params, log=None):
-    """Fits the policy to demonstrations; returns (params, metrics). The critic is left as is."""
+    """Fits the policy to demonstrations; returns (params, metrics). The critic is left as is.
+
+    Demos are batched by length (`warmstart.length_bucket`): a batch is padded to its bucket's width,
+    not to the longest demo, which roughly halves the cost on multi-turn demos of mixed length.
+    """
     log = log or (lambda msg: print(msg, flush=True))
     c = trainer.config.warmstart
     t0 = time.perf_counter()
-    toks, masks, stats = make_demos(
-        trainer, int(c.num_levels), int(trainer.config.seed), trainer.max_turns,
-        int(trainer.config.rollout.max_actions_per_turn), float(c.plan_fraction), float(c.noise))
+    toks, masks, stats = all_demos(trainer, log)
     if not toks:
         raise RuntimeError(f"warm start: no usable demonstration ({stats})")
-    width = int(np.ceil(max(len(t) for t in toks) / 64) * 64)
-    tokens = jnp.asarray(_pad(toks, width, trainer.pad_id))
-    mask = jnp.asarray(_pad(masks, width, 0).astype(bool))
+    B = min(int(c.batch_size), len(toks))
+    groups = length_buckets([len(t) for t in toks], int(c.length_bucket), B)
+    data = {w: (jnp.asarray(_pad([toks[i] for i in idx], w, trainer.pad_id)),
+                jnp.asarray(_pad([masks[i] for i in idx], w, 0).astype(bool))) for w, idx in groups.items()}
     t_demo = time.perf_counter() - t0
     log(f"warm start: {stats['kept']} demonstrations from {stats['levels']} levels "
-        f"({stats['turns']:.1f} turns, {stats['actions']:.1f} actions on average; width {width} tokens) "
-        f"in {t_demo:.1f}s")
+        f"({stats['turns']:.1f} turns, {stats['actions']:.1f} actions on average; widths "
+        + ", ".join(f"{w}x{len(i)}" for w, i in groups.items()) + f") in {t_demo:.1f}s")
 
     opt = optax.chain(optax.clip_by_global_norm(1.0),
-                      optax.adamw(optax.warmup_cosine_decay_schedule(0.0, float(c.lr), 20, int(c.steps), float(c.lr) * 0.1)))
+                      optax.adamw(optax.warmup_cosine_decay_schedule(
+                          0.0, float(c.lr), min(20, int(c.steps) // 5), max(int(c.steps), 1), float(c.lr) * 0.1)))
     policy = params["policy"]
     opt_state = opt.init(policy)
     graphdef = trainer.graphdef
@@ -138,11 +196,10 @@ def run_warmstart(trainer, params, log=None):
         acc = jnp.sum((pred == tk[:, 1:]) * m[:, 1:]) / jnp.maximum(jnp.sum(m[:, 1:]), 1.0)
         return nll, acc
 
-    B = min(int(c.batch_size), tokens.shape[0])
     chunk = 10
 
     @jax.jit
-    def train_chunk(p, s, key):
+    def train_chunk(p, s, key, tokens, mask):  # compiled once per bucket width
         def one(carry, k):
             p, s = carry
             idx = jax.random.choice(k, tokens.shape[0], (B,), replace=False)
@@ -154,16 +211,132 @@ def run_warmstart(trainer, params, log=None):
         return p, s, loss.mean(), acc.mean()
 
     key = jax.random.PRNGKey(int(trainer.config.seed) + 17)
+    rng = np.random.default_rng(int(trainer.config.seed) + 17)
+    widths = sorted(data)
+    # Draw buckets in proportion to how many tokens of training signal they hold.
+    weight = np.array([float(np.asarray(data[w][1]).sum()) for w in widths])
+    weight = weight / weight.sum()
     steps = int(c.steps)
-    loss = acc = float("nan")
+    hist = []
     t1 = time.perf_counter()
     for i in range(0, steps, chunk):
         key, sub = jax.random.split(key)
-        policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub)
+        w = widths[int(rng.choice(len(widths), p=weight))]
+        policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, *data[w])
+        hist.append((float(loss), float(acc)))
         if (i // chunk) % 5 == 0 or i + chunk >= steps:
-            log(f"warm start step {i + chunk}/{steps}: loss {float(loss):.4f}, token accuracy {float(acc):.3f}")
+            log(f"warm start step {i + chunk}/{steps}: loss {hist[-1][0]:.4f}, token accuracy {hist[-1][1]:.3f}")
     params = dict(params, policy=policy)
-    metrics = {"warmstart/loss": float(loss), "warmstart/token_accuracy": float(acc),
+    last = hist[-5:]  # average the last chunks: each is from one length bucket
+    metrics = {"warmstart/loss": float(np.mean([h[0] for h in last])),
+               "warmstart/token_accuracy": float(np.mean([h[1] for h in last])),
                "warmstart/demos": float(stats["kept"]), "warmstart/demo_turns": float(stats["turns"]),
+               "warmstart/single_turn_demos": float(stats.get("single_turn_demos", 0)),
                "warmstart/seconds": time.perf_counter() - t0, "warmstart/train_seconds": time.perf_counter() - t1}
     return params, metrics
+
+
+# ------------------------------------------------------------------ saved warm starts
+METRICS_FILE = "warmstart.json"
+
+
+def save_warmstart(folder: str, trainer, params, metrics: Dict[str, float], overwrite: bool = False) -> str:
+    """The warm-started policy as a wmact-jax Orbax checkpoint (+ tokenizer, + `warmstart.json`)."""
+    import json
+    import os
+
+    from wmact_jax.checkpoints.export import save_orbax
+
+    out = save_orbax(folder, params["policy"], trainer.model_config, tokenizer=trainer.tokenizer,
+                     overwrite=overwrite)
+    info = {"metrics": metrics, "env": trainer.config.env.name, "config": json.loads(trainer.config.to_json())}
+    with open(os.path.join(out, METRICS_FILE), "w") as f:
+        json.dump(info, f, indent=1, default=str)
+    return out
+
+
+def load_warmstart(folder: str, trainer, params):
+    """params with the policy replaced by the one saved in `folder`; a clear error if it does not fit.
+
+    -> (params, metrics recorded when it was saved).
+    """
+    import json
+    import os
+
+    from flax import nnx
+
+    from wmact_jax.checkpoints.export import load_orbax
+    from wmact_jax.checkpoints.hf_folder import CheckpointError
+
+    _, model = load_orbax(folder)
+    saved = nnx.state(model, nnx.Param)
+    current = params["policy"]
+    want = {jax.tree_util.keystr(k): (v.shape, v.dtype) for k, v in jax.tree_util.tree_leaves_with_path(current)}
+    have = {jax.tree_util.keystr(k): (v.shape, v.dtype) for k, v in jax.tree_util.tree_leaves_with_path(saved)}
+    problems = [f"missing {k}" for k in want if k not in have]
+    problems += [f"unexpected {k}" for k in have if k not in want]
+    problems += [f"{k}: saved {have[k][0]} {have[k][1]}, model {want[k][0]} {want[k][1]}"
+                 for k in want if k in have and have[k] != want[k]]
+    if problems:
+        raise CheckpointError(f"warmstart.path={folder!r} does not fit this run's model "
+                              f"({len(problems)} problems): " + "; ".join(problems[:8]))
+    restored = jax.tree.map(lambda cur, new: jnp.asarray(new, cur.dtype), current, saved)
+    metrics = {}
+    path = os.path.join(folder, METRICS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            metrics = json.load(f).get("metrics", {})
+    return dict(params, policy=restored), metrics
+
+
+# ------------------------------------------------------------------ command
+def main(argv=None) -> None:
+    """python -m wmact_jax.warmstart --config=configs/maze_scratch.py --out=DIR [--config.x=y ...]
+
+    Trains the warm start of a config and saves it; runs then start from it with
+    `--config.warmstart.path=DIR` (every method of a comparison from the same policy).
+    """
+    import os
+    import sys
+
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from wmact_jax import config_check
+    from wmact_jax import main as main_lib  # defines --config (and --workdir, unused here)
+
+    flags.DEFINE_string("out", None, "Folder to write the warm-started policy to.", required=True)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing warm start in --out.")
+
+    def run(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
+            from absl import logging
+
+            logging.set_verbosity(logging.WARNING)
+        out = flags.FLAGS.out
+        if os.path.isdir(out) and os.listdir(out) and not flags.FLAGS.overwrite:  # fail before training
+            print(f"error: --out {out!r} is not empty; pass --overwrite to replace it", file=sys.stderr)
+            sys.exit(2)
+        config = main_lib._CONFIG.value
+        explicit = config_flags.get_override_values(flags.FLAGS["config"]).keys()
+        try:
+            config = config_check.prepare_config(config, explicit)
+        except config_check.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        from wmact_jax.train import Trainer
+
+        trainer = Trainer(config)
+        state = trainer.init_state(jax.random.key(config.seed))
+        params, metrics = run_warmstart(trainer, state.ppo.params)
+        out = save_warmstart(flags.FLAGS.out, trainer, params, metrics, overwrite=flags.FLAGS.overwrite)
+        print(f"warm start saved to {out}: " + ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items()))
+
+    sys.argv = main_lib.resolve_config_arg(sys.argv if argv is None else argv)
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()

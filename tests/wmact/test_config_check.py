@@ -164,6 +164,11 @@ def test_method_respects_explicit_overrides():
     c.method = "entire_plan"
     c.rollout.max_actions = 20
     assert resolve_method(c).rollout.max_actions_per_turn == 20
+    # A preset's per-turn budget does not cap entire_plan's single answer; the command line still wins.
+    c.rollout.max_actions_per_turn, c.anneal.l0 = 4, 6
+    r = resolve_method(c)
+    assert (r.rollout.max_actions_per_turn, r.anneal.l0) == (20, 1)
+    assert resolve_method(c, explicit={"rollout.max_actions_per_turn"}).rollout.max_actions_per_turn == 4
 
 
 def test_unknown_method():

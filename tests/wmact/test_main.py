@@ -2,6 +2,7 @@
 by the Trainer-shaped `FakeTrainer` from test_checkpointing.py."""
 import json
 import math
+import shutil
 import os
 import subprocess
 import sys
@@ -224,3 +225,24 @@ def test_disabled_writer_writes_nothing(tmp_path):
     assert w.write(1, {"a": 1.0}) == {"a": 1.0}
     w.close()
     assert not (tmp_path / "x").exists()
+
+
+def test_fresh_start_sets_stale_metrics_aside(tmp_path):
+    """A run directory with metrics but no checkpoint (e.g. copied without them) starts clean:
+    the old records are kept under another name, never mixed into the new run's."""
+    wd = str(tmp_path / "run")
+    main_mod.run(loop_config(iterations=2), wd, trainer_cls=FakeTrainer, progress=False)
+    shutil.rmtree(os.path.join(wd, "checkpoints"))
+    main_mod.run(loop_config(iterations=2), wd, trainer_cls=FakeTrainer, progress=False)
+    records = read_jsonl(os.path.join(wd, "metrics.jsonl"))
+    assert [r["step"] for r in records if "success_rate" in r] == [1, 2]
+    assert any(n.startswith("metrics.jsonl.stale-") for n in os.listdir(wd))
+
+
+def test_eval_modes_and_transfer_follow_the_config(tmp_path):
+    c = loop_config(iterations=1)
+    c.train.eval_modes = ("greedy",)
+    c.train.eval_before = False
+    out = main_mod.run(c, str(tmp_path / "run"), trainer_cls=FakeTrainer, progress=False)
+    assert out["before"]["metrics"] == {}
+    assert {k.split("/")[0] for k in out["after"]["metrics"]} == {"greedy"}

@@ -153,6 +153,73 @@ def test_cached_decoding_equals_full_recompute():
     np.testing.assert_array_equal(np.asarray(cache.lengths), [12, 12])
 
 
+@pytest.mark.parametrize("layout", ["bksd", "bskd"])
+def test_two_turn_cached_continuation_equals_full_recompute(layout):
+    """Prefill, decode, prefill a multi-token chunk on top of the history (old keys + causal new keys),
+    decode again: every step's logits equal one full causal forward of the whole sequence (both layouts)."""
+    _, config, tensors = hf_case("qwen2_tied")
+    split = split_of(config, tensors)
+    seq = np.random.default_rng(3).integers(0, config.vocab_size, size=(2, 16))
+    full = np.asarray(run(split, seq).logits)
+    cache = KVCache.init(config, 2, 32, layout=layout)
+    assert cache.layout == layout and cache.max_len == 32 and cache.batch == 2
+    got, t = [], 0
+    for n in (6, 1, 1, 5, 1, 2):  # turn 1 prompt, 2 decode steps, turn 2 prompt, 1 decode step, 2 more
+        out = run(split, seq[:, t:t + n], cache)
+        cache, t = out.cache, t + n
+        got.append(np.asarray(out.logits))
+    assert t == 16
+    np.testing.assert_allclose(np.concatenate(got, axis=1), full, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(cache.lengths), [16, 16])
+
+
+def test_logits_at_equals_full_logits_gathered():
+    """logits_at [B]: logits / values only at one position per row, equal to the full output gathered there
+    (cache-free and cached paths)."""
+    _, config, tensors = hf_case("llama_untied_llama3")
+    cfg = config.replace(value_head=True)
+    graphdef, state = split_of(cfg, tensors)
+    state = jax.tree.map(lambda x: x + 0.05, state)  # non-zero value head
+    seq = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, size=(3, 9)), jnp.int32)
+    at = jnp.array([8, 0, 4], jnp.int32)
+    fwd = jax.jit(functools.partial(apply, graphdef))
+    full, part = fwd(state, seq), fwd(state, seq, logits_at=at)
+    assert part.logits.shape == (3, 1, cfg.vocab_size) and part.values.shape == (3, 1)
+    rows = np.arange(3)
+    np.testing.assert_allclose(np.asarray(part.logits[:, 0]), np.asarray(full.logits)[rows, at], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(part.values[:, 0]), np.asarray(full.values)[rows, at], atol=1e-5)
+    cache = KVCache.init(cfg, 3, 16)
+    c_full = fwd(state, seq, cache, jnp.array([9, 1, 5]))
+    c_part = fwd(state, seq, KVCache.init(cfg, 3, 16), jnp.array([9, 1, 5]), logits_at=at)
+    np.testing.assert_allclose(np.asarray(c_part.logits[:, 0]), np.asarray(c_full.logits)[rows, at], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(c_part.values[:, 0]), np.asarray(c_full.values)[rows, at], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(c_part.cache.k), np.asarray(c_full.cache.k))
+    np.testing.assert_array_equal(np.asarray(c_part.cache.lengths), [9, 1, 5])
+
+
+def test_kv_cache_layouts_and_windows():
+    """Both layouts: shapes, max_len / batch, prefix + with_prefix round trip; writes past max_len are dropped."""
+    _, config, tensors = hf_case("qwen2_tied")
+    L, KV, Dh = config.num_layers, config.num_kv_heads, config.head_dim
+    a, b = KVCache.init(config, 2, 12), KVCache.init(config, 2, 12, layout="bskd")
+    assert a.k.shape == (L, 2, KV, 12, Dh) and b.k.shape == (L, 2, 12, KV, Dh)
+    assert KVCache(k=b.k, v=b.v, lengths=b.lengths).layout == "bskd"  # direct construction: legacy layout
+    for c in (a, b):
+        assert (c.max_len, c.batch) == (12, 2)
+        small = c.prefix(5)
+        assert small.max_len == 5 and small.layout == c.layout
+        back = c.with_prefix(small.replace(k=small.k + 1, lengths=small.lengths + 3))
+        assert back.max_len == 12 and int(back.lengths[0]) == 3
+        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(back.k, 0, 5, axis=c.seq_axis)), 1.0)
+        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(back.k, 5, 12, axis=c.seq_axis)), 0.0)
+    # A row whose cache is full: the (ignored) write of a num_new=0 step must not clobber the last position.
+    split = split_of(config, tensors)
+    seq = np.random.default_rng(5).integers(0, config.vocab_size, size=(1, 4))
+    out = run(split, seq, KVCache.init(config, 1, 4))
+    out2 = run(split, seq[:, :1], out.cache, jnp.zeros((1,), jnp.int32))
+    np.testing.assert_array_equal(np.asarray(out2.cache.k), np.asarray(out.cache.k))
+
+
 def test_ragged_rows_equal_rows_alone():
     """Rows with different prompt lengths in one batch == each row decoded alone."""
     _, config, tensors = hf_case("qwen2_tied")

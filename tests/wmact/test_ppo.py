@@ -1,4 +1,5 @@
 """PPO pieces on hand-computed numbers, and the full update on a toy bandit."""
+import dataclasses
 import math
 
 import chex
@@ -239,3 +240,25 @@ def test_kl_without_reference_raises():
     state = P.TrainState.create(toy_params(jax.random.PRNGKey(0)), opt)
     with pytest.raises(ValueError, match="ref_logprobs"):
         jax.eval_shape(update, state, batch, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("last", [1, 5])
+def test_width_buckets_train_on_a_prefix_with_the_same_result(last):
+    """Trailing padding is never trained on: the bucketed update equals the full-width one."""
+    W = 8
+    base = rollout(toy_params(jax.random.PRNGKey(3)), jax.random.PRNGKey(4))
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, W - x.shape[1]))) if x.ndim == 2 else x
+    batch = {k: pad(v) for k, v in base.items()}
+    if last > 1:  # move the model token to position `last` (toy_apply is position-independent)
+        for k in ("tokens", "mask", "logprobs", "values", "rewards", "ref_logprobs"):
+            batch[k] = batch[k].at[:, last].set(batch[k][:, 1]).at[:, 1].set(jnp.zeros_like(batch[k][:, 1]))
+    assert P.width_buckets(8, base=2) == (2, 4, 8)
+    results = []
+    for buckets in ((), P.width_buckets(W, base=2)):
+        cfg = dataclasses.replace(CONFIGS["gae"], width_buckets=buckets)
+        opt = P.make_optimizer(0.05, cfg.max_grad_norm)
+        state = P.TrainState.create(toy_params(jax.random.PRNGKey(5)), opt)
+        state, m = jax.jit(P.make_update(cfg, toy_apply, opt))(state, batch, jax.random.PRNGKey(6))
+        results.append((state.params, m))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -160,6 +160,32 @@ def test_attend_buckets_equal_full_window(model):
     np.testing.assert_allclose(full.cache.k, win.cache.k, atol=1e-5)
 
 
+def test_legacy_cache_layout_and_plain_apply_fn_give_same_results(model):
+    """A "bskd" cache (built directly, as hand-made caches are) and an apply_fn without `logits_at`
+    (prefill then gathers from the full logits) give the same tokens / log-probs / values."""
+    cfg, (gd, st) = model
+    ref = run(model, PROMPTS, attend_buckets=(16, 32, 64))
+    tok, ln = S.make_batch(PROMPTS)
+    plain = lambda t, c, n: apply(gd, st, t, c, n)  # no logits_at keyword
+    init = KVCache.init(cfg, 3, CACHE, layout="bskd")
+
+    @jax.jit
+    def go(cache):
+        ll, cache, lv = S.prefill_fn(plain, tok, ln, KVCache(k=cache.k, v=cache.v, lengths=cache.lengths),
+                                     attend_buckets=(16, 32, 64))
+        return S.decode_fn(plain, cache, ll, jax.random.key(0), max_new_tokens=N, params=S.SamplingParams.greedy(),
+                           last_values=lv, attend_buckets=(16, 32, 64))
+
+    out = go(init)
+    assert out.cache.layout == "bskd" and out.cache.k.shape[2] == CACHE
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+    np.testing.assert_allclose(out.values, ref.values, atol=1e-5)
+    np.testing.assert_allclose(out.last_logits, ref.last_logits, atol=1e-4)
+    np.testing.assert_allclose(jnp.swapaxes(out.cache.k, 2, 3), ref.cache.k, atol=1e-4, rtol=1e-5)
+    np.testing.assert_array_equal(out.cache.lengths, ref.cache.lengths)
+
+
 def test_top_k_1_equals_greedy_and_params_do_not_recompile(model):
     greedy = run(model, PROMPTS)
     sizes = S._decode_split._cache_size()

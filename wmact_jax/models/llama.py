@@ -9,6 +9,11 @@ Design choices (why):
 - Projections keep heads as an explicit axis ([embed, heads, head_dim]) so tensor parallelism can shard
   heads without reshapes; `hf_names.py` converts to/from HF's [out, in] matrices.
 - Logits and values are float32 whatever the compute dtype (PPO log-probs need it).
+- Cached calls (prefill / decode) only *read* the cache inside the layer scan: each layer attends to the old
+  keys (< lengths) plus the new tokens' own k/v, and the new k/v of all layers are scattered into the cache
+  once after the scan, in place (a decode step writes B x L columns instead of copying the cache). The cache
+  layout "bksd" ([L, B, KV, S, Dh], `KVCache.init`'s default) lets attention read it without transposes.
+- `logits_at` computes the LM head / value head at one position per row (prefill needs only the last).
 """
 
 from __future__ import annotations
@@ -162,13 +167,15 @@ class Transformer(nnx.Module):
             self.value_head = ValueHead(c, rngs)
 
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
-                 attention_mask=None) -> ModelOutput:
+                 attention_mask=None, logits_at=None) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
         `attention_mask` [B, T] bool (False = padding key, never attended) are optional.
         With a cache: row b's tokens take positions cache.lengths[b] + t and see keys <= that position;
         returned cache.lengths = lengths + num_new ([B] int32, default T).
+        logits_at [B] int (optional): compute logits / values only at position logits_at[b] of row b
+        (-> logits [B, 1, V], values [B, 1]); the LM head is then paid once per row instead of T times.
         """
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -189,11 +196,15 @@ class Transformer(nnx.Module):
                 raise ValueError("positions/attention_mask are derived from cache.lengths when a cache is given")
             starts = cache.lengths.astype(jnp.int32)  # [B]
             positions = starts[:, None] + jnp.arange(T, dtype=jnp.int32)[None]  # [B, T]
-            S = cache.k.shape[2]
-            mask = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+            S = cache.max_len
+            # Old keys: the cache before this call, valid strictly below starts[b]. New keys: causal among
+            # the T new tokens (row b's token t sees new tokens <= t).
+            old_mask = jnp.arange(S, dtype=jnp.int32)[None, :] < starts[:, None]  # [B, S]
+            new_mask = jnp.tril(jnp.ones((T, T), bool))  # [T, T]
+            has_old = jnp.any(starts > 0)  # some row attends to keys already in the cache
         cos, sin = rope_cos_sin(c, positions)  # [B, T, Dh] f32
 
-        def block(x, w, kv_fn):
+        def block(x, w, attn_fn):
             h = rms_norm(x, w["attn_norm"], c.rms_norm_eps)
             q = jnp.einsum("btd,dhk->bthk", h, w["wq"])
             k = jnp.einsum("btd,dhk->bthk", h, w["wk"])
@@ -201,8 +212,7 @@ class Transformer(nnx.Module):
             if c.attention_bias:
                 q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            k_all, v_all, extra = kv_fn(k, v)
-            o = attention(q, k_all, v_all, mask)  # [B, T, H, Dh]
+            o, extra = attn_fn(q, k, v)  # [B, T, H, Dh]
             x = x + jnp.einsum("bthk,hkd->btd", o, w["wo"])
             h = rms_norm(x, w["mlp_norm"], c.rms_norm_eps)
             g = jnp.einsum("btd,df->btf", h, w["w_gate"])
@@ -212,35 +222,42 @@ class Transformer(nnx.Module):
 
         if cache is None:
             def body(x, w):
-                x, _ = block(x, w, lambda k, v: (k, v, None))
+                x, _ = block(x, w, lambda q, k, v: (attention(q, k, v, mask), None))
                 return x, None
 
             x, _ = jax.lax.scan(body, x, lw)
             new_cache = None
         else:
-            # Row b's new k/v go to [starts[b], starts[b] + T) by a vmapped dynamic_update_slice. Like every
-            # dynamic_update_slice, an offset with starts[b] + T > max_len is clamped: keep lengths + T <= max_len.
-            # The per-layer cache slices are scan inputs/outputs (measured faster on CPU than a carried cache).
-            def write(buf, new):  # buf [B, S, KV, Dh], new [B, T, KV, Dh]: row b at starts[b]
-                return jax.vmap(lambda b, n, s0: jax.lax.dynamic_update_slice(b, n.astype(b.dtype), (s0, 0, 0)))(
-                    buf, new, starts)
-
+            # The layer scan only *reads* the cache (attention to the old keys + the new tokens' own k/v)
+            # and returns the new k/v per layer ([L, B, T, KV, Dh]); they are written into the cache once,
+            # after the scan, so a decode step updates T columns in place instead of rewriting the cache.
             def body(x, xs):
-                w, ck, cv = xs  # ck/cv: this layer's cache [B, S, KV, Dh]
+                w, ck, cv = xs  # ck/cv: this layer's cache (read-only), [B, KV, S, Dh] or [B, S, KV, Dh]
 
-                def kv_fn(k, v):
-                    ck2, cv2 = write(ck, k), write(cv, v)
-                    return ck2.astype(cdt), cv2.astype(cdt), (ck2, cv2)
+                def attn_fn(q, k, v):
+                    kc, vc = k.astype(cache.k.dtype), v.astype(cache.v.dtype)  # what the cache will hold
+                    kn, vn = kc.astype(cdt), vc.astype(cdt)
+                    full = lambda: cached_attention(q, ck.astype(cdt), cv.astype(cdt), kn, vn, old_mask, new_mask,
+                                                    cache.layout)
+                    if T == 1:
+                        return full(), (kc, vc)
+                    # Multi-token prefill into an empty cache (a first turn): skip the all-masked old keys.
+                    new_only = lambda: attention(q, kn, vn, jnp.broadcast_to(new_mask, (B, T, T)))
+                    return jax.lax.cond(has_old, full, new_only), (kc, vc)
 
-                x, (ck, cv) = block(x, w, kv_fn)
-                return x, (ck, cv)
+                x, (k, v) = block(x, w, attn_fn)
+                return x, (k, v)
 
-            x, (ck, cv) = jax.lax.scan(body, x, (lw, cache.k, cache.v))
+            x, (k_new, v_new) = jax.lax.scan(body, x, (lw, cache.k, cache.v))
             if num_new is None:
                 num_new = jnp.full((B,), T, jnp.int32)
             num_new = jnp.broadcast_to(jnp.asarray(num_new, jnp.int32), (B,))
-            new_cache = KVCache(k=ck, v=cv, lengths=starts + num_new)
+            new_cache = cache.replace(k=write_rows(cache.k, k_new, starts, cache.layout),
+                                      v=write_rows(cache.v, v_new, starts, cache.layout), lengths=starts + num_new)
 
+        if logits_at is not None:  # only the requested position of each row goes through the heads
+            idx = jnp.broadcast_to(jnp.asarray(logits_at, jnp.int32), (B,))
+            x = jnp.take_along_axis(x, idx[:, None, None], axis=1)  # [B, 1, D]
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)  # [B, T, D]
         if c.tie_word_embeddings:
             logits = jnp.einsum("btd,vd->btv", h, self.embed[...].astype(cdt), preferred_element_type=jnp.float32)
@@ -254,6 +271,67 @@ class Transformer(nnx.Module):
         return ModelOutput(logits.astype(jnp.float32), values, new_cache)
 
 
+def _two_part_softmax(s_old, s_new):
+    """softmax over the concatenation of the last axes of s_old and s_new, returned as the two parts
+    (no concatenated copy of the scores)."""
+    m = jnp.maximum(jnp.max(s_old, axis=-1, keepdims=True), jnp.max(s_new, axis=-1, keepdims=True))
+    e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
+    inv = 1.0 / (jnp.sum(e_old, axis=-1, keepdims=True) + jnp.sum(e_new, axis=-1, keepdims=True))
+    return e_old * inv, e_new * inv
+
+
+def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bksd"):
+    """Attention of T new queries to the old cache plus the new tokens' own keys (one joint softmax).
+
+    q [B, T, H, Dh]; ck/cv: one layer of the cache before this call, [B, KV, S, Dh] ("bksd") or
+    [B, S, KV, Dh] ("bskd"); k/v [B, T, KV, Dh] the new tokens; old_mask [B, S] (True = valid old key);
+    new_mask [T, T] (causal among the new tokens) -> [B, T, H, Dh].
+    With "bksd" every (row, kv head) of the cache is a contiguous [S, Dh] matrix and both attention matmuls
+    are plain batched [M, Dh] x [S, Dh]^T and [M, S] x [S, Dh] products (M = T * group) that read the
+    cache in place: no per-step transpose of the whole cache.
+    """
+    B, T, H, Dh = q.shape
+    KV = k.shape[2]
+    G = H // KV
+    scale = 1.0 / math.sqrt(Dh)
+    neg = jnp.finfo(jnp.float32).min
+    f32 = jnp.float32
+    if layout == "bksd":
+        qm = q.reshape(B, T, KV, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, KV, T * G, Dh)  # m = t * G + g
+        s_old = jnp.einsum("bkmd,bksd->bkms", qm, ck, preferred_element_type=f32) * scale
+        s_new = jnp.einsum("bkmd,bukd->bkmu", qm, k, preferred_element_type=f32) * scale
+        s_old = jnp.where(old_mask[:, None, None, :], s_old, neg)
+        s_new = jnp.where(jnp.repeat(new_mask, G, axis=0)[None, None], s_new, neg)
+        p_old, p_new = _two_part_softmax(s_old, s_new)
+        o = (jnp.einsum("bkms,bksd->bkmd", p_old.astype(cv.dtype), cv)
+             + jnp.einsum("bkmu,bukd->bkmd", p_new.astype(v.dtype), v))
+        return o.reshape(B, KV, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
+    qg = q.reshape(B, T, KV, G, Dh)
+    s_old = jnp.einsum("btkgd,bskd->bkgts", qg, ck, preferred_element_type=f32) * scale
+    s_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k, preferred_element_type=f32) * scale
+    s_old = jnp.where(old_mask[:, None, None, None, :], s_old, neg)
+    s_new = jnp.where(new_mask[None, None, None], s_new, neg)
+    p_old, p_new = _two_part_softmax(s_old, s_new)
+    o = (jnp.einsum("bkgts,bskd->btkgd", p_old.astype(cv.dtype), cv)
+         + jnp.einsum("bkgtu,bukd->btkgd", p_new.astype(v.dtype), v))
+    return o.reshape(B, T, H, Dh)
+
+
+def write_rows(buf, new, starts, layout: str = "bksd"):
+    """Write new [L, B, T, KV, Dh] into the cache buffer `buf` at positions starts[b] .. starts[b] + T - 1 of row b.
+
+    A scatter (one update window per row); positions >= max_len are dropped (callers keep
+    lengths + T <= max_len). Inside a while_loop whose carry holds `buf`, XLA updates it in place.
+    """
+    L, B, T = new.shape[:3]
+    cols = starts[:, None] + jnp.arange(T, dtype=jnp.int32)[None]  # [B, T]
+    rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, T))
+    new = new.astype(buf.dtype)
+    if layout == "bksd":  # buf [L, B, KV, S, Dh]; advanced indices split by a slice -> update [B, T, L, KV, Dh]
+        return buf.at[:, rows, :, cols].set(new.transpose(1, 2, 0, 3, 4), mode="drop", unique_indices=True)
+    return buf.at[:, rows, cols].set(new, mode="drop", unique_indices=True)  # buf [L, B, S, KV, Dh]
+
+
 # ---------------------------------------------------------------------------- functional form
 def create(config: ModelConfig, seed: int = 0):
     """Fresh random model in split form: (graphdef, params state)."""
@@ -261,10 +339,10 @@ def create(config: ModelConfig, seed: int = 0):
 
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
-          attention_mask=None) -> ModelOutput:
+          attention_mask=None, logits_at=None) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
-    return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask)
+    return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -113,9 +113,10 @@ def shard_batch(x, mesh: jax.sharding.Mesh):
 
 def cache_shardings(cache: KVCache, mesh: jax.sharding.Mesh, rules: Mapping[str, object] | None = None) -> KVCache:
     """KVCache of NamedSharding: batch over ('data','fsdp'), kv heads over 'tp' when divisible."""
-    kv_spec = logical_to_spec(("layers", "batch", "length", "kv_heads", "head_dim"), cache.k.shape, mesh, rules)
+    kv_spec = logical_to_spec(cache.logical_axes, cache.k.shape, mesh, rules)  # either cache layout
     return KVCache(k=NamedSharding(mesh, kv_spec), v=NamedSharding(mesh, kv_spec),
-                   lengths=NamedSharding(mesh, logical_to_spec(("batch",), cache.lengths.shape, mesh, rules)))
+                   lengths=NamedSharding(mesh, logical_to_spec(("batch",), cache.lengths.shape, mesh, rules)),
+                   layout=cache.layout)
 
 
 def shard_cache(cache: KVCache, mesh: jax.sharding.Mesh, rules: Mapping[str, object] | None = None) -> KVCache:

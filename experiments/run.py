@@ -1,0 +1,229 @@
+"""Runs an experiment suite: for each environment, one shared warm start, then every method x seed.
+
+    python experiments/run.py --suite quick            # Maze 7x7, 5 methods x 3 seeds (~15 min, 2 CPU cores)
+    python experiments/run.py --suite full             # Maze, Sokoban 6x6 and Standard, Taxi (~3 h)
+    python experiments/run.py --suite full --experiments maze7 --methods wmact,interactive --seeds 0,1
+    python experiments/run.py --suite quick --set rollout.levels_per_iteration=64 --set train.iterations=200
+
+Outputs go to experiments/results/<suite>/ (or --out): per experiment a `warmstart/` policy, one run
+directory per method and seed (the same layout as `python -m wmact_jax.main`: metrics.jsonl,
+TensorBoard, checkpoints, transcripts) with a `final.json`, then `table.md`, `curves.png` and
+`eval.png`; across experiments `results.jsonl` and `summary.md` (experiments/report.py).
+
+Re-running the same command resumes: a finished run (final.json present) is skipped, a killed one
+continues from its last checkpoint, and the warm start is reused. Every method of an experiment
+starts from the same warm-started policy and gets the same budget; seeds change the RL randomness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from experiments import report, suites  # noqa: E402
+
+
+def parse_sets(items) -> dict:
+    """['a.b=1', 'c.d=x'] -> {'a.b': 1, 'c.d': 'x'} (Python literals, else strings)."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def apply(config, overrides: dict):
+    """Sets dotted fields; an unknown field is an error naming it (before any work starts)."""
+    for path, value in overrides.items():
+        *parents, leaf = path.split(".")
+        node = config
+        for p in parents:
+            if p not in node:
+                raise SystemExit(f"error: unknown config field {path!r}")
+            node = node[p]
+        if leaf not in node:
+            raise SystemExit(f"error: unknown config field {path!r}")
+        ref = node[leaf]
+        if isinstance(ref, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(ref, tuple) and isinstance(value, list):
+            value = tuple(value)
+        node[leaf] = value
+    return config
+
+
+def experiment_config(exp: str, suite: str, sets: dict, method: str = "interactive", seed: int = 0):
+    """The config of one run (before `resolve_method`): default -> experiment -> suite -> method -> --set."""
+    from configs import default
+
+    spec = suites.EXPERIMENTS[exp]
+    c = default.get_config()
+    c.env.name = spec["env"]
+    c.env.eval_names = tuple(spec["transfer"])
+    apply(c, spec["overrides"])
+    apply(c, suites.SUITES[suite]["overrides"])
+    c.method, c.seed = method, int(seed)
+    if method == "entire_plan":
+        apply(c, suites.entire_plan_overrides(c.rollout.max_actions))
+    apply(c, sets)
+    return c
+
+
+def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict]:
+    """The experiment's shared warm start (trained once, then reused): -> (folder, metrics)."""
+    from wmact_jax import config_check
+    from wmact_jax.train import Trainer
+    from wmact_jax.warmstart import METRICS_FILE, run_warmstart, save_warmstart
+
+    folder = os.path.join(exp_dir, "warmstart")
+    info_path = os.path.join(folder, METRICS_FILE)
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            return folder, json.load(f)["metrics"]
+    import jax
+
+    c = experiment_config(exp, suite, sets, method="interactive", seed=0)
+    c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
+    c = config_check.prepare_config(c, explicit=sets.keys())
+    print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps", flush=True)
+    trainer = Trainer(c)
+    params, metrics = run_warmstart(trainer, trainer.init_state(jax.random.key(0)).ppo.params)
+    save_warmstart(folder, trainer, params, metrics, overwrite=True)
+    return folder, metrics
+
+
+def run_one(exp: str, suite: str, sets: dict, method: str, seed: int, warm: str, run_dir: str,
+            first_seed: bool = True) -> dict:
+    from wmact_jax.main import run
+
+    c = experiment_config(exp, suite, sets, method=method, seed=seed)
+    c.warmstart.enabled, c.warmstart.path = False, warm
+    # Before RL every seed of a method sees the same policy and the same held-out levels: evaluate once.
+    c.train.eval_before = first_seed
+    t0 = time.time()
+    out = run(c, run_dir, explicit=sets.keys(), progress=False)
+    final = {"before": out["before"], "after": out["after"], "seconds": time.time() - t0,
+             "method": method, "seed": seed, "env": c.env.name}
+    tmp = os.path.join(run_dir, "final.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(final, f, indent=1, default=str)
+    os.replace(tmp, os.path.join(run_dir, "final.json"))
+    return final
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", choices=sorted(suites.SUITES), default="quick")
+    ap.add_argument("--out", default=None, help="results folder (default experiments/results/<suite>)")
+    ap.add_argument("--experiments", default=None, help=f"comma list from {sorted(suites.EXPERIMENTS)}")
+    ap.add_argument("--methods", default=None, help=f"comma list from {list(suites.METHODS)}")
+    ap.add_argument("--seeds", default=None, help="comma list of seeds (default the suite's)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="config override for every run, e.g. --set train.iterations=100")
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+
+    suite = suites.SUITES[args.suite]
+    exps = args.experiments.split(",") if args.experiments else list(suite["experiments"])
+    methods = args.methods.split(",") if args.methods else list(suites.METHODS)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(suite["seeds"])
+    for name, known, what in ((exps, suites.EXPERIMENTS, "experiment"), (methods, suites.METHODS, "method")):
+        bad = [n for n in name if n not in known]
+        if bad:
+            print(f"error: unknown {what} {bad}; known: {sorted(known)}", file=sys.stderr)
+            return 2
+    sets = parse_sets(args.set)
+    out = os.path.abspath(args.out or os.path.join(ROOT, "experiments", "results", args.suite))
+    os.makedirs(out, exist_ok=True)
+
+    # Validate every run's config before any training (a typo fails in a second, not after an hour).
+    from wmact_jax import config_check
+
+    for exp in exps:
+        for m in methods:
+            try:
+                config_check.prepare_config(experiment_config(exp, args.suite, sets, m, seeds[0]), sets.keys())
+            except config_check.ConfigError as e:
+                print(f"error: {exp}/{m}: {e}", file=sys.stderr)
+                return 2
+
+    import jax
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint save at INFO
+    # Seeds of one method compile the same programs: a persistent cache skips recompiling them.
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                 "jax_persistent_cache_min_compile_time_secs")}
+    jax.config.update("jax_compilation_cache_dir", os.path.join(out, ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    try:
+        return _run_suite(args, exps, methods, seeds, sets, out)
+    finally:  # a caller (e.g. a test process) keeps its own settings
+        for k, v in saved.items():
+            jax.config.update(k, v)
+
+
+def _run_suite(args, exps, methods, seeds, sets, out) -> int:
+    import jax
+
+    suite = suites.SUITES[args.suite]
+
+    command = "python experiments/run.py " + " ".join(args.argv)
+    meta_path = os.path.join(out, "suite.json")
+    meta = {"suite": args.suite, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+                       f"({jax.default_backend()})", "experiments": {}}
+    t_suite = time.time()
+    for exp in exps:
+        exp_dir = os.path.join(out, exp)
+        os.makedirs(exp_dir, exist_ok=True)
+        t0 = time.time()
+        warm, wmetrics = warm_start(exp, args.suite, sets, exp_dir)
+        sample = experiment_config(exp, args.suite, sets)
+        exp_info = {"env": sample.env.name, "transfer": list(sample.env.eval_names), "methods": methods,
+                    "seeds": seeds, "iterations": int(sample.train.iterations),
+                    "episodes_per_iteration": int(sample.rollout.levels_per_iteration * sample.rollout.group_size),
+                    "eval_levels": int(sample.train.eval_levels), "warmstart": wmetrics,
+                    "warmstart_seconds": time.time() - t0,
+                    "config_overrides": {**suites.EXPERIMENTS[exp]["overrides"], **suite["overrides"], **sets}}
+        with open(os.path.join(exp_dir, "experiment.json"), "w") as f:
+            json.dump(exp_info, f, indent=1, default=str)
+        meta["experiments"][exp] = exp_info["env"]
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=1)
+        for m in methods:
+            for s in seeds:
+                run_dir = os.path.join(exp_dir, m, f"seed{s}")
+                if os.path.exists(os.path.join(run_dir, "final.json")):
+                    continue
+                t = time.time()
+                final = run_one(exp, args.suite, sets, m, s, warm, run_dir, first_seed=s == seeds[0])
+                a = final["after"]["metrics"]
+                print(f"[{exp}] {m} seed {s}: greedy success {a.get('greedy/success_rate', float('nan')):.3f}, "
+                      f"turns {a.get('greedy/mean_turns', float('nan')):.2f} ({time.time() - t:.0f} s)", flush=True)
+                report.write_experiment_report(exp_dir)  # partial results are readable while the suite runs
+        report.write_experiment_report(exp_dir)
+    meta["seconds"] = time.time() - t_suite
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=1)
+    summary = report.write_report(out)
+    print(f"suite {args.suite} done in {meta['seconds'] / 60:.1f} min: {summary}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

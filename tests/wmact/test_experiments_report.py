@@ -1,0 +1,233 @@
+"""experiments/report.py on a synthetic results directory (no training, no jax: a few seconds).
+
+Two experiments x 3 methods x 2-3 seeds; one run was killed (no final.json, a cut last line).
+Checked: a hand-computed mean ± std cell, seed counts, the killed run, valid PNGs, results.jsonl,
+summary.md's links, and a clear exit 2 on an empty or missing directory.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "experiments", "report.py")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ITERS = 10
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("experiments_report", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _load_module()
+
+
+def _eval(prefix, success, turns=3.0, gap=0.5, transfer=(), single=None):
+    m = {f"{prefix}greedy/success_rate": success, f"{prefix}greedy/mean_turns": turns,
+         f"{prefix}greedy/efficacy": 0.8, f"{prefix}greedy/format_error_rate": 0.0,
+         f"{prefix}greedy/turn_cap": 8, f"{prefix}sampled/success_rate": success / 2,
+         f"{prefix}single_turn/success_rate": success / 2 if single is None else single}
+    if gap is not None:
+        m[f"{prefix}greedy/optimality_gap"] = gap
+    for env in transfer:
+        m[f"{prefix}transfer/{env}/success_rate"] = success / 4
+    return m
+
+
+def _write_run(run_dir, final_success, *, transfer=(), gap=0.5, complete=True, seed=0, steps=ITERS):
+    os.makedirs(run_dir)
+    rng = np.random.default_rng(seed)
+    lines = [{"step": 0, "time": 0.0, "warmstart/loss": 1.2},
+             {"step": 0, "time": 1.0, **_eval("eval/", 0.25, transfer=transfer)}]
+    for it in range(1, steps + 1):
+        success = min(1.0, 0.25 + 0.04 * it + 0.05 * rng.random())
+        lines.append({"step": it, "time": 1.0 + it, "success_rate": success,
+                      "mean_turns": 5.0 - 0.2 * it, "efficacy": 0.7, "perf/iteration_seconds": 1.0,
+                      "ppo/loss": None})
+        if it % 5 == 0:
+            lines.append({"step": it, "time": 1.5 + it,
+                          **_eval("eval/", final_success if it == ITERS else 0.3, transfer=transfer)})
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in lines))
+        if not complete:
+            f.write('{"step": %d, "time": 99.0, "success_ra' % (steps + 1))  # killed mid-write
+    if complete:
+        final = {"before": {"step": 0, "metrics": _eval("", 0.25, transfer=transfer)},
+                 "after": {"step": ITERS, "metrics": _eval("", final_success, gap=gap, transfer=transfer)},
+                 "seconds": 12.5}
+        with open(os.path.join(run_dir, "final.json"), "w") as f:
+            json.dump(final, f)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("results"))
+    with open(os.path.join(root, "suite.json"), "w") as f:
+        json.dump({"suite": "quick", "command": "python experiments/run.py --suite quick",
+                   "started": 1700000000.0, "machine": "test box",
+                   "experiments": {"maze7": {}, "sokoban6": {}}}, f)
+    # maze7: experiment.json lists the order (wmact first) and 3 seeds; rescale seed2 was killed.
+    maze = os.path.join(root, "maze7")
+    os.makedirs(maze)
+    with open(os.path.join(maze, "experiment.json"), "w") as f:
+        json.dump({"env": "Maze-7x7", "transfer": ["Maze-9x9"],
+                   "methods": ["wmact", "interactive", "rescale"], "seeds": [0, 1, 2], "iterations": ITERS,
+                   "warmstart": {"warmstart/loss": 1.2}, "config_overrides": {"train.batch": 8}}, f)
+    for seed, s in enumerate([0.5, 0.6, 0.7]):
+        _write_run(os.path.join(maze, "wmact", f"seed{seed}"), s, transfer=["Maze-9x9"], seed=seed)
+    for seed, s in enumerate([0.4375, 0.5, 0.45]):
+        # interactive seed1 solved nothing useful: no optimality gap in its metrics
+        _write_run(os.path.join(maze, "interactive", f"seed{seed}"), s, transfer=["Maze-9x9"],
+                   gap=None if seed == 1 else 0.5, seed=seed)
+    _write_run(os.path.join(maze, "rescale", "seed0"), 0.2, transfer=["Maze-9x9"])
+    _write_run(os.path.join(maze, "rescale", "seed1"), 0.3, transfer=["Maze-9x9"], seed=1)
+    _write_run(os.path.join(maze, "rescale", "seed2"), 0.0, transfer=["Maze-9x9"], complete=False,
+               steps=6, seed=2)
+    # sokoban6: no experiment.json (fixed method order), two seeds.
+    soko = os.path.join(root, "sokoban6")
+    for method, vals in (("wmact", [0.3, 0.5]), ("interactive", [0.2, 0.2]), ("entire_plan", [0.1, 0.3])):
+        for seed, s in enumerate(vals):
+            _write_run(os.path.join(soko, method, f"seed{seed}"), s, seed=seed)
+    os.makedirs(os.path.join(root, "not_an_experiment"))  # ignored: no experiment.json, no seed dirs
+    summary = report.write_report(root)
+    return root, summary
+
+
+def _row(table, name):
+    rows = [line for line in table.splitlines() if line.startswith(f"| {name} |")]
+    assert len(rows) == 1, table
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+def _header(table):
+    return [c.strip() for c in table.splitlines()[2].strip("|").split("|")]  # after "# title", blank
+
+
+def test_load_run_skips_cut_line_and_falls_back_to_step0_eval(results):
+    root, _ = results
+    run = report.load_run(os.path.join(root, "maze7", "rescale", "seed2"))
+    assert not run["complete"] and run["after"] is None and run["final"] is None
+    assert run["skipped_lines"] == 1 and run["last_step"] == 6
+    assert run["before"]["greedy/success_rate"] == 0.25  # rebuilt from the step-0 eval record
+    done = report.load_run(os.path.join(root, "maze7", "rescale", "seed0"))
+    assert done["complete"] and done["after"]["greedy/success_rate"] == 0.2 and done["seconds"] == 12.5
+
+
+def test_table_cells_and_seed_counts(results):
+    root, _ = results
+    table = open(os.path.join(root, "maze7", "table.md")).read()
+    header = _header(table)
+    assert header[0] == "method" and header[-1] == "n seeds" and "Maze-9x9 success (%)" in header
+    col = {h: i for i, h in enumerate(header)}
+    wmact = _row(table, "wmact")
+    # greedy success 0.5, 0.6, 0.7 -> mean 60.0 %, sample std 10.0 %
+    assert wmact[col["success, final turn cap (%)"]] == "60.0 ± 10.0"
+    assert wmact[col["mean turns"]] == "3.00 ± 0.00"
+    assert wmact[col["Maze-9x9 success (%)"]] == "15.0 ± 2.5"  # success / 4
+    assert wmact[col["n seeds"]] == "3/3"
+    inter = _row(table, "interactive")
+    # 0.4375, 0.5, 0.45: mean 46.25 %, std = sqrt(((-.025)^2 + .0375^2 + (-.0125)^2) / 2)
+    vals = [0.4375, 0.5, 0.45]
+    expected = f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals, ddof=1):.1f}"
+    assert expected == "46.2 ± 3.3" or expected == "46.3 ± 3.3"
+    assert inter[col["success, final turn cap (%)"]] == expected
+    assert inter[col["optimality gap"]] == "0.50 ± 0.00 (n=2)"  # one seed has no gap
+    # the killed run: not in the final numbers, named with its progress
+    rescale = _row(table, "rescale")
+    assert rescale[col["n seeds"]] == "2/3"
+    assert rescale[col["success, final turn cap (%)"]] == f"25.0 ± {np.std([20, 30], ddof=1):.1f}"
+    assert "seed2 (incomplete, at step 6 of 10)" in table
+    assert "rescale: seed0 20.0; seed1 30.0;" in table
+    warm = _row(table, "*warm start (before RL)*")
+    assert warm[col["success, final turn cap (%)"]] == "25.0 ± 0.0" and warm[-1] == "9 runs"
+    # order from experiment.json; legend mentions env and iterations
+    assert table.index("| wmact |") < table.index("| interactive |") < table.index("| rescale |")
+    assert "Maze-7x7" in table and f"{ITERS} RL iterations" in table
+    assert "unreadable metrics.jsonl line" in table
+
+
+def test_fixed_order_and_entire_plan_single_turn(results):
+    root, _ = results
+    table = open(os.path.join(root, "sokoban6", "table.md")).read()
+    assert table.index("| entire_plan |") < table.index("| interactive |") < table.index("| wmact |")
+    col = {h: i for i, h in enumerate(_header(table))}
+    ep = _row(table, "entire_plan")
+    assert ep[col["success, 1 turn (%)"]] == ep[col["success, final turn cap (%)"]] + " †"
+    assert "† entire_plan" in table
+    assert _row(table, "wmact")[col["success, 1 turn (%)"]] == "20.0 ± 7.1"  # its own single_turn (s/2)
+    assert _row(table, "wmact")[col["n seeds"]] == "2"  # no experiment.json: planned count unknown
+
+
+def test_pngs_are_valid(results):
+    root, _ = results
+    for exp in ("maze7", "sokoban6"):
+        for name in ("curves.png", "eval.png"):
+            path = os.path.join(root, exp, name)
+            assert os.path.getsize(path) > 5000, path
+            with open(path, "rb") as f:
+                assert f.read(8) == PNG_MAGIC
+
+
+def test_results_jsonl_one_line_per_completed_run(results):
+    root, _ = results
+    rows = [json.loads(line) for line in open(os.path.join(root, "results.jsonl"))]
+    assert len(rows) == 3 + 3 + 2 + 3 * 2  # rescale seed2 was killed
+    keys = {(r["exp"], r["method"], r["seed"]) for r in rows}
+    assert ("maze7", "rescale", 2) not in keys and ("maze7", "rescale", 1) in keys
+    r = next(r for r in rows if (r["exp"], r["method"], r["seed"]) == ("maze7", "wmact", 1))
+    assert r["env"] == "Maze-7x7" and r["iterations"] == ITERS and r["seconds"] == 12.5
+    assert r["greedy/success_rate"] == 0.6 and r["transfer/Maze-9x9/success_rate"] == 0.15
+    assert r["before/greedy/success_rate"] == 0.25
+
+
+def test_summary_links_images_and_command(results):
+    root, summary = results
+    assert summary == os.path.join(root, "summary.md")
+    text = open(summary).read()
+    assert "## maze7 (Maze-7x7)" in text and "## sokoban6" in text
+    assert "![curves](maze7/curves.png)" in text and "![eval](sokoban6/eval.png)" in text
+    assert "python experiments/run.py --suite quick" in text and "Machine: test box" not in text
+    assert "machine: test box" in text and "UTC" in text
+    assert text.index("## maze7") < text.index("## sokoban6")  # suite.json's order
+    assert "not_an_experiment" not in text
+
+
+def test_aggregate_curves(results):
+    root, _ = results
+    agg = report.aggregate(os.path.join(root, "maze7"))
+    assert agg["window"] == 1  # 10 iterations // 10
+    band = agg["curves"]["rescale"]["success_rate"]
+    assert band["n_runs"] == 3 and band["steps"].tolist() == list(range(1, ITERS + 1))
+    assert band["count"].tolist() == [3] * 6 + [2] * 4  # the killed run stops at step 6
+    assert agg["curves"]["rescale"]["unfinished"] == 1 and agg["curves"]["wmact"]["unfinished"] == 0
+    assert np.all(band["lo"] <= band["mean"]) and np.all(band["mean"] <= band["hi"])
+    assert agg["curves"]["wmact"]["eval"]["steps"].tolist() == [0, 5, 10]
+
+
+def test_cli_ok_without_jax(results):
+    root, _ = results
+    proc = subprocess.run([sys.executable, "-X", "importtime", SCRIPT, root], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "summary.md" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "matplotlib" in imported and not any(m == "jax" or m.startswith("jax.") for m in imported)
+
+
+@pytest.mark.parametrize("make", [True, False])
+def test_cli_empty_or_missing_dir_exits_2(tmp_path, make):
+    path = tmp_path / "results"
+    if make:
+        path.mkdir()
+    proc = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(report.ReportError, match="results"):
+        report.write_report(str(path))

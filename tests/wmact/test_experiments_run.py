@@ -1,0 +1,111 @@
+"""The experiment runner end to end on a tiny suite: shared warm start, runs, resume, transfer, report."""
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from experiments import run as runner  # noqa: E402
+
+TINY = ["--set", "model.hidden_size=32", "--set", "model.intermediate_size=64", "--set", "model.num_layers=2",
+        "--set", "model.num_heads=2", "--set", "model.num_kv_heads=1",
+        "--set", "train.iterations=1", "--set", "train.eval_levels=4", "--set", "warmstart.steps=10",
+        "--set", "warmstart.num_levels=40", "--set", "warmstart.batch_size=8",
+        "--set", "rollout.levels_per_iteration=2", "--set", "env.eval_names=('Maze-9x9',)",
+        "--set", "rollout.max_turn_tokens=16"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("suite"))
+    assert runner.main(["--suite", "quick", "--out", out, "--methods", "wmact,entire_plan", "--seeds", "0"] + TINY) == 0
+    return out
+
+
+def test_suite_writes_runs_tables_and_plots(results):
+    exp = os.path.join(results, "maze7")
+    for m in ("wmact", "entire_plan"):
+        final = json.load(open(os.path.join(exp, m, "seed0", "final.json")))
+        after = final["after"]["metrics"]
+        assert final["after"]["step"] == 1 and 0.0 <= after["greedy/success_rate"] <= 1.0
+        assert "transfer/Maze-9x9/success_rate" in after  # transfer evaluation ran on the larger maze
+        assert ("single_turn/success_rate" in after) == (m != "entire_plan")
+    cfg = json.load(open(os.path.join(exp, "entire_plan", "seed0", "config.json")))
+    # entire_plan: one turn carrying the whole plan, whatever the preset's per-turn budget.
+    assert cfg["rollout"]["max_actions_per_turn"] == cfg["rollout"]["max_actions"]
+    assert cfg["anneal"]["l0"] == 1 and cfg["warmstart"]["path"].endswith("warmstart")
+    table = open(os.path.join(exp, "table.md")).read()
+    assert "| wmact |" in table and "| entire_plan |" in table and "Maze-9x9" in table
+    assert open(os.path.join(exp, "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    lines = open(os.path.join(results, "results.jsonl")).read().splitlines()
+    assert len(lines) == 2
+    assert "maze7" in open(os.path.join(results, "summary.md")).read()
+
+
+def test_rerun_skips_finished_runs_and_reuses_the_warm_start(results, capsys):
+    exp = os.path.join(results, "maze7")
+    stamp = os.path.getmtime(os.path.join(exp, "wmact", "seed0", "final.json"))
+    warm = os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json"))
+    assert runner.main(["--suite", "quick", "--out", results, "--methods", "wmact", "--seeds", "0"] + TINY) == 0
+    assert os.path.getmtime(os.path.join(exp, "wmact", "seed0", "final.json")) == stamp
+    assert os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json")) == warm
+
+
+def test_warm_start_that_does_not_fit_the_model_is_a_clear_error(results):
+    import jax
+
+    from wmact_jax import config_check
+    from wmact_jax.checkpoints.hf_folder import CheckpointError
+    from wmact_jax.train import Trainer
+
+    sets = runner.parse_sets(TINY[1::2])
+    sets["model.hidden_size"] = 48
+    sets["model.intermediate_size"] = 96
+    c = runner.experiment_config("maze7", "quick", sets, "wmact", 0)
+    c.warmstart.enabled, c.warmstart.path = False, os.path.join(results, "maze7", "warmstart")
+    c = config_check.prepare_config(c)
+    trainer = Trainer(c)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        trainer.warmstart(trainer.init_state(jax.random.key(0)))
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
+    assert runner.main(["--suite", "quick", "--out", str(tmp_path), "--methods", "wmcat"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert runner.main(["--suite", "quick", "--out", str(tmp_path), "--set", "ppo.lr=-1"]) == 2
+    assert "ppo.lr" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown config field"):
+        runner.main(["--suite", "quick", "--out", str(tmp_path), "--set", "ppo.lrr=1"])
+
+
+def test_length_buckets_hold_every_demo_with_enough_rows():
+    from wmact_jax.warmstart import length_buckets
+
+    lengths = [100] * 40 + [300] * 3 + [200] * 5
+    b = length_buckets(lengths, 128, 8)
+    assert sorted(i for idx in b.values() for i in idx) == list(range(48))
+    assert all(len(idx) >= 8 for idx in b.values())
+    assert all(lengths[i] <= w for w, idx in b.items() for i in idx)
+    assert list(length_buckets(lengths, 0, 8)) == [320]
+
+
+def test_warmstart_command_saves_a_policy_runs_can_start_from(tmp_path):
+    import subprocess
+
+    out = tmp_path / "ws"
+    args = [sys.executable, "-m", "wmact_jax.warmstart", "--config=maze_scratch", f"--out={out}"]
+    args += [f"--config.{k}" for k in ("warmstart.steps=10", "warmstart.num_levels=30", "warmstart.batch_size=8",
+                                        "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1",
+                                        "model.num_heads=2", "model.num_kv_heads=1", "env.name=Maze-5x5")]
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "warm start saved to" in r.stdout
+    info = json.load(open(out / "warmstart.json"))
+    assert info["env"] == "Maze-5x5" and info["metrics"]["warmstart/demos"] > 0
+    # Never overwritten silently.
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "overwrite" in (r.stderr + r.stdout)

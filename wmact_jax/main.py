@@ -182,7 +182,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
             state, wm = trainer.warmstart(state)
             wm = dict(wm or {})
             wm["seconds"] = time.time() - t0
-            writer.write(0, wm, prefix="warmstart/")
+            # Under warmstart/ once (the warm start's own metrics already carry the prefix).
+            writer.write(0, {k if k.startswith("warmstart/") else f"warmstart/{k}": v for k, v in wm.items()})
         start = int(jax.device_get(state.iteration))
         ckpt.save(start, state, force=True)  # a kill during RL never repeats the warm start
 

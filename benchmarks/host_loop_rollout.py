@@ -35,8 +35,8 @@ import numpy as np
 from wmact_jax import prompts
 from wmact_jax.codec import decode_text, parse_answer_text
 from wmact_jax.rollout import (END_ACTION_CAP, END_CONTEXT, END_ENV_LIMIT, END_RUNNING, END_SOLVED, END_TURN_CAP,
-                               RolloutBatch, takes_logits_at)
-from wmact_jax.sampler import decode_fn, prefill_fn
+                               RolloutBatch)
+from wmact_jax.sampler import accepts_logits_at, decode_fn, prefill_fn
 
 
 class HostLoopRollout:
@@ -53,7 +53,7 @@ class HostLoopRollout:
         apply = self._apply = apply_fn
 
         def with_params(params):  # logits only where prefill reads them, as the in-graph rollout does
-            if takes_logits_at(apply):
+            if accepts_logits_at(apply):
                 return lambda t, ca, n, logits_at=None: apply(params, t, ca, n, logits_at=logits_at)
             return lambda t, ca, n: apply(params, t, ca, n)
 

@@ -48,21 +48,13 @@ def parse_sets(items) -> dict:
 
 def apply(config, overrides: dict):
     """Sets dotted fields; an unknown field is an error naming it (before any work starts)."""
+    from wmact_jax.config_check import ConfigError, set_field
+
     for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for p in parents:
-            if p not in node:
-                raise SystemExit(f"error: unknown config field {path!r}")
-            node = node[p]
-        if leaf not in node:
-            raise SystemExit(f"error: unknown config field {path!r}")
-        ref = node[leaf]
-        if isinstance(ref, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(ref, tuple) and isinstance(value, list):
-            value = tuple(value)
-        node[leaf] = value
+        try:
+            set_field(config, path, value)
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
     return config
 
 

@@ -337,7 +337,7 @@ def resolve_method(config: ml_collections.ConfigDict,
         current = _get(out, path)
         user_set = path in explicit or (path not in defining and path in base and current != base[path])
         if not user_set:
-            _set(out, path, value)
+            set_field(out, path, value)
     return out
 
 
@@ -348,14 +348,21 @@ def _get(config: ml_collections.ConfigDict, path: str) -> Any:
     return node
 
 
-def _set(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+    """config[path] = value for a dotted path, coerced to the field's type (int -> float, list ->
+    tuple); an unknown field is a ConfigError naming it."""
     *parents, leaf = path.split(".")
     node = config
-    for part in parents:
-        node = node[part]
+    for part in parents + [leaf]:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ConfigError(f"unknown config field {path!r}")
+        if part != leaf:
+            node = node[part]
     ref = node[leaf]
     if isinstance(ref, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(ref, tuple) and isinstance(value, list):
+        value = tuple(value)
     node[leaf] = value
 
 

@@ -83,7 +83,7 @@ def _eval_modes(trainer, config) -> list[tuple[str, dict]]:
     Modes the Trainer's `evaluate` cannot run (no such keyword) are skipped."""
     params = inspect.signature(trainer.evaluate).parameters
     extra = {"transcripts": config.train.transcripts} if "transcripts" in params else {}
-    wanted = tuple(config.train.eval_modes) if "eval_modes" in config.train else ("greedy", "sampled", "single_turn")
+    wanted = tuple(config.train.eval_modes)
     modes = []
     if "greedy" in wanted:
         modes.append(("greedy", dict(greedy=True, **extra)))
@@ -189,8 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
 
     total = config.train.iterations
     before = None
-    eval_before = bool(config.train.get("eval_before", True))
-    if start == 0 and eval_before:  # decided alike on every process (evaluate may run collectives)
+    if start == 0 and config.train.eval_before:  # decided alike on every process (evaluate may run collectives)
         before = {"step": 0, "metrics": _evaluate(trainer, state, config, 0, writer, workdir, is_main)}
         if is_main:
             _write_json(initial_path, before)

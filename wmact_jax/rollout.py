@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from wmact_jax.conversation import Conversation
-from wmact_jax.sampler import SamplingParams, decode_fn, prefill_fn
+from wmact_jax.sampler import SamplingParams, accepts_logits_at, decode_fn, prefill_fn
 
 END_SOLVED, END_ENV_LIMIT, END_TURN_CAP, END_ACTION_CAP, END_CONTEXT, END_RUNNING = range(6)
 END_REASONS = ("solved", "env_step_limit", "turn_cap", "action_cap", "context_full", "running")
@@ -68,15 +68,6 @@ class RolloutBatch:
     generated: jax.Array  # [E] int32: tokens written by the model
     logprobs: jax.Array  # [E, S] f32: log p(token t | tokens[:t]) of model tokens at sampling time (0 elsewhere)
     values: jax.Array  # [E, S] f32: value of tokens[:t] at model tokens (0 elsewhere, or without a value head)
-
-
-def takes_logits_at(fn) -> bool:
-    import inspect
-
-    try:
-        return "logits_at" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _scatter_rows(buf, new, start, n):
@@ -132,7 +123,7 @@ class Rollout:
         k_level, k_loop = jax.random.split(key)
         env_state = self.reset_levels(k_level) if init_state is None else init_state
         env_state = self.shard_batch(env_state)
-        if takes_logits_at(self.apply_fn):  # prefill then computes logits only where they are read
+        if accepts_logits_at(self.apply_fn):  # prefill then computes logits only where they are read
             apply = lambda tok, cache, n, logits_at=None: self.apply_fn(params, tok, cache, n, logits_at=logits_at)
         else:
             apply = lambda tok, cache, n: self.apply_fn(params, tok, cache, n)

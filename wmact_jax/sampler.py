@@ -172,7 +172,7 @@ class SampleOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- prefill
-def _accepts_logits_at(apply_fn: ApplyFn) -> bool:
+def accepts_logits_at(apply_fn: ApplyFn) -> bool:
     """Whether apply_fn takes a `logits_at` keyword (checked on its signature, at trace time)."""
     try:
         params = inspect.signature(apply_fn).parameters.values()
@@ -219,7 +219,7 @@ def prefill_fn(apply_fn: ApplyFn, tokens, lengths, cache: KVCache, last_logits=N
     S = cache.max_len
     buckets = tuple(attend_buckets) if attend_buckets is not None else attend_buckets_for(S)
     idx = jnp.clip(lengths - 1, 0, T - 1)  # each row's last new token
-    if _accepts_logits_at(apply_fn):  # logits / values only at idx: [B,1,V]
+    if accepts_logits_at(apply_fn):  # logits / values only at idx: [B,1,V]
         out = _windowed_apply(apply_fn, tokens, cache, lengths, buckets, logits_at=idx)
         idx = jnp.zeros_like(idx)
     else:

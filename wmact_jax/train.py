@@ -66,8 +66,7 @@ class Trainer:
         K = c.rollout.max_actions_per_turn
         self.grid_codec = GridCodec.build(self.env, self.tokenizer)
         self.answer_codec = AnswerCodec.build(self.env, self.tokenizer, max_actions=K)
-        self.conv = Conversation(self.env, self.tokenizer, self.grid_codec, K, single_turn=single_turn,
-                                 compact=c.rollout.system_prompt == "compact")
+        self.conv = self.conversation(self.env, self.grid_codec, K, single_turn)
         stop = self.tokenizer.convert_tokens_to_ids("</answer>")
         stop_ids = [stop] if isinstance(stop, int) and stop != self.tokenizer.unk_token_id else []
         self.eos_id = self.tokenizer.eos_token_id
@@ -79,7 +78,7 @@ class Trainer:
             max_actions=c.rollout.max_actions, context_len=c.rollout.context_len)
         self.eval_cfg = dataclasses.replace(self.rollout_cfg, num_levels=c.train.eval_levels, group_size=1)
         mc = self.model_config
-        init_cache = lambda b, s: KVCache.init(mc, b, s)
+        init_cache = self._init_cache = lambda b, s: KVCache.init(mc, b, s)
         # ---- devices: params placed by their logical axes, episodes split over ('data', 'fsdp')
         self.mesh, shard_batch = None, None
         if jax.device_count() > 1:
@@ -115,7 +114,7 @@ class Trainer:
                                        top_k=jnp.int32(c.rollout.top_k), top_p=jnp.float32(c.rollout.top_p))
         self._update = ppo_lib.make_update(self.ppo_cfg, self._train_apply, self.optimizer)
         self.iteration = jax.jit(self._iteration, donate_argnums=0)
-        self._eval_jit = jax.jit(self._eval_rollout)
+        self._eval_jit = self._eval_run(self.eval_rollout)
         self._eval_levels_cache: Dict[Tuple[str, int], Any] = {}
         self._transfer_cache: Dict[str, Any] = {}
 
@@ -247,10 +246,19 @@ class Trainer:
         return data, parts
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_rollout(self, params, key, cap, temperature):
-        sampling = SamplingParams(temperature=temperature, top_k=jnp.int32(0), top_p=jnp.float32(1.0))
-        batch, _ = self.eval_rollout.run(params, key, cap, sampling)
-        return batch
+    def conversation(self, env, grid_codec, max_actions_per_turn: int, single_turn: bool) -> Conversation:
+        """The conversation of `env` in this run's prompt style (used for training, transfer, warm start)."""
+        return Conversation(env, self.tokenizer, grid_codec, max_actions_per_turn, single_turn=single_turn,
+                            compact=self.config.rollout.system_prompt == "compact")
+
+    @staticmethod
+    def _eval_run(rollout):
+        """Jitted (params, key, cap, temperature) -> RolloutBatch of `rollout` (temperature 0 = greedy)."""
+        def run(params, key, cap, temperature):
+            sampling = SamplingParams(temperature=temperature, top_k=jnp.int32(0), top_p=jnp.float32(1.0))
+            return rollout.run(params, key, cap, sampling)[0]
+
+        return jax.jit(run)
 
     def eval_key(self, env_seed: int = 0):
         """Held-out levels: a key stream disjoint from training's (which derives from config.seed)."""
@@ -271,21 +279,14 @@ class Trainer:
                 raise ValueError(f"env.eval_names: {name!r} has actions {list(env.action_names)}, the policy was "
                                  f"trained on {list(self.env.action_names)} ({c.env.name})")
             K = c.rollout.max_actions_per_turn
-            conv = Conversation(env, self.tokenizer, GridCodec.build(env, self.tokenizer), K,
-                                single_turn=c.method == "entire_plan", compact=c.rollout.system_prompt == "compact")
+            conv = self.conversation(env, GridCodec.build(env, self.tokenizer), K, c.method == "entire_plan")
             grow = conv.max_prompt_len / max(1, self.conv.max_prompt_len)
             ctx = int(math.ceil(c.rollout.context_len * max(1.0, grow) / 64) * 64)
             cfg = dataclasses.replace(self.eval_cfg, context_len=ctx)
-            mc = self.model_config
             rollout = Rollout(env, ep, conv, AnswerCodec.build(env, self.tokenizer, max_actions=K), self._policy_apply,
-                              cfg, lambda b, s: KVCache.init(mc, b, s), self.rollout.stop_token_ids, self.eos_id,
+                              cfg, self._init_cache, self.rollout.stop_token_ids, self.eos_id,
                               self.pad_id, self.rollout.shard_batch)
-
-            def run(params, key, cap, temperature):
-                sampling = SamplingParams(temperature=temperature, top_k=jnp.int32(0), top_p=jnp.float32(1.0))
-                return rollout.run(params, key, cap, sampling)[0]
-
-            self._transfer_cache[name] = (env, ep, rollout, jax.jit(run))
+            self._transfer_cache[name] = (env, ep, rollout, self._eval_run(rollout))
         return self._transfer_cache[name]
 
     def evaluate(self, state: TrainState, num_levels: Optional[int] = None, greedy: bool = True,

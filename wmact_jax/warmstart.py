@@ -132,11 +132,9 @@ def length_buckets(lengths: List[int], multiple: int, min_rows: int) -> Dict[int
     return merged
 
 
-def all_demos(trainer, log=None):
+def all_demos(trainer):
     """Demonstrations in the trainer's format, plus a `single_turn_fraction` share written as one-turn
     whole plans (the entire_plan format), so one warm start serves every method of a comparison."""
-    from wmact_jax.conversation import Conversation
-
     c, rc = trainer.config.warmstart, trainer.config.rollout
     n = int(c.num_levels)
     n_single = int(round(n * float(c.single_turn_fraction))) if trainer.max_turns > 1 else 0
@@ -144,8 +142,7 @@ def all_demos(trainer, log=None):
     toks, masks, stats = make_demos(trainer, n - n_single, seed, trainer.max_turns, int(rc.max_actions_per_turn),
                                     float(c.plan_fraction), float(c.noise))
     if n_single:
-        conv1 = Conversation(trainer.env, trainer.tokenizer, trainer.grid_codec, int(rc.max_actions),
-                             single_turn=True, compact=rc.system_prompt == "compact")
+        conv1 = trainer.conversation(trainer.env, trainer.grid_codec, int(rc.max_actions), single_turn=True)
         t1, m1, s1 = make_demos(trainer, n_single, seed, 1, int(rc.max_actions), 1.0, float(c.noise),
                                 conv=conv1, level_offset=1)
         kept = stats["kept"] + s1["kept"]
@@ -167,7 +164,7 @@ def run_warmstart(trainer, params, log=None):
     log = log or (lambda msg: print(msg, flush=True))
     c = trainer.config.warmstart
     t0 = time.perf_counter()
-    toks, masks, stats = all_demos(trainer, log)
+    toks, masks, stats = all_demos(trainer)
     if not toks:
         raise RuntimeError(f"warm start: no usable demonstration ({stats})")
     B = min(int(c.batch_size), len(toks))

@@ -6,11 +6,17 @@ a few hundred supervised steps on oracle demonstrations teach the format and bas
 from configs import base
 
 
-def scratch_config(env_name: str, max_actions: int, l0: int):
+def scratch_config(env_name: str, max_actions: int, l0: int, max_actions_per_turn: int = 6):
     c = base.get_config()
     c.env.name = env_name
     c.model.source = "scratch"
+    c.rollout.system_prompt = "minimal"  # a model from scratch reads no prose; every token costs compute
     c.rollout.max_actions = max_actions
+    c.rollout.max_actions_per_turn = max_actions_per_turn
+    c.rollout.max_turn_tokens = 3 * max_actions_per_turn + 8  # scratch tokenizer: 3 tokens per action
     c.anneal.l0 = l0
     c.warmstart.enabled = True
+    # The recipe that taught the default (Maze-5x5) in ~9 minutes on 2 cores; larger puzzles need more steps.
+    c.warmstart.steps, c.warmstart.batch_size, c.warmstart.num_levels = 500, 32, 3000
+    c.warmstart.lr, c.warmstart.noise, c.warmstart.plan_fraction = 2e-3, 0.05, 0.3
     return c

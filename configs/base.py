@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.max_actions_per_turn = 6  # K: actions parsed from one answer
     c.rollout.max_actions = 40  # action cap of an episode
     c.rollout.context_len = 1024  # token budget of an episode (prompt + all turns)
-    c.rollout.system_prompt = "full"  # full (rules in prose) | compact (legend and format only)
+    c.rollout.system_prompt = "full"  # full (rules in prose) | compact (legend and format) | minimal (name, budget)
     c.rollout.temperature = 1.0
     c.rollout.top_k = 0  # 0 = off
     c.rollout.top_p = 1.0
@@ -92,7 +92,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmstart.batch_size = 32
     c.warmstart.lr = 1e-3
     c.warmstart.num_levels = 2000
-    c.warmstart.plan_fraction = 0.5  # share of demos that give several actions per turn
+    c.warmstart.plan_fraction = 0.5  # share of demos that give several actions per turn (the rest: one)
+    c.warmstart.chunk = "plan"  # plan (the whole remaining plan, <= K actions, per turn) | random (1..K)
+    c.warmstart.keep_unsolved = True  # keep one-action demos the turn cap cut short (their moves are optimal)
+    c.warmstart.windows = True  # also every later turn of a demo alone, as a one-grid first turn
+    c.warmstart.curriculum = 0.4  # share of the steps first spent on one-action play only (0 = mixed from the start)
     c.warmstart.noise = 0.2  # share of demo turns with a deliberately suboptimal action
     c.warmstart.single_turn_fraction = 0.0  # share of demos in the one-turn whole-plan (entire_plan) format
     c.warmstart.length_bucket = 128  # demos are batched by length, in widths of this multiple (0 = one width)

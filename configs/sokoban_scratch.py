@@ -3,4 +3,4 @@ from configs._scratch import scratch_config
 
 
 def get_config():
-    return scratch_config("Sokoban-6x6-1", max_actions=40, l0=8)
+    return scratch_config("Sokoban-6x6-1", max_actions=40, l0=8, max_actions_per_turn=10)

@@ -66,7 +66,9 @@ def experiment_config(exp: str, suite: str, sets: dict, method: str = "interacti
     c = default.get_config()
     c.env.name = spec["env"]
     c.env.eval_names = tuple(spec["transfer"])
+    apply(c, suites.COMMON)
     apply(c, spec["overrides"])
+    c.rollout.max_turn_tokens = suites.turn_tokens(c.rollout.max_actions_per_turn)
     apply(c, suites.SUITES[suite]["overrides"])
     c.method, c.seed = method, int(seed)
     if method == "entire_plan":
@@ -191,7 +193,9 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
                     "episodes_per_iteration": int(sample.rollout.levels_per_iteration * sample.rollout.group_size),
                     "eval_levels": int(sample.train.eval_levels), "warmstart": wmetrics,
                     "warmstart_seconds": time.time() - t0,
-                    "config_overrides": {**suites.EXPERIMENTS[exp]["overrides"], **suite["overrides"], **sets}}
+                    "config_overrides": {**suites.COMMON, **suites.EXPERIMENTS[exp]["overrides"],
+                                         "rollout.max_turn_tokens": int(sample.rollout.max_turn_tokens),
+                                         **suite["overrides"], **sets}}
         with open(os.path.join(exp_dir, "experiment.json"), "w") as f:
             json.dump(exp_info, f, indent=1, default=str)
         meta["experiments"][exp] = exp_info["env"]

@@ -25,7 +25,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.source": ("scratch", "pretrained"),
     "model.dtype": ("float32", "bfloat16"),
     "model.critic": ("shared", "separate"),
-    "rollout.system_prompt": ("full", "compact"),
+    "rollout.system_prompt": ("full", "compact", "minimal"),
     "reward.outcome": ("success", "env_return"),
     "reward.step_penalty_unit": ("turn", "action"),
     "reward.placement": ("turn", "episode"),
@@ -226,6 +226,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     positive("warmstart.batch_size", "warmstart.lr", "warmstart.num_levels")
     need(0 <= w.plan_fraction <= 1, f"'warmstart.plan_fraction' must be in [0, 1], got {w.plan_fraction!r}")
     need(0 <= w.noise < 1, f"'warmstart.noise' must be in [0, 1), got {w.noise!r}")
+    need(w.chunk in ("plan", "random"), f"'warmstart.chunk' must be 'plan' or 'random', got {w.chunk!r}")
+    need(0 <= w.curriculum < 1, f"'warmstart.curriculum' must be in [0, 1), got {w.curriculum!r}")
     if w.enabled and not w.path:
         need(w.steps >= 1, "'warmstart.steps' must be >= 1 when warmstart.enabled (or set "
              "warmstart.enabled=False)")

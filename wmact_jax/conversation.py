@@ -67,9 +67,9 @@ class Conversation:
     """
 
     def __init__(self, env, tokenizer, grid_codec, max_actions_per_turn: int, single_turn: bool = False,
-                 compact: bool = False, reward_range: float = 100.0, check_samples: int = 8, seed: int = 0):
+                 style: str = "full", reward_range: float = 100.0, check_samples: int = 8, seed: int = 0):
         self.env, self.tokenizer, self.grid_codec = env, tokenizer, grid_codec
-        self.system_text = prompts.system_prompt(env, max_actions_per_turn, single_turn, compact)
+        self.system_text = prompts.system_prompt(env, max_actions_per_turn, single_turn, style)
         msgs = [{"role": "system", "content": _PH[0]}, {"role": "user", "content": _PH[1]},
                 {"role": "assistant", "content": _PH[2]}, {"role": "user", "content": _PH[3]}]
         try:

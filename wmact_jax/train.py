@@ -249,7 +249,7 @@ class Trainer:
     def conversation(self, env, grid_codec, max_actions_per_turn: int, single_turn: bool) -> Conversation:
         """The conversation of `env` in this run's prompt style (used for training, transfer, warm start)."""
         return Conversation(env, self.tokenizer, grid_codec, max_actions_per_turn, single_turn=single_turn,
-                            compact=self.config.rollout.system_prompt == "compact")
+                            style=self.config.rollout.system_prompt)
 
     @staticmethod
     def _eval_run(rollout):

@@ -27,13 +27,30 @@ def _single_step(env, params):
     return jax.jit(lambda k, s, a: env.step_env(k, s, a, params))
 
 
+CHUNKS = ("plan", "random")
+
+
 def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_per_turn: int,
-               plan_fraction: float, noise: float, conv=None,
-               level_offset: int = 0) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
+               plan_fraction: float, noise: float, conv=None, level_offset: int = 0, chunk: str = "plan",
+               keep_unsolved: bool = False, windows: bool = False
+               ) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
     """-> (token lists, loss-mask lists, stats). Levels come from a key stream disjoint from RL's.
 
     conv: the conversation to write (default the trainer's); max_turns == 1 writes whole plans.
+    A demo is either one action per turn or, with probability `plan_fraction`, multi-action turns:
+    chunk "plan" gives the whole remaining optimal plan (at most K actions) each turn, so an answer
+    ends where the plan ends (a point the model can locate by simulating its own moves); chunk
+    "random" gives a uniform 1..K prefix of it, which makes every stop a coin flip and greedy
+    decoding run past K ("Left || Left || ..."). keep_unsolved: keep demos whose optimal moves did
+    not reach the goal within `max_turns` (one action per turn on a long level), instead of
+    dropping them, which biases the single-action style toward short levels. windows: also write
+    every later turn of a demo on its own, as the first turn of a game starting from that state: a
+    short sequence whose one answer is read off one grid. A model from scratch first has to learn to
+    find the player in a grid, and it does so several times faster on short single-grid sequences
+    than inside conversations holding several grids (measured on Maze-5x5).
     """
+    if chunk not in CHUNKS:
+        raise ValueError(f"chunk must be one of {CHUNKS}, got {chunk!r}")
     env, ep, tok = trainer.env, trainer.env_params, trainer.tokenizer
     conv = trainer.conv if conv is None else conv
     rng = np.random.default_rng(seed)
@@ -44,7 +61,7 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     render = jax.jit(env.render_glyphs)
     key = jax.random.PRNGKey(seed)
     out_tok, out_mask = [], []
-    stats = {"levels": 0, "kept": 0, "unsolved": 0, "too_long": 0, "turns": 0.0, "actions": 0.0}
+    stats = {"levels": 0, "kept": 0, "unsolved": 0, "too_long": 0, "turns": 0.0, "actions": 0.0, "windows": 0}
     K = max_actions_per_turn
     for i in range(num_levels):
         stats["levels"] += 1
@@ -62,13 +79,13 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             if detour:
                 chunk = [int(rng.integers(env.num_actions))]
             elif multi or max_turns == 1:
-                k = len(plan) if max_turns == 1 else int(rng.integers(1, K + 1))
-                chunk = plan[:k]
+                k = len(plan) if (max_turns == 1 or chunk == "plan") else int(rng.integers(1, K + 1))
+                moves = plan[:k]
             else:
-                chunk = plan[:1]
-            chunk = chunk[:K]
+                moves = plan[:1]
+            moves = moves[:K]
             r_turn, done = 0.0, False
-            for a in chunk:
+            for a in moves:
                 key, sub = jax.random.split(key)
                 _, state, r, d, info = step(sub, state, jnp.int32(a))
                 r_turn += float(r)
@@ -77,22 +94,29 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
                     solved = bool(info.success)
                     done = True
                     break
-            answers.append(prompts.answer_text([env.action_names[a] for a in chunk]))
+            answers.append(prompts.answer_text([env.action_names[a] for a in moves]))
             rewards.append(r_turn)
             valid.append(True)
             grids.append(np.asarray(render(state)))
             if done:
                 break
-            plan = plan[len(chunk):] if not detour else optimal_actions(env, state, ep)
+            plan = plan[len(moves):] if not detour else optimal_actions(env, state, ep)
         if not solved:
             stats["unsolved"] += 1
-            continue
-        ids, mask = conv.host_tokens(grids, [tok.encode(a, add_special_tokens=False) for a in answers], rewards, valid)
+            if not keep_unsolved:
+                continue
+        answer_ids = [tok.encode(a, add_special_tokens=False) for a in answers]
+        ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid)
         if len(ids) > trainer.rollout_cfg.context_len:
             stats["too_long"] += 1
             continue
         out_tok.append(ids)
         out_mask.append(mask)
+        for j in range(1, len(answers) if windows else 0):  # turn j alone, as the first turn of a game
+            w_ids, w_mask = conv.host_tokens([grids[j]], [answer_ids[j]], [rewards[j]], [True])
+            out_tok.append(w_ids)
+            out_mask.append(w_mask)
+            stats["windows"] += 1
         stats["kept"] += 1
         stats["turns"] += len(answers)
         stats["actions"] += n_actions
@@ -132,31 +156,50 @@ def length_buckets(lengths: List[int], multiple: int, min_rows: int) -> Dict[int
     return merged
 
 
+def _merge_stats(a: Dict[str, float], b: Dict[str, float]) -> Dict[str, float]:
+    kept = a["kept"] + b["kept"]
+    out = dict(a)
+    for k in ("turns", "actions"):
+        out[k] = (a[k] * a["kept"] + b[k] * b["kept"]) / max(kept, 1)
+    for k in ("levels", "kept", "unsolved", "too_long", "windows"):
+        out[k] = a[k] + b[k]
+    return out
+
+
 def all_demos(trainer):
-    """Demonstrations in the trainer's format, plus a `single_turn_fraction` share written as one-turn
-    whole plans (the entire_plan format), so one warm start serves every method of a comparison."""
+    """Demonstrations in the trainer's format -> (tokens, masks, stats, basic).
+
+    A `plan_fraction` share of the levels is played with multi-action turns (the rest one action
+    per turn), plus a `single_turn_fraction` share written as one-turn whole plans (the entire_plan
+    format), so one warm start serves every method of a comparison. basic[i]: demo i is one-action
+    play (or a window of it), what the curriculum's first phase trains on.
+    """
     c, rc = trainer.config.warmstart, trainer.config.rollout
     n = int(c.num_levels)
     n_single = int(round(n * float(c.single_turn_fraction))) if trainer.max_turns > 1 else 0
+    n_plan = int(round((n - n_single) * float(c.plan_fraction)))
     seed = int(trainer.config.seed)
-    toks, masks, stats = make_demos(trainer, n - n_single, seed, trainer.max_turns, int(rc.max_actions_per_turn),
-                                    float(c.plan_fraction), float(c.noise))
+    K = int(rc.max_actions_per_turn)
+    kw = dict(chunk=c.chunk, keep_unsolved=bool(c.keep_unsolved), windows=bool(c.windows))
+    toks, masks, stats = make_demos(trainer, n - n_single - n_plan, seed, trainer.max_turns, K, 0.0,
+                                    float(c.noise), **kw)
+    basic = [True] * len(toks)
+    if n_plan:
+        t, m, s = make_demos(trainer, n_plan, seed, trainer.max_turns, K, 1.0, float(c.noise), level_offset=2, **kw)
+        toks, masks, stats, basic = toks + t, masks + m, _merge_stats(stats, s), basic + [False] * len(t)
     if n_single:
         conv1 = trainer.conversation(trainer.env, trainer.grid_codec, int(rc.max_actions), single_turn=True)
-        t1, m1, s1 = make_demos(trainer, n_single, seed, 1, int(rc.max_actions), 1.0, float(c.noise),
-                                conv=conv1, level_offset=1)
-        kept = stats["kept"] + s1["kept"]
-        for k in ("turns", "actions"):
-            stats[k] = (stats[k] * stats["kept"] + s1[k] * s1["kept"]) / max(kept, 1)
-        for k in ("levels", "kept", "unsolved", "too_long"):
-            stats[k] += s1[k]
-        stats["single_turn_demos"] = s1["kept"]
-        toks, masks = toks + t1, masks + m1
-    return toks, masks, stats
+        t, m, s = make_demos(trainer, n_single, seed, 1, int(rc.max_actions), 1.0, float(c.noise),
+                             conv=conv1, level_offset=1)
+        toks, masks, stats, basic = toks + t, masks + m, _merge_stats(stats, s), basic + [False] * len(t)
+        stats["single_turn_demos"] = s["kept"]
+    return toks, masks, stats, basic
 
 
-def run_warmstart(trainer, params, log=None):
+def run_warmstart(trainer, params, log=None, callback=None):
     """Fits the policy to demonstrations; returns (params, metrics). The critic is left as is.
+
+    callback(step, params) is called after every chunk of 10 steps (e.g. a learning-curve study).
 
     Demos are batched by length (`warmstart.length_bucket`): a batch is padded to its bucket's width,
     not to the longest demo, which roughly halves the cost on multi-turn demos of mixed length.
@@ -164,17 +207,30 @@ def run_warmstart(trainer, params, log=None):
     log = log or (lambda msg: print(msg, flush=True))
     c = trainer.config.warmstart
     t0 = time.perf_counter()
-    toks, masks, stats = all_demos(trainer)
+    toks, masks, stats, basic = all_demos(trainer)
     if not toks:
         raise RuntimeError(f"warm start: no usable demonstration ({stats})")
     B = min(int(c.batch_size), len(toks))
-    groups = length_buckets([len(t) for t in toks], int(c.length_bucket), B)
-    data = {w: (jnp.asarray(_pad([toks[i] for i in idx], w, trainer.pad_id)),
-                jnp.asarray(_pad([masks[i] for i in idx], w, 0).astype(bool))) for w, idx in groups.items()}
+
+    def bucketed(idx_all):
+        groups = length_buckets([len(toks[i]) for i in idx_all], int(c.length_bucket), min(B, len(idx_all)))
+        return {w: (jnp.asarray(_pad([toks[idx_all[i]] for i in idx], w, trainer.pad_id)),
+                    jnp.asarray(_pad([masks[idx_all[i]] for i in idx], w, 0).astype(bool)))
+                for w, idx in groups.items()}, groups
+
+    data, groups = bucketed(list(range(len(toks))))
+    # Curriculum: the first steps on one-action play only. Answers that are whole plans (and the
+    # detours' random moves) are much harder to predict; mixed in from the start, they kept a model
+    # from scratch on its plateau (always the same action) where one-action play alone leaves it
+    # within 200 steps (Maze-5x5, measured).
+    first = [i for i, b in enumerate(basic) if b]
+    phase1_steps = int(round(int(c.steps) * float(c.curriculum))) if first and len(first) < len(toks) else 0
+    data1 = bucketed(first)[0] if phase1_steps else {}
     t_demo = time.perf_counter() - t0
-    log(f"warm start: {stats['kept']} demonstrations from {stats['levels']} levels "
+    log(f"warm start: {stats['kept']} demonstrations (+ {stats['windows']} one-turn windows) from {stats['levels']} levels "
         f"({stats['turns']:.1f} turns, {stats['actions']:.1f} actions on average; widths "
-        + ", ".join(f"{w}x{len(i)}" for w, i in groups.items()) + f") in {t_demo:.1f}s")
+        + ", ".join(f"{w}x{len(i)}" for w, i in groups.items()) + f") in {t_demo:.1f}s"
+        + (f"; the first {phase1_steps} steps on the {len(first)} one-action ones" if phase1_steps else ""))
 
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.adamw(optax.warmup_cosine_decay_schedule(
@@ -199,7 +255,7 @@ def run_warmstart(trainer, params, log=None):
     def train_chunk(p, s, key, tokens, mask):  # compiled once per bucket width
         def one(carry, k):
             p, s = carry
-            idx = jax.random.choice(k, tokens.shape[0], (B,), replace=False)
+            idx = jax.random.choice(k, tokens.shape[0], (B,), replace=tokens.shape[0] < B)
             (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tokens[idx], mask[idx])
             upd, s = opt.update(g, s, p)
             return (optax.apply_updates(p, upd), s), (loss, acc)
@@ -209,18 +265,24 @@ def run_warmstart(trainer, params, log=None):
 
     key = jax.random.PRNGKey(int(trainer.config.seed) + 17)
     rng = np.random.default_rng(int(trainer.config.seed) + 17)
-    widths = sorted(data)
-    # Draw buckets in proportion to how many tokens of training signal they hold.
-    weight = np.array([float(np.asarray(data[w][1]).sum()) for w in widths])
-    weight = weight / weight.sum()
+    def bucket_weights(d):  # draw buckets in proportion to how many tokens of training signal they hold
+        widths = sorted(d)
+        weight = np.array([float(np.asarray(d[w][1]).sum()) for w in widths])
+        return widths, weight / weight.sum()
+
+    phases = [(phase1_steps, data1), (int(c.steps), data)] if phase1_steps else [(int(c.steps), data)]
     steps = int(c.steps)
     hist = []
     t1 = time.perf_counter()
     for i in range(0, steps, chunk):
         key, sub = jax.random.split(key)
+        d = next(d for until, d in phases if i < until)
+        widths, weight = bucket_weights(d)
         w = widths[int(rng.choice(len(widths), p=weight))]
-        policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, *data[w])
+        policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, *d[w])
         hist.append((float(loss), float(acc)))
+        if callback is not None:
+            callback(i + chunk, dict(params, policy=policy))
         if (i // chunk) % 5 == 0 or i + chunk >= steps:
             log(f"warm start step {i + chunk}/{steps}: loss {hist[-1][0]:.4f}, token accuracy {hist[-1][1]:.3f}")
     params = dict(params, policy=policy)
@@ -228,6 +290,7 @@ def run_warmstart(trainer, params, log=None):
     metrics = {"warmstart/loss": float(np.mean([h[0] for h in last])),
                "warmstart/token_accuracy": float(np.mean([h[1] for h in last])),
                "warmstart/demos": float(stats["kept"]), "warmstart/demo_turns": float(stats["turns"]),
+               "warmstart/windows": float(stats["windows"]),
                "warmstart/single_turn_demos": float(stats.get("single_turn_demos", 0)),
                "warmstart/seconds": time.perf_counter() - t0, "warmstart/train_seconds": time.perf_counter() - t1}
     return params, metrics

@@ -27,7 +27,7 @@ def results(tmp_path_factory):
 
 
 def test_suite_writes_runs_tables_and_plots(results):
-    exp = os.path.join(results, "maze7")
+    exp = os.path.join(results, "maze5")
     for m in ("wmact", "entire_plan"):
         final = json.load(open(os.path.join(exp, m, "seed0", "final.json")))
         after = final["after"]["metrics"]
@@ -43,11 +43,11 @@ def test_suite_writes_runs_tables_and_plots(results):
     assert open(os.path.join(exp, "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     lines = open(os.path.join(results, "results.jsonl")).read().splitlines()
     assert len(lines) == 2
-    assert "maze7" in open(os.path.join(results, "summary.md")).read()
+    assert "maze5" in open(os.path.join(results, "summary.md")).read()
 
 
 def test_rerun_skips_finished_runs_and_reuses_the_warm_start(results, capsys):
-    exp = os.path.join(results, "maze7")
+    exp = os.path.join(results, "maze5")
     stamp = os.path.getmtime(os.path.join(exp, "wmact", "seed0", "final.json"))
     warm = os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json"))
     assert runner.main(["--suite", "quick", "--out", results, "--methods", "wmact", "--seeds", "0"] + TINY) == 0
@@ -65,8 +65,8 @@ def test_warm_start_that_does_not_fit_the_model_is_a_clear_error(results):
     sets = runner.parse_sets(TINY[1::2])
     sets["model.hidden_size"] = 48
     sets["model.intermediate_size"] = 96
-    c = runner.experiment_config("maze7", "quick", sets, "wmact", 0)
-    c.warmstart.enabled, c.warmstart.path = False, os.path.join(results, "maze7", "warmstart")
+    c = runner.experiment_config("maze5", "quick", sets, "wmact", 0)
+    c.warmstart.enabled, c.warmstart.path = False, os.path.join(results, "maze5", "warmstart")
     c = config_check.prepare_config(c)
     trainer = Trainer(c)
     with pytest.raises(CheckpointError, match="does not fit"):

@@ -16,10 +16,9 @@ Design choices (why):
 - `logits_at` computes the LM head / value head at one position per row (prefill needs only the last).
 - Training forwards (no cache) attend block by block and skip the masked upper triangle
   (`causal_attention_chunked`): on CPU attention dominates a small model's step at a few hundred tokens.
-- Initialisation is transformers' Llama one (normal(0.02) for every matrix, ones for norms). A GPT-2
-  style down-scaling of the residual projections (std / sqrt(2 L)) was used before: it left a 4-layer
-  model from scratch on a plateau for thousands of steps on lookups like "the token after P", which
-  the same model escapes in a few hundred steps with this init (and transformers' model with it).
+- Initialisation is transformers' Llama one (normal(0.02) for every matrix, ones for norms), so a
+  model from scratch starts as transformers' would. A GPT-2 style down-scaling of the residual
+  projections (std / sqrt(2 L)) was used before; `experiments/probes.py init` compares the two.
 """
 
 from __future__ import annotations

@@ -1,0 +1,240 @@
+"""Learnability probes behind the warm-start design (README: "What it takes for a model from scratch").
+
+    python experiments/probes.py init [--steps 800]          # the "token after P" task, three inits
+    python experiments/probes.py first-move --env Maze-5x5 [--steps 800] [--batch 64]
+    python experiments/probes.py ceiling --experiment maze5 [--suite full]
+
+`init`: 42 random tokens from {10..13} with one P (=20) at a random position; the label is the
+token right after P. Trained by Adam(1e-3), batch 32, on the scratch model's shape (4 layers,
+hidden 128). Compares our model with its current init (transformers' Llama init, normal(0.02)),
+our model with the residual projections (wo, w_down) scaled by 1/sqrt(2L) (the GPT-2 style init
+used before), and transformers' LlamaForCausalLM (if torch is installed).
+
+`first-move`: one-turn examples (minimal system prompt + a state -> `<answer>` + the first optimal
+move) for every state along the oracle's paths of `--levels` levels; held-out accuracy of the move
+on 200 other levels, every 100 steps. Chance is about 25-35% (some moves are forced).
+
+`ceiling`: the optimal plan lengths of an experiment's held-out evaluation levels (the very levels
+every run is evaluated on) and the share of them a policy that writes one action per turn can solve
+at each turn cap: a level needs at least N_opt such turns.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+SHAPE = dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2)
+
+
+def _after_p_data(n: int = 4096, t: int = 42, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(10, 14, (n, t))
+    pos = rng.integers(2, 30, n)
+    x[np.arange(n), pos] = 20
+    x[:, -2] = 5
+    x[:, -1] = x[np.arange(n), pos + 1]
+    return x
+
+
+def probe_init(steps: int) -> None:
+    from wmact_jax.models import ModelConfig, Transformer
+    from wmact_jax.models.llama import apply
+
+    data = _after_p_data()
+    mc = ModelConfig(vocab_size=64, tie_word_embeddings=True, max_position_embeddings=256, **SHAPE)
+
+    def run_ours(scale_residual: bool):
+        gd, p = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
+        if scale_residual:
+            f = 1.0 / math.sqrt(2 * mc.num_layers)
+            for name in ("wo", "w_down"):
+                v = p["layers"][name]
+                v.set_value(v.get_value() * f)
+        opt = optax.adam(1e-3)
+        s = opt.init(p)
+
+        def loss(p, x):
+            lg = apply(gd, p, x).logits[:, -2]
+            return -jnp.mean(jax.nn.log_softmax(lg)[jnp.arange(x.shape[0]), x[:, -1]])
+
+        @jax.jit
+        def step(p, s, x):
+            l, g = jax.value_and_grad(loss)(p, x)
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s, l
+
+        rng = np.random.default_rng(1)
+        out = []
+        for i in range(steps):
+            p, s, l = step(p, s, jnp.asarray(data[rng.choice(len(data), 32, replace=False)], jnp.int32))
+            out.append(float(l))
+        return out
+
+    def run_torch():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                         max_position_embeddings=256))
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        x_all = torch.tensor(data)
+        rng = np.random.default_rng(1)
+        out = []
+        for i in range(steps):
+            x = x_all[rng.choice(len(data), 32, replace=False)]
+            loss = torch.nn.functional.cross_entropy(m(x).logits[:, -2], x[:, -1])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    print(f"# 'token after P' probe: loss (chance = ln 4 = 1.386), mean of each 100 steps; jax {jax.__version__}")
+    marks = list(range(100, steps + 1, 100))
+    print(f"{'model':<32}" + "".join(f"{m:>8}" for m in marks) + f"{'seconds':>9}", flush=True)
+    runners = {"ours, transformers' init": lambda: run_ours(False),
+               "ours, residual / sqrt(2L)": lambda: run_ours(True),
+               "transformers LlamaForCausalLM": run_torch}
+    for name, fn in runners.items():
+        t0 = time.time()
+        try:
+            losses = fn()
+        except ImportError:  # torch is a test-time extra
+            print(f"{name:<32} (not installed)")
+            continue
+        print(f"{name:<32}" + "".join(f"{np.mean(losses[m - 100:m]):>8.3f}" for m in marks)
+              + f"{time.time() - t0:>9.0f}", flush=True)
+
+
+def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: int) -> None:
+    from configs import default
+    from envs_jax.oracles import optimal_actions
+    from wmact_jax import config_check, prompts
+    from wmact_jax import ppo as ppo_lib
+    from wmact_jax.models.llama import apply as model_apply
+    from wmact_jax.train import Trainer
+
+    c = default.get_config()
+    c.env.name = env_name
+    c = config_check.prepare_config(c, explicit=("env.name",))
+    tr = Trainer(c)
+    env, ep, tok, conv = tr.env, tr.env_params, tr.tokenizer, tr.conv
+    render = jax.jit(env.render_glyphs)
+    step_env = jax.jit(lambda k, s, a: env.step_env(k, s, a, ep))
+    move_ids = [tok.convert_tokens_to_ids(a) for a in env.action_names]
+
+    def examples(n, seed):
+        keys = jax.random.split(jax.random.PRNGKey(seed), n)
+        _, st = jax.jit(jax.vmap(env.reset_env, in_axes=(0, None)))(keys, ep)
+        st = jax.device_get(st)
+        xs, ms = [], []
+        for i in range(n):
+            s = jax.tree.map(lambda x: x[i], st)
+            for a in optimal_actions(env, s, ep) or []:
+                answer = tok.encode(prompts.answer_text([env.action_names[a]]), add_special_tokens=False)
+                ids, m = conv.host_tokens([np.asarray(render(s))], [answer], [0.0], [True])
+                xs.append(ids)
+                ms.append(m)
+                _, s, *_ = step_env(jax.random.PRNGKey(0), s, jnp.int32(a))
+        return xs, ms
+
+    t0 = time.time()
+    xtr, mtr = examples(levels, 1)
+    xte, mte = examples(200, 99)
+    width = -(-max(map(len, xtr + xte)) // 16) * 16
+    pad = lambda rows: jnp.asarray([r + [0] * (width - len(r)) for r in rows], jnp.int32)
+    xtr, mtr, xte, mte = pad(xtr), pad(mtr).astype(bool), pad(xte), pad(mte).astype(bool)
+    move_pos = jnp.argmax(mte, axis=1) + 3  # <think> </think> <answer> MOVE
+    print(f"# first-move probe on {env_name}: {xtr.shape[0]} training / {xte.shape[0]} held-out examples of "
+          f"{width} tokens ({time.time() - t0:.0f} s); batch {batch}, lr {lr}, model {SHAPE}")
+    gd = tr.graphdef
+    p = tr.init_state(jax.random.key(0)).ppo.params["policy"]
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, 50, steps, lr * 0.1)))
+    s = opt.init(p)
+
+    def loss_fn(p, tk, m):
+        lp, _, _ = ppo_lib.token_logprobs_and_values(model_apply(gd, p, tk).logits, jnp.zeros(tk.shape), tk)
+        return -jnp.sum(lp * m) / jnp.sum(m)
+
+    @jax.jit
+    def train(p, s, key):
+        def one(carry, k):
+            p, s = carry
+            idx = jax.random.choice(k, xtr.shape[0], (batch,), replace=False)
+            l, g = jax.value_and_grad(loss_fn)(p, xtr[idx], mtr[idx])
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), l
+
+        (p, s), l = jax.lax.scan(one, (p, s), jax.random.split(key, 25))
+        return p, s, l.mean()
+
+    @jax.jit
+    def accuracy(p):
+        logits = model_apply(gd, p, xte).logits
+        at = jnp.take_along_axis(logits, (move_pos - 1)[:, None, None], axis=1)[:, 0]
+        pred = jnp.asarray(move_ids)[jnp.argmax(at[:, jnp.asarray(move_ids)], -1)]
+        return jnp.mean(pred == jnp.take_along_axis(xte, move_pos[:, None], axis=1)[:, 0])
+
+    key, t0 = jax.random.PRNGKey(0), time.time()
+    for i in range(0, steps, 25):
+        key, k = jax.random.split(key)
+        p, s, l = train(p, s, k)
+        if (i + 25) % 100 == 0:
+            print(f"step {i + 25}: loss {float(l):.3f}, held-out first-move accuracy {float(accuracy(p)):.3f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def probe_ceiling(experiment: str, suite: str) -> None:
+    from envs_jax.oracles import optimal_length
+    from experiments.run import experiment_config
+    from wmact_jax import config_check
+    from wmact_jax.train import Trainer
+
+    c = config_check.prepare_config(experiment_config(experiment, suite, {}, method="interactive", seed=0))
+    tr = Trainer(c)
+    rollout = tr.eval_rollout
+    states = jax.device_get(rollout.reset_levels(jax.random.split(tr.eval_key())[0]))
+    n = rollout.cfg.num_episodes
+    lens = np.array([optimal_length(tr.env, jax.tree.map(lambda x: x[i], states), tr.env_params) or -1
+                     for i in range(n)])
+    print(f"# {experiment} ({c.env.name}), suite {suite}: {n} held-out evaluation levels")
+    print("optimal plan lengths: " + ", ".join(f"{k}: {int(np.sum(lens == k))}" for k in sorted(set(lens.tolist()))))
+    for cap in range(1, tr.max_turns + 1):
+        print(f"turn cap {cap}: {np.mean((lens > 0) & (lens <= cap)) * 100:.1f}% solvable with one action per turn")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("probe", choices=("init", "first-move", "ceiling"))
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--env", default="Maze-5x5")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--levels", type=int, default=3000)
+    ap.add_argument("--experiment", default="maze5")
+    ap.add_argument("--suite", default="full")
+    a = ap.parse_args()
+    if a.probe == "init":
+        probe_init(a.steps)
+    elif a.probe == "ceiling":
+        probe_ceiling(a.experiment, a.suite)
+    else:
+        probe_first_move(a.env, a.steps, a.batch, a.lr, a.levels)
+
+
+if __name__ == "__main__":
+    main()

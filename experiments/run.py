@@ -2,7 +2,7 @@
 
     python experiments/run.py --suite quick            # Maze 5x5, 5 methods x 3 seeds, 10 iterations
     python experiments/run.py --suite full             # Maze 5x5, Sokoban 6x6 and Standard, Taxi
-    python experiments/run.py --suite full --experiments maze5   # 103 min measured on 2 CPU cores
+    python experiments/run.py --suite full --experiments maze5   # ~2 h measured on 2 CPU cores
     python experiments/run.py --suite full --experiments maze5 --methods wmact,interactive --seeds 0,1
     python experiments/run.py --suite quick --set rollout.levels_per_iteration=64 --set train.iterations=200
 

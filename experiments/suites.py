@@ -74,7 +74,7 @@ SUITES = {
     "quick": dict(experiments=("maze5",), seeds=(0, 1, 2), overrides={
         **WARMSTART, **RL, "train.iterations": 10, "train.eval_levels": 48, "train.eval_every": 0,
         "train.checkpoint_every": 10, "anneal.tau": 2}),
-    # Every environment: maze5 took 103 minutes on 2 CPU cores; the others were not run this round.
+    # Every environment: maze5 took about 2 hours on 2 CPU cores; the others were not run this round.
     "full": dict(experiments=("maze5", "sokoban6", "sokoban_std", "taxi"), seeds=(0, 1, 2), overrides={
         **WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48, "train.eval_every": 25,
         "train.checkpoint_every": 25, "anneal.tau": 5}),

@@ -6,6 +6,12 @@ a few hundred supervised steps on oracle demonstrations teach the format and bas
 from configs import base
 
 
+def turn_tokens(actions: int) -> int:
+    """Tokens of an answer with `actions` actions (scratch tokenizer: 3 per action after the first,
+    `<think></think><answer>` and `</answer>`), plus slack: the max_turn_tokens that holds them."""
+    return 3 * actions + 8
+
+
 def scratch_config(env_name: str, max_actions: int, l0: int, max_actions_per_turn: int = 6):
     c = base.get_config()
     c.env.name = env_name
@@ -13,7 +19,7 @@ def scratch_config(env_name: str, max_actions: int, l0: int, max_actions_per_tur
     c.rollout.system_prompt = "minimal"  # a model from scratch reads no prose; every token costs compute
     c.rollout.max_actions = max_actions
     c.rollout.max_actions_per_turn = max_actions_per_turn
-    c.rollout.max_turn_tokens = 3 * max_actions_per_turn + 8  # scratch tokenizer: 3 tokens per action
+    c.rollout.max_turn_tokens = turn_tokens(max_actions_per_turn)
     c.anneal.l0 = l0
     c.warmstart.enabled = True
     # The recipe that taught the default (Maze-5x5) in ~9 minutes on 2 cores; larger puzzles need more steps.

@@ -10,6 +10,7 @@ The paper's settings (turn cap 30 annealed every 100 iterations, 256 episodes pe
 model) are for accelerators; here the cap starts at 5 and is annealed every 5 iterations.
 """
 from configs import base
+from configs._scratch import turn_tokens
 
 
 def get_config():
@@ -19,7 +20,7 @@ def get_config():
     c.rollout.levels_per_iteration, c.rollout.group_size = 8, 4
     c.rollout.context_len = 512
     c.rollout.max_actions_per_turn = 8  # a whole optimal plan (<= 6 moves on 5x5) fits in one answer
-    c.rollout.max_turn_tokens = 32  # 8 actions = 3 tokens each after the first, plus the tags
+    c.rollout.max_turn_tokens = turn_tokens(c.rollout.max_actions_per_turn)  # 32
     c.rollout.max_actions = 16
     c.anneal.l0, c.anneal.tau = 5, 5
     c.ppo.epochs, c.ppo.minibatches = 2, 2

@@ -1,11 +1,13 @@
 """What the experiment suites train: environments, their transfer targets, methods, seeds, budgets.
 
-Every run of an experiment starts from configs/default.py (the small model from scratch, compact
+Every run of an experiment starts from configs/default.py (the small model from scratch, minimal
 prompt), takes the experiment's environment settings, then the suite's budget, then the method.
 Scaling to accelerators changes only these numbers (or `--set` overrides), not the runner.
 """
 
 from __future__ import annotations
+
+from configs._scratch import turn_tokens
 
 METHODS = ("entire_plan", "interactive", "rescale", "wmact", "step_penalty")
 
@@ -39,12 +41,6 @@ EXPERIMENTS = {
         "rollout.context_len": 1664, "rollout.max_actions": 20, "anneal.l0": 3,
         "rollout.max_actions_per_turn": 18}),
 }
-
-
-def turn_tokens(actions: int) -> int:
-    """Tokens of an answer with `actions` actions (scratch tokenizer: 3 per action after the first,
-    `<think></think><answer>` and `</answer>`), plus slack."""
-    return 3 * actions + 8
 
 
 # entire_plan writes the whole plan in one answer: room for max_actions actions and the tags.

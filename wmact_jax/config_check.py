@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
+from wmact_jax import prompts
+
 METHODS = ("entire_plan", "interactive", "rescale", "anneal", "wmact", "step_penalty")
 
 # String enums: field -> allowed values.
@@ -25,7 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.source": ("scratch", "pretrained"),
     "model.dtype": ("float32", "bfloat16"),
     "model.critic": ("shared", "separate"),
-    "rollout.system_prompt": ("full", "compact", "minimal"),
+    "rollout.system_prompt": prompts.SYSTEM_STYLES,
     "reward.outcome": ("success", "env_return"),
     "reward.step_penalty_unit": ("turn", "action"),
     "reward.placement": ("turn", "episode"),
@@ -33,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "anneal.rounding": ("ceil", "round", "floor"),
     "ppo.schedule": ("constant", "cosine"),
     "ppo.advantage": ("gae", "grpo"),
+    "warmstart.chunk": ("plan", "random"),
 }
 
 EVAL_MODES = ("greedy", "sampled", "single_turn")
@@ -226,7 +229,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     positive("warmstart.batch_size", "warmstart.lr", "warmstart.num_levels")
     need(0 <= w.plan_fraction <= 1, f"'warmstart.plan_fraction' must be in [0, 1], got {w.plan_fraction!r}")
     need(0 <= w.noise < 1, f"'warmstart.noise' must be in [0, 1), got {w.noise!r}")
-    need(w.chunk in ("plan", "random"), f"'warmstart.chunk' must be 'plan' or 'random', got {w.chunk!r}")
     need(0 <= w.curriculum < 1, f"'warmstart.curriculum' must be in [0, 1), got {w.curriculum!r}")
     if w.enabled and not w.path:
         need(w.steps >= 1, "'warmstart.steps' must be >= 1 when warmstart.enabled (or set "

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from envs_jax.oracles import optimal_actions
+from wmact_jax import config_check
 from wmact_jax import ppo as ppo_lib
 from wmact_jax import prompts
 
@@ -27,7 +28,13 @@ def _single_step(env, params):
     return jax.jit(lambda k, s, a: env.step_env(k, s, a, params))
 
 
-CHUNKS = ("plan", "random")
+CHUNKS = config_check.CHOICES["warmstart.chunk"]
+
+
+def demo_level_keys(seed: int, level_offset: int, num_levels: int) -> jax.Array:
+    """Reset keys of the demo levels: a stream disjoint from RL's and from held-out evaluation's;
+    `level_offset` separates the demo sets of one warm start (step-style, one-turn, plan-style)."""
+    return jax.random.split(jax.random.PRNGKey(7_000_003 + seed + 1_000 * level_offset), num_levels)
 
 
 def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_per_turn: int,
@@ -54,7 +61,7 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     env, ep, tok = trainer.env, trainer.env_params, trainer.tokenizer
     conv = trainer.conv if conv is None else conv
     rng = np.random.default_rng(seed)
-    keys = jax.random.split(jax.random.PRNGKey(7_000_003 + seed + 1_000 * level_offset), num_levels)
+    keys = demo_level_keys(seed, level_offset, num_levels)
     _, states = jax.jit(jax.vmap(env.reset_env, in_axes=(0, None)))(keys, ep)
     states = jax.device_get(states)
     step = _single_step(env, ep)
@@ -270,14 +277,15 @@ def run_warmstart(trainer, params, log=None, callback=None):
         weight = np.array([float(np.asarray(d[w][1]).sum()) for w in widths])
         return widths, weight / weight.sum()
 
-    phases = [(phase1_steps, data1), (int(c.steps), data)] if phase1_steps else [(int(c.steps), data)]
+    # (last step + 1, data, widths, weights) per curriculum phase.
+    phases = [(until, d, *bucket_weights(d)) for until, d in
+              ([(phase1_steps, data1), (int(c.steps), data)] if phase1_steps else [(int(c.steps), data)])]
     steps = int(c.steps)
     hist = []
     t1 = time.perf_counter()
     for i in range(0, steps, chunk):
         key, sub = jax.random.split(key)
-        d = next(d for until, d in phases if i < until)
-        widths, weight = bucket_weights(d)
+        d, widths, weight = next((d, ws, wt) for until, d, ws, wt in phases if i < until)
         w = widths[int(rng.choice(len(widths), p=weight))]
         policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, *d[w])
         hist.append((float(loss), float(acc)))

@@ -340,3 +340,36 @@ def test_config_errors_and_presets():
     assert 1_000_000 <= tiny.num_params() <= 5_000_000
     n = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: Transformer(tiny)), nnx.Param)))
     assert n == tiny.num_params()
+
+
+@pytest.mark.parametrize("T", [48, 100, 128])  # several blocks with a ragged last one, and exact multiples
+def test_causal_attention_by_blocks_equals_masked_attention(T):
+    """causal_attention_chunked = attention with a causal mask, outputs and gradients (GQA: 4 heads, 2 KV)."""
+    from wmact_jax.models.llama import attention, causal_attention_chunked
+
+    kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+    q = jax.random.normal(kq, (2, T, 4, 8))
+    k, v = jax.random.normal(kk, (2, T, 2, 8)), jax.random.normal(kv, (2, T, 2, 8))
+    causal = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (2, T, T))
+    full = lambda q, k, v: attention(q, k, v, causal)
+    blocks = lambda q, k, v: causal_attention_chunked(q, k, v, chunk=32)
+    np.testing.assert_allclose(np.asarray(blocks(q, k, v)), np.asarray(full(q, k, v)), atol=1e-5)
+    w = jax.random.normal(jax.random.PRNGKey(1), (2, T, 4, 8))
+    g_full = jax.grad(lambda *a: jnp.sum(full(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    g_blocks = jax.grad(lambda *a: jnp.sum(blocks(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_blocks, g_full):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+
+
+def test_training_forward_past_one_attention_block_equals_masked_forward(monkeypatch):
+    """The model's cache-free forward switches to blocks past ATTENTION_CHUNK tokens: same logits."""
+    from wmact_jax.models import llama
+
+    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(5)))
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 40), 0, 64)
+    monkeypatch.setattr(llama, "ATTENTION_CHUNK", 1 << 30)
+    whole = apply(graphdef, state, tokens).logits
+    monkeypatch.setattr(llama, "ATTENTION_CHUNK", 16)
+    blocked = apply(graphdef, state, tokens).logits
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), atol=1e-5)

@@ -8,7 +8,7 @@ import pytest
 from configs import default
 from wmact_jax import config_check
 from wmact_jax.train import Trainer
-from wmact_jax.warmstart import make_demos
+from wmact_jax.warmstart import demo_level_keys, make_demos
 
 ANSWER = re.compile(r"<answer>(.*?)</answer>")
 
@@ -36,7 +36,7 @@ def test_plan_chunks_give_the_whole_remaining_plan(trainer):
     toks, _, stats = make_demos(trainer, 24, seed=0, max_turns=4, max_actions_per_turn=6, plan_fraction=1.0,
                                 noise=0.0, chunk="plan")
     assert stats["kept"] == len(toks) > 0
-    keys = jax.random.split(jax.random.PRNGKey(7_000_003 + 0 + 1_000 * 0), 24)
+    keys = demo_level_keys(seed=0, level_offset=0, num_levels=24)
     _, states = jax.vmap(trainer.env.reset_env, in_axes=(0, None))(keys, trainer.env_params)
     lens = [len(optimal_actions(trainer.env, jax.tree.map(lambda x: x[i], states), trainer.env_params))
             for i in range(24)]

@@ -294,9 +294,7 @@ def causal_attention_chunked(q, k, v, chunk: int = 128):
     same blocks); on CPU, where attention over a few hundred tokens costs more than the projections
     of a small model, that is most of a training step. T need not be a multiple of C.
     """
-    B, T, H, Dh = q.shape
-    if T <= chunk:
-        return attention(q, k, v, jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T)))
+    B, T = q.shape[:2]
     outs = []
     for start in range(0, T, chunk):
         end = min(T, start + chunk)

@@ -26,6 +26,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from wmact_jax.models import ModelConfig, Transformer  # noqa: E402
+from wmact_jax import ppo  # noqa: E402
 from wmact_jax.models import llama  # noqa: E402
 
 SHAPES = ((32, 128), (16, 512), (8, 1024))
@@ -50,9 +51,9 @@ def jax_step_seconds(B: int, T: int, chunk: int | None, reps: int) -> float:
         s = opt.init(p)
         x = jnp.asarray(np.random.default_rng(0).integers(0, MODEL["vocab_size"], (B, T)), jnp.int32)
 
-        def loss(p):
-            lg = llama.apply(gd, p, x).logits[:, :-1]
-            return jnp.mean(jax.nn.logsumexp(lg, -1) - jnp.take_along_axis(lg, x[:, 1:, None], -1)[..., 0])
+        def loss(p):  # the warm start's loss: next-token log-probs as PPO computes them
+            lp, _, _ = ppo.token_logprobs_and_values(llama.apply(gd, p, x).logits, jnp.zeros(x.shape), x)
+            return -jnp.mean(lp[:, 1:])
 
         @jax.jit
         def step(p, s):
@@ -105,7 +106,7 @@ def main() -> None:
         torch_info = f"torch {torch.__version__} ({torch.get_num_threads()} threads, sdpa attention)"
     print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()} {torch_info} "
           f"python {platform.python_version()}")
-    print(f"# model: scratch Llama {MODEL}, float32, tied embeddings; step = loss + grad + Adam; best of "
+    print(f"# model: scratch Llama {MODEL}, float32, tied embeddings; step = loss + grad + Adam; mean of "
           f"{args.reps} after compilation")
     head = f"{'batch x len':>12} | {'ours blocks':>12} {'ours full':>10} {'torch':>10} | {'blocks/full':>11} {'torch/blocks':>12}"
     print(head + "\n" + "-" * len(head))

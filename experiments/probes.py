@@ -3,6 +3,7 @@
     python experiments/probes.py init [--steps 800]          # the "token after P" task, three inits
     python experiments/probes.py first-move --env Maze-5x5 [--steps 800] [--batch 64]
     python experiments/probes.py ceiling --experiment maze5 [--suite full]
+    python experiments/probes.py plateau --experiment maze5 --steps 300 --lr 1e-3 [--state-loss 0.5] [--seed 1]
 
 `init`: 42 random tokens from {10..13} with one P (=20) at a random position; the label is the
 token right after P. Trained by Adam(1e-3), batch 32, on the scratch model's shape (4 layers,
@@ -17,6 +18,10 @@ on 200 other levels, every 100 steps. Chance is about 25-35% (some moves are for
 `ceiling`: the optimal plan lengths of an experiment's held-out evaluation levels (the very levels
 every run is evaluated on) and the share of them a policy that writes one action per turn can solve
 at each turn cap: a level needs at least N_opt such turns.
+
+`plateau`: the experiment's warm start (its demos and recipe) cut to its first curriculum phase
+(one-action play only) for `--steps` steps; prints the answer loss every 50 steps. About 0.277 is
+chance on the action (5 answer tokens, 4 moves): a model still at it has not learnt to read the grid.
 """
 from __future__ import annotations
 
@@ -217,9 +222,29 @@ def probe_ceiling(experiment: str, suite: str) -> None:
         print(f"turn cap {cap}: {np.mean((lens > 0) & (lens <= cap)) * 100:.1f}% solvable with one action per turn")
 
 
+def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss: float, seed: int) -> None:
+    from experiments import suites
+    from experiments.run import experiment_config
+    from wmact_jax import config_check
+    from wmact_jax.train import Trainer
+    from wmact_jax.warmstart import run_warmstart
+
+    c = experiment_config(experiment, suite, {}, method="interactive", seed=seed)
+    c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
+    c.warmstart.steps, c.warmstart.curriculum = steps, 0.99  # phase 1 only (the last 1%: the mix)
+    c.warmstart.lr, c.warmstart.state_loss = lr, state_loss
+    tr = Trainer(config_check.prepare_config(c))
+    print(f"# {experiment} ({c.env.name}) warm start, one-action phase: {steps} steps, lr {lr}, "
+          f"state_loss {state_loss}, seed {seed}, batch {c.warmstart.batch_size}")
+    t0 = time.perf_counter()
+    run_warmstart(tr, tr.init_state(jax.random.key(seed)).ppo.params,
+                  log=lambda m: print(m, flush=True) if m.startswith("warm start step") else None)
+    print(f"# {time.perf_counter() - t0:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("init", "first-move", "ceiling"))
+    ap.add_argument("probe", choices=("init", "first-move", "ceiling", "plateau"))
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--env", default="Maze-5x5")
     ap.add_argument("--batch", type=int, default=64)
@@ -227,11 +252,15 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=3000)
     ap.add_argument("--experiment", default="maze5")
     ap.add_argument("--suite", default="full")
+    ap.add_argument("--state-loss", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if a.probe == "init":
         probe_init(a.steps)
     elif a.probe == "ceiling":
         probe_ceiling(a.experiment, a.suite)
+    elif a.probe == "plateau":
+        probe_plateau(a.experiment, a.suite, a.steps, a.lr, a.state_loss, a.seed)
     else:
         probe_first_move(a.env, a.steps, a.batch, a.lr, a.levels)
 

@@ -48,13 +48,14 @@ def entire_plan_overrides(max_actions: int) -> dict:
     return {"rollout.max_turn_tokens": turn_tokens(max_actions)}
 
 
-# The warm start every experiment shares (measured on Maze-5x5: 77% greedy success after 500 steps,
-# 9.5 minutes on 2 cores): one-action play first (the curriculum), then mixed with multi-action
+# The warm start every experiment shares (measured on Maze-5x5 in `make run`: 83% greedy success after
+# 600 steps, 6 minutes on 2 cores): one-action play first (the curriculum: 300 steps, lr 1e-3, the
+# model leaves its plateau after 150-250; experiments/probes.py plateau), then mixed with multi-action
 # plans (30% of the levels) and one-turn whole plans (20%, so that entire_plan starts from a policy
 # that knows its format too), 5% detour moves for RL to improve on.
-WARMSTART = {"warmstart.steps": 500, "warmstart.batch_size": 32, "warmstart.num_levels": 3000,
-             "warmstart.lr": 2e-3, "warmstart.noise": 0.05, "warmstart.plan_fraction": 0.3,
-             "warmstart.curriculum": 0.4}
+WARMSTART = {"warmstart.steps": 600, "warmstart.batch_size": 32, "warmstart.num_levels": 3000,
+             "warmstart.lr": 1e-3, "warmstart.noise": 0.05, "warmstart.plan_fraction": 0.3,
+             "warmstart.curriculum": 0.5}
 WARMSTART_SINGLE_TURN_FRACTION = 0.2
 
 # RL: 32 episodes per iteration (8 levels x 4), PPO with GAE at lr 1e-4. Measured on the maze5 warm

@@ -223,7 +223,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
 
     # Warm start.
     w = c.warmstart
-    nonneg("warmstart.steps", "warmstart.length_bucket")
+    nonneg("warmstart.steps", "warmstart.length_bucket", "warmstart.state_loss")
     need(0 <= w.single_turn_fraction <= 1,
          f"'warmstart.single_turn_fraction' must be in [0, 1], got {w.single_turn_fraction!r}")
     positive("warmstart.batch_size", "warmstart.lr", "warmstart.num_levels")

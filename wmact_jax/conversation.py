@@ -120,11 +120,13 @@ class Conversation:
     def grid_text(self, grid) -> str:
         return self.env.glyphs_to_text(np.asarray(grid), sep=self.grid_codec.cell_sep)
 
-    def host_tokens(self, grids, answers_ids: Sequence[Sequence[int]], rewards, valid) -> Tuple[List[int], List[int]]:
+    def host_tokens(self, grids, answers_ids: Sequence[Sequence[int]], rewards, valid,
+                    feedback_mark: int = 0) -> Tuple[List[int], List[int]]:
         """Token ids and loss mask (1 = model-written) of a transcript, from the pieces.
 
         `answers_ids[i]` are the model's tokens of turn i (through `</answer>`); the env-written
-        pieces follow. Used by the warm start; equal to the in-graph rollout's layout.
+        pieces follow, marked `feedback_mark` in the mask (0: not trained on; the warm start's
+        state loss marks them 2). Used by the warm start; equal to the in-graph rollout's layout.
         """
         ids = list(self.prompt_head) + self._grid_ids(grids[0]) + list(self.user_tail)
         mask = [0] * len(ids)
@@ -138,7 +140,7 @@ class Conversation:
                 fb = (head + self._line_ids(rewards[i], valid[i]) + self._grid_ids(grids[i + 1])
                       + list(self.user_tail))
                 ids += fb
-                mask += [0] * len(fb)
+                mask += [feedback_mark] * len(fb)
         return ids, mask
 
     def _grid_ids(self, grid) -> List[int]:

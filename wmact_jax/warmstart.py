@@ -24,6 +24,11 @@ from wmact_jax import ppo as ppo_lib
 from wmact_jax import prompts
 
 
+# Loss-mask marks of the demonstrations: 1 = the model's answer tokens, FEEDBACK = the environment's
+# feedback after an answer (reward line and next state), trained on with weight `warmstart.state_loss`.
+FEEDBACK = 2
+
+
 def _single_step(env, params):
     return jax.jit(lambda k, s, a: env.step_env(k, s, a, params))
 
@@ -83,8 +88,8 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
         multi = rng.random() < plan_fraction
         while not solved and len(answers) < max_turns and plan is not None:
             detour = rng.random() < noise
-            if detour:
-                chunk = [int(rng.integers(env.num_actions))]
+            if detour:  # one random move, then the oracle re-plans from where it led
+                moves = [int(rng.integers(env.num_actions))]
             elif multi or max_turns == 1:
                 k = len(plan) if (max_turns == 1 or chunk == "plan") else int(rng.integers(1, K + 1))
                 moves = plan[:k]
@@ -113,7 +118,7 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             if not keep_unsolved:
                 continue
         answer_ids = [tok.encode(a, add_special_tokens=False) for a in answers]
-        ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid)
+        ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid, feedback_mark=FEEDBACK)
         if len(ids) > trainer.rollout_cfg.context_len:
             stats["too_long"] += 1
             continue
@@ -222,7 +227,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     def bucketed(idx_all):
         groups = length_buckets([len(toks[i]) for i in idx_all], int(c.length_bucket), min(B, len(idx_all)))
         return {w: (jnp.asarray(_pad([toks[idx_all[i]] for i in idx], w, trainer.pad_id)),
-                    jnp.asarray(_pad([masks[idx_all[i]] for i in idx], w, 0).astype(bool)))
+                    jnp.asarray(_pad([masks[idx_all[i]] for i in idx], w, 0).astype(np.int8)))
                 for w, idx in groups.items()}, groups
 
     data, groups = bucketed(list(range(len(toks))))
@@ -247,14 +252,20 @@ def run_warmstart(trainer, params, log=None, callback=None):
     graphdef = trainer.graphdef
     from wmact_jax.models.llama import apply as model_apply
 
-    def loss_fn(p, tk, m):
+    state_w = float(c.state_loss)
+
+    def loss_fn(p, tk, marks):  # -> (answer NLL + state_w * feedback NLL, (answer NLL, answer token acc.))
         logits = model_apply(graphdef, p, tk).logits
         lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
-        m = m.astype(jnp.float32)
+        m = (marks == 1).astype(jnp.float32)
         nll = -jnp.sum(lp * m) / jnp.maximum(jnp.sum(m), 1.0)
+        total = nll
+        if state_w:  # a world-model loss: predict the environment's answer to each action
+            fm = (marks == FEEDBACK).astype(jnp.float32)
+            total = nll + state_w * (-jnp.sum(lp * fm) / jnp.maximum(jnp.sum(fm), 1.0))
         pred = jnp.argmax(logits[:, :-1], axis=-1)
         acc = jnp.sum((pred == tk[:, 1:]) * m[:, 1:]) / jnp.maximum(jnp.sum(m[:, 1:]), 1.0)
-        return nll, acc
+        return total, (nll, acc)
 
     chunk = 10
 
@@ -263,7 +274,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
         def one(carry, k):
             p, s = carry
             idx = jax.random.choice(k, tokens.shape[0], (B,), replace=tokens.shape[0] < B)
-            (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tokens[idx], mask[idx])
+            (_, (loss, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tokens[idx], mask[idx])
             upd, s = opt.update(g, s, p)
             return (optax.apply_updates(p, upd), s), (loss, acc)
 
@@ -274,7 +285,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     rng = np.random.default_rng(int(trainer.config.seed) + 17)
     def bucket_weights(d):  # draw buckets in proportion to how many tokens of training signal they hold
         widths = sorted(d)
-        weight = np.array([float(np.asarray(d[w][1]).sum()) for w in widths])
+        weight = np.array([float((np.asarray(d[w][1]) == 1).sum()) for w in widths])
         return widths, weight / weight.sum()
 
     # (last step + 1, data, widths, weights) per curriculum phase.

@@ -98,7 +98,7 @@ def test_warmstart_command_saves_a_policy_runs_can_start_from(tmp_path):
 
     out = tmp_path / "ws"
     args = [sys.executable, "-m", "wmact_jax.warmstart", "--config=maze_scratch", f"--out={out}"]
-    args += [f"--config.{k}" for k in ("warmstart.steps=10", "warmstart.num_levels=30", "warmstart.batch_size=8",
+    args += [f"--config.{k}" for k in ("warmstart.steps=10", "warmstart.num_levels=30", "warmstart.batch_size=8", "warmstart.state_loss=0.5",
                                         "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1",
                                         "model.num_heads=2", "model.num_kv_heads=1", "env.name=Maze-5x5")]
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)

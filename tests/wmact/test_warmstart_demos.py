@@ -60,3 +60,35 @@ def test_random_chunks_and_single_actions(trainer):
     with pytest.raises(ValueError, match="chunk"):
         make_demos(trainer, 2, seed=0, max_turns=4, max_actions_per_turn=6, plan_fraction=1.0, noise=0.0,
                    chunk="bogus")
+
+
+def test_detours_are_one_random_move_then_the_whole_new_plan(trainer):
+    # A detour used to overwrite the chunk style (every later plan demo became a random prefix) and
+    # replay the previous answer instead of one random move; a detour on the first turn crashed.
+    toks, _, stats = make_demos(trainer, 24, seed=0, max_turns=8, max_actions_per_turn=24, plan_fraction=1.0,
+                                noise=0.5, chunk="plan")
+    assert stats["kept"] == len(toks) == 24 - stats["unsolved"] - stats["too_long"] > 0
+    answers = [_answers(trainer, t) for t in toks]
+    assert any(len(a) > 1 for a in answers)  # some demos took detours
+    # Every answer but the last is a one-move detour: the first plan answer (the whole re-planned
+    # path, K = 24 holds any of them) solves the level.
+    assert all(len(x) == 1 for a in answers for x in a[:-1])
+
+
+def test_feedback_is_marked_for_the_state_loss_and_windows_have_none(trainer):
+    from wmact_jax.warmstart import FEEDBACK
+
+    toks, masks, stats = make_demos(trainer, 12, seed=1, max_turns=4, max_actions_per_turn=6, plan_fraction=0.0,
+                                    noise=0.0, keep_unsolved=True, windows=True)
+    assert stats["windows"] > 0 and len(toks) == 12 + stats["windows"]
+    for t, m in zip(toks, masks):
+        assert len(t) == len(m) and set(m) <= {0, 1, FEEDBACK}
+        turns = len(_answers(trainer, t))
+        first_answer = m.index(1)
+        assert FEEDBACK not in m[:first_answer]  # the system prompt and the first state are never predicted
+        # In a demo every answer is followed by the environment's feedback (the last: the final state);
+        # a window is one answer alone, with none.
+        runs = sum(1 for i in range(1, len(m)) if m[i] == FEEDBACK and m[i - 1] != FEEDBACK)
+        assert runs == turns or (runs == 0 and turns == 1)
+    assert sum(FEEDBACK not in m for m in masks) == stats["windows"]
+

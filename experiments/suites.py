@@ -66,12 +66,13 @@ RL = {"rollout.levels_per_iteration": 8, "rollout.group_size": 4, "ppo.lr": 1e-4
       "train.eval_modes": ("greedy", "sampled", "single_turn"), "train.transcripts": 2}
 
 SUITES = {
-    # One environment, few iterations: the whole pipeline (warm start + 5 methods x 3 seeds); not timed
-    # this round: about 40 minutes estimated from the full suite's runs (10-minute warm start).
+    # One environment, few iterations: the whole pipeline (warm start + 5 methods x 3 seeds); 20.8 minutes
+    # measured on 2 CPU cores (a 6-minute warm start, 15 runs of about a minute), over the 15-minute target.
     "quick": dict(experiments=("maze5",), seeds=(0, 1, 2), overrides={
         **WARMSTART, **RL, "train.iterations": 10, "train.eval_levels": 48, "train.eval_every": 0,
         "train.checkpoint_every": 10, "anneal.tau": 2}),
-    # Every environment: maze5 took about 2 hours on 2 CPU cores; the others were not run this round.
+    # Every environment: maze5 took 63 minutes on 2 CPU cores (a 15-minute warm start under load, 15 runs in
+    # 48 minutes); the others were not run yet.
     "full": dict(experiments=("maze5", "sokoban6", "sokoban_std", "taxi"), seeds=(0, 1, 2), overrides={
         **WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48, "train.eval_every": 25,
         "train.checkpoint_every": 25, "anneal.tau": 5}),

@@ -223,14 +223,12 @@ def probe_ceiling(experiment: str, suite: str) -> None:
 
 
 def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss: float, seed: int) -> None:
-    from experiments import suites
-    from experiments.run import experiment_config
+    from experiments.run import warmstart_config
     from wmact_jax import config_check
     from wmact_jax.train import Trainer
     from wmact_jax.warmstart import run_warmstart
 
-    c = experiment_config(experiment, suite, {}, method="interactive", seed=seed)
-    c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
+    c = warmstart_config(experiment, suite, {}, seed=seed)
     c.warmstart.steps, c.warmstart.curriculum = steps, 0.99  # phase 1 only (the last 1%: the mix)
     c.warmstart.lr, c.warmstart.state_loss = lr, state_loss
     tr = Trainer(config_check.prepare_config(c))

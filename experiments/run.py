@@ -78,6 +78,14 @@ def experiment_config(exp: str, suite: str, sets: dict, method: str = "interacti
     return c
 
 
+def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0):
+    """The config of an experiment's shared warm start: its demos include the one-turn whole plans
+    entire_plan starts from."""
+    c = experiment_config(exp, suite, sets, method="interactive", seed=seed)
+    c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
+    return c
+
+
 def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict]:
     """The experiment's shared warm start (trained once, then reused): -> (folder, metrics)."""
     from wmact_jax import config_check
@@ -91,9 +99,7 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
             return folder, json.load(f)["metrics"]
     import jax
 
-    c = experiment_config(exp, suite, sets, method="interactive", seed=0)
-    c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
-    c = config_check.prepare_config(c, explicit=sets.keys())
+    c = config_check.prepare_config(warmstart_config(exp, suite, sets), explicit=sets.keys())
     print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps", flush=True)
     trainer = Trainer(c)
     params, metrics = run_warmstart(trainer, trainer.init_state(jax.random.key(0)).ppo.params)

@@ -24,9 +24,10 @@ from wmact_jax import ppo as ppo_lib
 from wmact_jax import prompts
 
 
-# Loss-mask marks of the demonstrations: 1 = the model's answer tokens, FEEDBACK = the environment's
-# feedback after an answer (reward line and next state), trained on with weight `warmstart.state_loss`.
-FEEDBACK = 2
+# Loss-mask marks of the demonstrations: ANSWER = the model's answer tokens (Conversation.host_tokens
+# marks them 1), FEEDBACK = the environment's feedback after an answer (reward line and next state),
+# trained on with weight `warmstart.state_loss`.
+ANSWER, FEEDBACK = 1, 2
 
 
 def _single_step(env, params):
@@ -257,7 +258,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     def loss_fn(p, tk, marks):  # -> (answer NLL + state_w * feedback NLL, (answer NLL, answer token acc.))
         logits = model_apply(graphdef, p, tk).logits
         lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
-        m = (marks == 1).astype(jnp.float32)
+        m = (marks == ANSWER).astype(jnp.float32)
         nll = -jnp.sum(lp * m) / jnp.maximum(jnp.sum(m), 1.0)
         total = nll
         if state_w:  # a world-model loss: predict the environment's answer to each action
@@ -285,7 +286,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     rng = np.random.default_rng(int(trainer.config.seed) + 17)
     def bucket_weights(d):  # draw buckets in proportion to how many tokens of training signal they hold
         widths = sorted(d)
-        weight = np.array([float((np.asarray(d[w][1]) == 1).sum()) for w in widths])
+        weight = np.array([float((np.asarray(d[w][1]) == ANSWER).sum()) for w in widths])
         return widths, weight / weight.sum()
 
     # (last step + 1, data, widths, weights) per curriculum phase.

@@ -221,7 +221,6 @@ class Transformer(nnx.Module):
             mask = jnp.tril(jnp.ones((T, T), bool))[None]  # [1, T, T]; causal by index
             if attention_mask is not None:
                 mask = mask & jnp.asarray(attention_mask, bool)[:, None, :]
-            mask = jnp.broadcast_to(mask, (B, T, T))
         else:
             if positions is not None or attention_mask is not None:
                 raise ValueError("positions/attention_mask are derived from cache.lengths when a cache is given")
@@ -275,7 +274,7 @@ class Transformer(nnx.Module):
                     if T == 1:
                         return full(), (kc, vc)
                     # Multi-token prefill into an empty cache (a first turn): skip the all-masked old keys.
-                    new_only = lambda: attention(q, kn, vn, jnp.broadcast_to(new_mask, (B, T, T)))
+                    new_only = lambda: attention(q, kn, vn, new_mask[None])
                     return jax.lax.cond(has_old, full, new_only), (kc, vc)
 
                 x, (k, v) = block(x, w, attn_fn)

@@ -27,6 +27,7 @@ test: install
 bench: install
 	$(PY) benchmarks/env_throughput.py
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/kv_cache_storage.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_iteration.py
 

@@ -383,8 +383,9 @@ def decode_fn(apply_fn: ApplyFn, cache: KVCache, last_logits, key, *, max_new_to
                    donate_argnames=("cache",))
 def _decode_split(graphdef, state, cache, last_logits, key, params, stop_token_ids, stop_sequences, eos,
                   active, last_values, *, max_new_tokens, pad_id, attend_buckets):
-    from wmact_jax.models.llama import apply
-    return decode_fn(lambda t, c, n: apply(graphdef, state, t, c, n), cache, last_logits, key,
+    from wmact_jax.models.llama import apply, layer_weights
+    lws = layer_weights(graphdef, state) if cache.per_layer else None  # sliced once, outside the loop
+    return decode_fn(lambda t, c, n: apply(graphdef, state, t, c, n, layer_weights=lws), cache, last_logits, key,
                      max_new_tokens=max_new_tokens, params=params, stop_token_ids=stop_token_ids,
                      stop_sequences=stop_sequences, eos=eos, active=active, last_values=last_values,
                      pad_id=pad_id, attend_buckets=attend_buckets)

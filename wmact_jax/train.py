@@ -385,7 +385,7 @@ def _constrain_batch(mesh, tree):
 
     n = mesh.shape["data"] * mesh.shape["fsdp"]
     if isinstance(tree, _KV):
-        if tree.k.shape[1] % n:
+        if tree.batch % n:
             return tree
         return jax.lax.with_sharding_constraint(tree, cache_shardings(tree, mesh))
 

@@ -198,20 +198,27 @@ def test_logits_at_equals_full_logits_gathered():
 
 
 def test_kv_cache_layouts_and_windows():
-    """Both layouts: shapes, max_len / batch, prefix + with_prefix round trip; writes past max_len are dropped."""
+    """Both layouts, per-layer or stacked: shapes, max_len / batch, prefix + with_prefix round trip;
+    writes past max_len are dropped."""
     _, config, tensors = hf_case("qwen2_tied")
     L, KV, Dh = config.num_layers, config.num_kv_heads, config.head_dim
     a, b = KVCache.init(config, 2, 12), KVCache.init(config, 2, 12, layout="bskd")
-    assert a.k.shape == (L, 2, KV, 12, Dh) and b.k.shape == (L, 2, 12, KV, Dh)
-    assert KVCache(k=b.k, v=b.v, lengths=b.lengths).layout == "bskd"  # direct construction: legacy layout
-    for c in (a, b):
+    assert a.per_layer and len(a.k) == L and a.k[0].shape == (2, KV, 12, Dh)
+    assert a.shape == (L, 2, KV, 12, Dh) and b.shape == (L, 2, 12, KV, Dh)
+    assert a.stacked().k.shape == a.shape and not a.stacked().per_layer
+    assert KVCache.init(config, 2, 12, per_layer=False).k.shape == a.shape
+    sb = b.stacked()
+    assert KVCache(k=sb.k, v=sb.v, lengths=b.lengths).layout == "bskd"  # direct construction: legacy layout
+    for c in (a, b, a.stacked(), b.stacked()):
         assert (c.max_len, c.batch) == (12, 2)
         small = c.prefix(5)
-        assert small.max_len == 5 and small.layout == c.layout
-        back = c.with_prefix(small.replace(k=small.k + 1, lengths=small.lengths + 3))
-        assert back.max_len == 12 and int(back.lengths[0]) == 3
-        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(back.k, 0, 5, axis=c.seq_axis)), 1.0)
-        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(back.k, 5, 12, axis=c.seq_axis)), 0.0)
+        assert small.max_len == 5 and small.layout == c.layout and small.per_layer == c.per_layer
+        plus1 = jax.tree.map(lambda x: x + 1, small.k)
+        back = c.with_prefix(small.replace(k=plus1, lengths=small.lengths + 3))
+        assert back.max_len == 12 and int(back.lengths[0]) == 3 and back.per_layer == c.per_layer
+        bk = back.stacked().k
+        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(bk, 0, 5, axis=c.seq_axis)), 1.0)
+        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(bk, 5, 12, axis=c.seq_axis)), 0.0)
     # A row whose cache is full: the (ignored) write of a num_new=0 step must not clobber the last position.
     split = split_of(config, tensors)
     seq = np.random.default_rng(5).integers(0, config.vocab_size, size=(1, 4))
@@ -300,7 +307,7 @@ def test_bfloat16_compute_close_to_float32():
     bf = run(split_of(config.replace(dtype="bfloat16"), tensors), tokens).logits
     assert bf.dtype == jnp.float32
     assert np.abs(np.asarray(bf) - f32).max() < 0.1 * np.abs(f32).max()
-    assert KVCache.init(config.replace(dtype="bfloat16"), 1, 4).k.dtype == jnp.bfloat16
+    assert KVCache.init(config.replace(dtype="bfloat16"), 1, 4).dtype == jnp.bfloat16
 
 
 def test_missing_and_misshaped_tensor_errors():

@@ -157,7 +157,7 @@ def test_attend_buckets_equal_full_window(model):
     np.testing.assert_array_equal(full.tokens, win.tokens)
     np.testing.assert_allclose(full.logprobs, win.logprobs, atol=1e-5)
     np.testing.assert_array_equal(full.cache.lengths, win.cache.lengths)
-    np.testing.assert_allclose(full.cache.k, win.cache.k, atol=1e-5)
+    np.testing.assert_allclose(full.cache.stacked().k, win.cache.stacked().k, atol=1e-5)
 
 
 def test_legacy_cache_layout_and_plain_apply_fn_give_same_results(model):
@@ -167,7 +167,7 @@ def test_legacy_cache_layout_and_plain_apply_fn_give_same_results(model):
     ref = run(model, PROMPTS, attend_buckets=(16, 32, 64))
     tok, ln = S.make_batch(PROMPTS)
     plain = lambda t, c, n: apply(gd, st, t, c, n)  # no logits_at keyword
-    init = KVCache.init(cfg, 3, CACHE, layout="bskd")
+    init = KVCache.init(cfg, 3, CACHE, layout="bskd", per_layer=False)  # also the stacked storage
 
     @jax.jit
     def go(cache):
@@ -182,7 +182,7 @@ def test_legacy_cache_layout_and_plain_apply_fn_give_same_results(model):
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
     np.testing.assert_allclose(out.values, ref.values, atol=1e-5)
     np.testing.assert_allclose(out.last_logits, ref.last_logits, atol=1e-4)
-    np.testing.assert_allclose(jnp.swapaxes(out.cache.k, 2, 3), ref.cache.k, atol=1e-4, rtol=1e-4)  # float32 reassociation across layouts
+    np.testing.assert_allclose(jnp.swapaxes(out.cache.k, 2, 3), ref.cache.stacked().k, atol=1e-3, rtol=1e-3)  # float32 reassociation across layouts and storages
     np.testing.assert_array_equal(out.cache.lengths, ref.cache.lengths)
 
 

@@ -198,7 +198,7 @@ class Transformer(nnx.Module):
             self.value_head = ValueHead(c, rngs)
 
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
-                 attention_mask=None, logits_at=None) -> ModelOutput:
+                 attention_mask=None, logits_at=None, layer_weights=None) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -207,6 +207,8 @@ class Transformer(nnx.Module):
         returned cache.lengths = lengths + num_new ([B] int32, default T).
         logits_at [B] int (optional): compute logits / values only at position logits_at[b] of row b
         (-> logits [B, 1, V], values [B, 1]); the LM head is then paid once per row instead of T times.
+        layer_weights (optional, with a per-layer cache): `self.layer_weights()` computed once outside a
+        decode loop, so the loop body does not slice (copy) every layer's weights at every step.
         """
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -267,7 +269,7 @@ class Transformer(nnx.Module):
                 w, ck, cv = xs  # ck/cv: this layer's cache (read-only), [B, KV, S, Dh] or [B, S, KV, Dh]
 
                 def attn_fn(q, k, v):
-                    kc, vc = k.astype(cache.k.dtype), v.astype(cache.v.dtype)  # what the cache will hold
+                    kc, vc = k.astype(ck.dtype), v.astype(cv.dtype)  # what the cache will hold
                     kn, vn = kc.astype(cdt), vc.astype(cdt)
                     full = lambda: cached_attention(q, ck.astype(cdt), cv.astype(cdt), kn, vn, old_mask, new_mask,
                                                     cache.layout)
@@ -280,12 +282,41 @@ class Transformer(nnx.Module):
                 x, (k, v) = block(x, w, attn_fn)
                 return x, (k, v)
 
-            x, (k_new, v_new) = jax.lax.scan(body, x, (lw, cache.k, cache.v), unroll=unroll)
             if num_new is None:
                 num_new = jnp.full((B,), T, jnp.int32)
             num_new = jnp.broadcast_to(jnp.asarray(num_new, jnp.int32), (B,))
-            new_cache = cache.replace(k=write_rows(cache.k, k_new, starts, cache.layout),
-                                      v=write_rows(cache.v, v_new, starts, cache.layout), lengths=starts + num_new)
+            if cache.per_layer:
+                # One buffer per layer: each layer writes its T new columns into its own buffer first and
+                # then attends to that buffer in place (a stacked buffer is sliced, i.e. copied, per layer,
+                # and reading the old buffer after an in-place write would force another copy).
+                seen = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+
+                def layer_attn(ck, cv):
+                    def attn_fn(q, k, v):
+                        ck2 = write_layer_rows(ck, k, starts, cache.layout)
+                        cv2 = write_layer_rows(cv, v, starts, cache.layout)
+                        full = lambda: layer_cache_attention(q, ck2.astype(cdt), cv2.astype(cdt), seen, cache.layout)
+                        if T == 1:
+                            return full(), (ck2, cv2)
+                        kn, vn = k.astype(ck.dtype).astype(cdt), v.astype(cv.dtype).astype(cdt)
+                        new_only = lambda: attention(q, kn, vn, new_mask[None])
+                        return jax.lax.cond(has_old, full, new_only), (ck2, cv2)
+                    return attn_fn
+
+                if layer_weights is None:
+                    layer_weights = [{n: a[l] for n, a in lw.items()} for l in range(c.num_layers)]
+                ks, vs = [], []
+                for l in range(c.num_layers):
+                    ck, cv = cache.layer(l)
+                    x, (ck, cv) = block(x, layer_weights[l], layer_attn(ck, cv))
+                    ks.append(ck)
+                    vs.append(cv)
+                new_cache = cache.replace(k=tuple(ks), v=tuple(vs), lengths=starts + num_new)
+            else:
+                x, (k_new, v_new) = jax.lax.scan(body, x, (lw, cache.k, cache.v), unroll=unroll)
+                new_cache = cache.replace(k=write_rows(cache.k, k_new, starts, cache.layout),
+                                          v=write_rows(cache.v, v_new, starts, cache.layout),
+                                          lengths=starts + num_new)
 
         if logits_at is not None:  # only the requested position of each row goes through the heads
             idx = jnp.broadcast_to(jnp.asarray(logits_at, jnp.int32), (B,))
@@ -301,6 +332,18 @@ class Transformer(nnx.Module):
             values = (jnp.einsum("btd,do->bto", h.astype(jnp.float32), vh.kernel[...].astype(jnp.float32))
                       + vh.bias[...].astype(jnp.float32))[..., 0]  # [B, T]
         return ModelOutput(logits.astype(jnp.float32), values, new_cache)
+
+
+def layer_weights(graphdef, state) -> list[dict]:
+    """Each layer's weights as separate arrays in the compute dtype (pass as `apply(..., layer_weights=)`).
+
+    XLA:CPU copies a slice of a stacked weight every time it is read; inside a decode while_loop that is
+    every layer's weights at every step. Sliced once outside the loop, the copies happen once.
+    """
+    model = nnx.merge(graphdef, state)
+    cdt = jnp.dtype(model.config.dtype)
+    lw = {k: v[...].astype(cdt) for k, v in vars(model.layers).items() if isinstance(v, nnx.Param)}
+    return [{n: a[l] for n, a in lw.items()} for l in range(model.config.num_layers)]
 
 
 def causal_attention_chunked(q, k, v, chunk: int = 128):
@@ -370,6 +413,25 @@ def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bksd"):
     return o.reshape(B, T, H, Dh)
 
 
+def layer_cache_attention(q, ck, cv, mask, layout: str = "bksd"):
+    """Attention of T queries to one layer's cache buffer (the new tokens already written into it).
+
+    q [B, T, H, Dh]; ck/cv [B, KV, S, Dh] ("bksd") or [B, S, KV, Dh] ("bskd"); mask [B, T, S] bool
+    (True = may attend) -> [B, T, H, Dh]. "bksd" reads each (row, kv head) as a contiguous [S, Dh] matrix.
+    """
+    B, T, H, Dh = q.shape
+    if layout != "bksd":
+        return attention(q, ck, cv, mask)
+    KV = ck.shape[1]
+    G = H // KV
+    qm = q.reshape(B, T, KV, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, KV, T * G, Dh)  # m = t * G + g
+    s = jnp.einsum("bkmd,bksd->bkms", qm, ck, preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    s = jnp.where(mask[:, None, :, None, :], s.reshape(B, KV, T, G, -1), jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(cv.dtype).reshape(B, KV, T * G, -1)
+    o = jnp.einsum("bkms,bksd->bkmd", p, cv)
+    return o.reshape(B, KV, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
+
+
 def write_rows(buf, new, starts, layout: str = "bksd"):
     """Write new [L, B, T, KV, Dh] into the cache buffer `buf` at positions starts[b] .. starts[b] + T - 1 of row b.
 
@@ -385,6 +447,17 @@ def write_rows(buf, new, starts, layout: str = "bksd"):
     return buf.at[:, rows, cols].set(new, mode="drop", unique_indices=True)  # buf [L, B, S, KV, Dh]
 
 
+def write_layer_rows(buf, new, starts, layout: str = "bksd"):
+    """One layer's `write_rows`: new [B, T, KV, Dh] into buf [B, KV, S, Dh] ("bksd") or [B, S, KV, Dh]."""
+    B, T = new.shape[:2]
+    cols = starts[:, None] + jnp.arange(T, dtype=jnp.int32)[None]  # [B, T]
+    rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, T))
+    new = new.astype(buf.dtype)
+    if layout == "bksd":  # advanced indices split by a slice -> update [B, T, KV, Dh]
+        return buf.at[rows, :, cols].set(new, mode="drop", unique_indices=True)
+    return buf.at[rows, cols].set(new, mode="drop", unique_indices=True)
+
+
 # ---------------------------------------------------------------------------- functional form
 def create(config: ModelConfig, seed: int = 0):
     """Fresh random model in split form: (graphdef, params state)."""
@@ -392,10 +465,11 @@ def create(config: ModelConfig, seed: int = 0):
 
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
-          attention_mask=None, logits_at=None) -> ModelOutput:
+          attention_mask=None, logits_at=None, layer_weights=None) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
-    return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at)
+    return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
+                 layer_weights=layer_weights)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

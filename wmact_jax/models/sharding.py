@@ -113,8 +113,11 @@ def shard_batch(x, mesh: jax.sharding.Mesh):
 
 def cache_shardings(cache: KVCache, mesh: jax.sharding.Mesh, rules: Mapping[str, object] | None = None) -> KVCache:
     """KVCache of NamedSharding: batch over ('data','fsdp'), kv heads over 'tp' when divisible."""
-    kv_spec = logical_to_spec(cache.logical_axes, cache.k.shape, mesh, rules)  # either cache layout
-    return KVCache(k=NamedSharding(mesh, kv_spec), v=NamedSharding(mesh, kv_spec),
+    kv_spec = logical_to_spec(cache.logical_axes, cache.shape, mesh, rules)  # either layout, stacked
+    kv = NamedSharding(mesh, kv_spec)
+    if cache.per_layer:  # each layer's buffer: the same spec without the leading layers axis
+        kv = tuple(NamedSharding(mesh, P(*tuple(kv_spec)[1:])) for _ in range(cache.num_layers))
+    return KVCache(k=kv, v=kv,
                    lengths=NamedSharding(mesh, logical_to_spec(("batch",), cache.lengths.shape, mesh, rules)),
                    layout=cache.layout)
 

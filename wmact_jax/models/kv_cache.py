@@ -102,12 +102,6 @@ class KVCache:
             return self
         return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
 
-    def split_layers(self) -> "KVCache":
-        """The same cache with k / v as tuples of per-layer buffers."""
-        if self.per_layer:
-            return self
-        return self.replace(k=tuple(self.k), v=tuple(self.v))
-
     @property
     def logical_axes(self) -> tuple[str, ...]:
         """Logical axis names of k / v (for sharding rules)."""

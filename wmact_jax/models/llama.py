@@ -197,6 +197,15 @@ class Transformer(nnx.Module):
         if c.value_head:
             self.value_head = ValueHead(c, rngs)
 
+    def stacked_layer_weights(self) -> dict:
+        """The blocks' weights in the compute dtype, each stacked on a leading layers axis."""
+        cdt = jnp.dtype(self.config.dtype)
+        return {k: v[...].astype(cdt) for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+
+    def layer_weights(self) -> list[dict]:
+        """`stacked_layer_weights` split into one dict per layer (slices: copies on XLA:CPU)."""
+        return _split_layers(self.stacked_layer_weights(), self.config.num_layers)
+
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
                  attention_mask=None, logits_at=None, layer_weights=None) -> ModelOutput:
         """tokens [B, T] int32.
@@ -214,7 +223,7 @@ class Transformer(nnx.Module):
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
-        lw = {k: v[...].astype(cdt) for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        lw = self.stacked_layer_weights()
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cdt)  # [B, T, D]
 
         if cache is None:
@@ -304,7 +313,7 @@ class Transformer(nnx.Module):
                     return attn_fn
 
                 if layer_weights is None:
-                    layer_weights = [{n: a[l] for n, a in lw.items()} for l in range(c.num_layers)]
+                    layer_weights = _split_layers(lw, c.num_layers)
                 ks, vs = [], []
                 for l in range(c.num_layers):
                     ck, cv = cache.layer(l)
@@ -334,16 +343,17 @@ class Transformer(nnx.Module):
         return ModelOutput(logits.astype(jnp.float32), values, new_cache)
 
 
+def _split_layers(lw: dict, num_layers: int) -> list[dict]:
+    return [{n: a[l] for n, a in lw.items()} for l in range(num_layers)]
+
+
 def layer_weights(graphdef, state) -> list[dict]:
-    """Each layer's weights as separate arrays in the compute dtype (pass as `apply(..., layer_weights=)`).
+    """`Transformer.layer_weights` of the split model (pass as `apply(..., layer_weights=)`).
 
     XLA:CPU copies a slice of a stacked weight every time it is read; inside a decode while_loop that is
     every layer's weights at every step. Sliced once outside the loop, the copies happen once.
     """
-    model = nnx.merge(graphdef, state)
-    cdt = jnp.dtype(model.config.dtype)
-    lw = {k: v[...].astype(cdt) for k, v in vars(model.layers).items() if isinstance(v, nnx.Param)}
-    return [{n: a[l] for n, a in lw.items()} for l in range(model.config.num_layers)]
+    return nnx.merge(graphdef, state).layer_weights()
 
 
 def causal_attention_chunked(q, k, v, chunk: int = 128):
@@ -432,15 +442,20 @@ def layer_cache_attention(q, ck, cv, mask, layout: str = "bksd"):
     return o.reshape(B, KV, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
 
 
+def _write_indices(starts, B: int, T: int):
+    """(rows, cols) [B, T] int32: row b's T new tokens go to positions starts[b] .. starts[b] + T - 1."""
+    cols = starts[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+    rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, T))
+    return rows, cols
+
+
 def write_rows(buf, new, starts, layout: str = "bksd"):
     """Write new [L, B, T, KV, Dh] into the cache buffer `buf` at positions starts[b] .. starts[b] + T - 1 of row b.
 
     A scatter (one update window per row); positions >= max_len are dropped (callers keep
     lengths + T <= max_len). Inside a while_loop whose carry holds `buf`, XLA updates it in place.
     """
-    L, B, T = new.shape[:3]
-    cols = starts[:, None] + jnp.arange(T, dtype=jnp.int32)[None]  # [B, T]
-    rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, T))
+    rows, cols = _write_indices(starts, *new.shape[1:3])
     new = new.astype(buf.dtype)
     if layout == "bksd":  # buf [L, B, KV, S, Dh]; advanced indices split by a slice -> update [B, T, L, KV, Dh]
         return buf.at[:, rows, :, cols].set(new.transpose(1, 2, 0, 3, 4), mode="drop", unique_indices=True)
@@ -449,9 +464,7 @@ def write_rows(buf, new, starts, layout: str = "bksd"):
 
 def write_layer_rows(buf, new, starts, layout: str = "bksd"):
     """One layer's `write_rows`: new [B, T, KV, Dh] into buf [B, KV, S, Dh] ("bksd") or [B, S, KV, Dh]."""
-    B, T = new.shape[:2]
-    cols = starts[:, None] + jnp.arange(T, dtype=jnp.int32)[None]  # [B, T]
-    rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, T))
+    rows, cols = _write_indices(starts, *new.shape[:2])
     new = new.astype(buf.dtype)
     if layout == "bksd":  # advanced indices split by a slice -> update [B, T, KV, Dh]
         return buf.at[rows, :, cols].set(new, mode="drop", unique_indices=True)

@@ -28,6 +28,7 @@ bench: install
 	$(PY) benchmarks/env_throughput.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/kv_cache_storage.py
+	$(PY) benchmarks/profile_decode.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_iteration.py
 

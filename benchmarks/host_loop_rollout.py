@@ -43,16 +43,20 @@ class HostLoopRollout:
     """A Python-driven multi-turn rollout mirroring `trainer.rollout` (same RolloutConfig)."""
 
     def __init__(self, env, env_params, conversation, tokenizer, apply_fn, cfg, init_cache, stop_token_ids,
-                 eos_id, pad_id: int = 0):
-        """Same arguments as `Rollout` (+ the tokenizer): apply_fn(params, tokens, cache, num_new)."""
+                 eos_id, pad_id: int = 0, prepare_params=None):
+        """Same arguments as `Rollout` (+ the tokenizer): apply_fn(params, tokens, cache, num_new).
+        prepare_params runs at the start of each jitted call (outside its decode loop), as in-graph."""
+        prepare = prepare_params or (lambda params: params)
         self.env, self.ep, self.conv, self.tok = env, env_params, conversation, tokenizer
         self.cfg = c = cfg
         self.stop_ids = jnp.asarray(tuple(int(t) for t in stop_token_ids), jnp.int32)
         self.eos_id, self.pad_id = eos_id, pad_id
         self.init_cache = init_cache
         apply = self._apply = apply_fn
+        self._prepare = prepare
 
         def with_params(params):  # logits only where prefill reads them, as the in-graph rollout does
+            params = prepare(params)
             if accepts_logits_at(apply):
                 return lambda t, ca, n, logits_at=None: apply(params, t, ca, n, logits_at=logits_at)
             return lambda t, ca, n: apply(params, t, ca, n)
@@ -70,7 +74,8 @@ class HostLoopRollout:
 
         def _decode(params, cache, last_logits, last_values, key, sampling, active):
             hv = self.has_values
-            out = decode_fn(lambda t, ca, n: apply(params, t, ca, n), cache, last_logits, key,
+            prepared = prepare(params)
+            out = decode_fn(lambda t, ca, n: apply(prepared, t, ca, n), cache, last_logits, key,
                             max_new_tokens=c.max_turn_tokens, params=sampling, stop_token_ids=stop_ids, eos=eos,
                             active=active, pad_id=pad_id, attend_buckets=c.attend_buckets, has_values=hv,
                             last_values=last_values if hv else None)
@@ -98,7 +103,8 @@ class HostLoopRollout:
         """The host-loop twin of `trainer.rollout` (same model, codecs, shapes, stop tokens)."""
         ro = trainer.rollout
         return cls(trainer.env, trainer.env_params, trainer.conv, trainer.tokenizer, trainer._policy_apply,
-                   cfg or trainer.rollout_cfg, ro.init_cache, ro.stop_token_ids, ro.eos_id, ro.pad_id)
+                   cfg or trainer.rollout_cfg, ro.init_cache, ro.stop_token_ids, ro.eos_id, ro.pad_id,
+                   ro.prepare_params)
 
     # ---------------------------------------------------------------- host pieces
     def _grid_text(self, state) -> str:
@@ -145,7 +151,7 @@ class HostLoopRollout:
         ptok, plen = self._pad(prompts_ids, conv.max_prompt_len)
         cache = self.init_cache(E, S)
         if self.has_values is None:
-            probe = jax.eval_shape(lambda p, ca: self._apply(p, jnp.zeros((E, 1), jnp.int32), ca,
+            probe = jax.eval_shape(lambda p, ca: self._apply(self._prepare(p), jnp.zeros((E, 1), jnp.int32), ca,
                                                              jnp.zeros((E,), jnp.int32)), params, cache)
             self.has_values = probe.values is not None
         last_logits, cache, last_values = self._prefill0(params, jnp.asarray(ptok), jnp.asarray(plen), cache)

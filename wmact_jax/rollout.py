@@ -87,11 +87,16 @@ class Rollout:
 
     apply_fn(params, tokens [B,T], cache, num_new [B]) -> ModelOutput is the policy; `init_cache(batch,
     max_len)` gives its empty KV cache; decoding stops on `stop_token_ids` (the answer's end) or `eos_id`.
+    prepare_params(params) (optional) runs once per rollout, outside its turn and decode loops, and its
+    result is what apply_fn receives: e.g. the policy's per-layer weights sliced once (on XLA:CPU a slice
+    read inside a loop is a copy at every step).
     """
 
     def __init__(self, env, env_params, conversation: Conversation, answer_codec, apply_fn: Callable,
                  cfg: RolloutConfig, init_cache: Callable[[int, int], Any], stop_token_ids, eos_id: int | None,
-                 pad_id: int = 0, shard_batch: Callable[[Any], Any] | None = None):
+                 pad_id: int = 0, shard_batch: Callable[[Any], Any] | None = None,
+                 prepare_params: Callable[[Any], Any] | None = None):
+        self.prepare_params = prepare_params or (lambda params: params)
         self.init_cache = init_cache  # (batch, max_len) -> empty KVCache of the policy
         # Under a device mesh: constrains batch-leading arrays (env states, cache, tokens) to be split
         # over the data axes, so episodes run data-parallel; identity on one device.
@@ -123,6 +128,7 @@ class Rollout:
         k_level, k_loop = jax.random.split(key)
         env_state = self.reset_levels(k_level) if init_state is None else init_state
         env_state = self.shard_batch(env_state)
+        params = self.prepare_params(params)
         if accepts_logits_at(self.apply_fn):  # prefill then computes logits only where they are read
             apply = lambda tok, cache, n, logits_at=None: self.apply_fn(params, tok, cache, n, logits_at=logits_at)
         else:

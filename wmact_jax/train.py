@@ -36,6 +36,7 @@ from wmact_jax.conversation import Conversation
 from wmact_jax.models import ModelConfig, Transformer
 from wmact_jax.models.kv_cache import KVCache
 from wmact_jax.models.llama import apply as model_apply
+from wmact_jax.models.llama import layer_weights as model_layer_weights
 from wmact_jax.rollout import END_REASONS, Rollout, RolloutConfig, rollout_metrics
 from wmact_jax.sampler import SamplingParams
 
@@ -88,9 +89,11 @@ class Trainer:
             init_params = {k: sharding.shard_state(v, self.mesh) for k, v in init_params.items()}
             shard_batch = functools.partial(_constrain_batch, self.mesh)
         self.rollout = Rollout(self.env, self.env_params, self.conv, self.answer_codec, self._policy_apply,
-                               self.rollout_cfg, init_cache, stop_ids, self.eos_id, self.pad_id, shard_batch)
+                               self.rollout_cfg, init_cache, stop_ids, self.eos_id, self.pad_id, shard_batch,
+                               self._policy_prepare)
         self.eval_rollout = Rollout(self.env, self.env_params, self.conv, self.answer_codec, self._policy_apply,
-                                    self.eval_cfg, init_cache, stop_ids, self.eos_id, self.pad_id, shard_batch)
+                                    self.eval_cfg, init_cache, stop_ids, self.eos_id, self.pad_id, shard_batch,
+                                    self._policy_prepare)
         self._init_params = init_params
         # ---- RL pieces
         self.reward_cfg = rewards_lib.RewardConfig(
@@ -153,9 +156,16 @@ class Trainer:
             params["critic"] = critic
         return tok, mc, params
 
-    def _policy_apply(self, params, tokens, cache, num_new, logits_at=None):
-        """Rollout-time policy: params is the whole params dict (logits_at: see llama.apply)."""
-        return model_apply(self.graphdef, params["policy"], tokens, cache, num_new, logits_at=logits_at)
+    def _policy_prepare(self, params):
+        """Once per rollout (Rollout's prepare_params): (params dict, the policy's per-layer weights)."""
+        return params, model_layer_weights(self.graphdef, params["policy"])
+
+    def _policy_apply(self, prepared, tokens, cache, num_new, logits_at=None):
+        """Rollout-time policy on `_policy_prepare`'s output (logits_at: see llama.apply). The sliced
+        layer weights are read with a per-layer cache; with a stacked one they are unused (and dropped)."""
+        params, lws = prepared
+        return model_apply(self.graphdef, params["policy"], tokens, cache, num_new, logits_at=logits_at,
+                           layer_weights=lws if cache.per_layer else None)
 
     def _train_apply(self, params, tokens):
         """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head or its own model."""
@@ -285,7 +295,7 @@ class Trainer:
             cfg = dataclasses.replace(self.eval_cfg, context_len=ctx)
             rollout = Rollout(env, ep, conv, AnswerCodec.build(env, self.tokenizer, max_actions=K), self._policy_apply,
                               cfg, self._init_cache, self.rollout.stop_token_ids, self.eos_id,
-                              self.pad_id, self.rollout.shard_batch)
+                              self.pad_id, self.rollout.shard_batch, self._policy_prepare)
             self._transfer_cache[name] = (env, ep, rollout, self._eval_run(rollout))
         return self._transfer_cache[name]
 

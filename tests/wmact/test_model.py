@@ -11,6 +11,7 @@ from flax import nnx
 
 from wmact_jax.models import (HFTensorError, KVCache, ModelConfig, Transformer, apply, from_hf_tensors,
                               hf_shapes, load_model, to_hf_tensors)
+from wmact_jax.models.llama import layer_weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -153,7 +154,7 @@ def test_cached_decoding_equals_full_recompute():
     np.testing.assert_array_equal(np.asarray(cache.lengths), [12, 12])
 
 
-@pytest.mark.parametrize("layout", ["bksd", "bskd"])
+@pytest.mark.parametrize("layout", ["bkds", "bskd"])
 def test_two_turn_cached_continuation_equals_full_recompute(layout):
     """Prefill, decode, prefill a multi-token chunk on top of the history (old keys + causal new keys),
     decode again: every step's logits equal one full causal forward of the whole sequence (both layouts)."""
@@ -203,28 +204,36 @@ def test_kv_cache_layouts_and_windows():
     _, config, tensors = hf_case("qwen2_tied")
     L, KV, Dh = config.num_layers, config.num_kv_heads, config.head_dim
     a, b = KVCache.init(config, 2, 12), KVCache.init(config, 2, 12, layout="bskd")
-    assert a.per_layer and len(a.k) == L and a.k[0].shape == (2, KV, 12, Dh)
-    assert a.shape == (L, 2, KV, 12, Dh) and b.shape == (L, 2, 12, KV, Dh)
-    assert a.stacked().k.shape == a.shape and not a.stacked().per_layer
-    assert KVCache.init(config, 2, 12, per_layer=False).k.shape == a.shape
+    assert a.layout == "bkds" and a.per_layer and len(a.k) == L
+    assert a.k[0].shape == (2, KV, Dh, 12) and a.v[0].shape == (2, KV, 12, Dh)  # keys transposed
+    assert a.k_shape == (L, 2, KV, Dh, 12) and a.v_shape == (L, 2, KV, 12, Dh)
+    assert b.k_shape == b.v_shape == (L, 2, 12, KV, Dh)
+    assert a.stacked().k.shape == a.k_shape and a.stacked().v.shape == a.v_shape and not a.stacked().per_layer
+    stacked = KVCache.init(config, 2, 12, per_layer=False)
+    assert (stacked.k.shape, stacked.v.shape) == (a.k_shape, a.v_shape)
     sb = b.stacked()
     assert KVCache(k=sb.k, v=sb.v, lengths=b.lengths).layout == "bskd"  # direct construction: legacy layout
     for c in (a, b, a.stacked(), b.stacked()):
         assert (c.max_len, c.batch) == (12, 2)
         small = c.prefix(5)
         assert small.max_len == 5 and small.layout == c.layout and small.per_layer == c.per_layer
-        plus1 = jax.tree.map(lambda x: x + 1, small.k)
-        back = c.with_prefix(small.replace(k=plus1, lengths=small.lengths + 3))
+        plus1 = lambda t: jax.tree.map(lambda x: x + 1, t)
+        back = c.with_prefix(small.replace(k=plus1(small.k), v=plus1(small.v), lengths=small.lengths + 3))
         assert back.max_len == 12 and int(back.lengths[0]) == 3 and back.per_layer == c.per_layer
-        bk = back.stacked().k
-        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(bk, 0, 5, axis=c.seq_axis)), 1.0)
-        np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(bk, 5, 12, axis=c.seq_axis)), 0.0)
+        for buf, ax in ((back.stacked().k, c.k_seq_axis), (back.stacked().v, c.v_seq_axis)):
+            np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(buf, 0, 5, axis=ax)), 1.0)
+            np.testing.assert_array_equal(np.asarray(jax.lax.slice_in_dim(buf, 5, 12, axis=ax)), 0.0)
     # A row whose cache is full: the (ignored) write of a num_new=0 step must not clobber the last position.
     split = split_of(config, tensors)
     seq = np.random.default_rng(5).integers(0, config.vocab_size, size=(1, 4))
     out = run(split, seq, KVCache.init(config, 1, 4))
     out2 = run(split, seq[:, :1], out.cache, jnp.zeros((1,), jnp.int32))
     np.testing.assert_array_equal(np.asarray(out2.cache.k), np.asarray(out.cache.k))
+    # Hoisted layer weights are only read with a per-layer cache: anything else is a clear error.
+    lws = layer_weights(*split)
+    for bad in (None, KVCache.init(config, 1, 4, per_layer=False)):
+        with pytest.raises(ValueError, match="per-layer KV cache"):
+            apply(*split, jnp.asarray(seq), bad, layer_weights=lws)
 
 
 def test_ragged_rows_equal_rows_alone():

@@ -21,6 +21,7 @@ from wmact_jax.models import ModelConfig, Transformer
 from wmact_jax.models.kv_cache import KVCache
 from wmact_jax.models.llama import ModelOutput
 from wmact_jax.models.llama import apply as model_apply
+from wmact_jax.models.llama import layer_weights
 from wmact_jax.ppo import token_logprobs_and_values
 from wmact_jax.rollout import END_REASONS, Rollout, RolloutConfig
 from wmact_jax.sampler import SamplingParams
@@ -76,12 +77,13 @@ def fake_cache(batch, max_len):
     return KVCache(k=z, v=z, lengths=jnp.zeros((batch,), jnp.int32))
 
 
-def make_rollout(setup, apply_fn, init_cache, levels=6, group=2, turns=4, context=640, max_actions=8):
+def make_rollout(setup, apply_fn, init_cache, levels=6, group=2, turns=4, context=640, max_actions=8,
+                 prepare_params=None):
     env, params, tok, grid, conv, answer = setup
     cfg = RolloutConfig(num_levels=levels, group_size=group, max_turns=turns, max_turn_tokens=16,
                         max_actions_per_turn=K, max_actions=max_actions, context_len=context)
     return Rollout(env, params, conv, answer, apply_fn, cfg, init_cache, [tok.convert_tokens_to_ids("</answer>")],
-                   tok.eos_token_id, tok.pad_token_id)
+                   tok.eos_token_id, tok.pad_token_id, prepare_params=prepare_params)
 
 
 def host_replay(setup, roll: Rollout, batch, key, cap):
@@ -193,15 +195,18 @@ def test_turn_cap_is_traced_and_context_budget_ends_episodes(setup):
 
 
 def test_cached_decoding_matches_full_recomputation(setup):
-    """Greedy rollout of a tiny transformer: every model token is the argmax of a full forward."""
+    """Greedy rollout of a tiny transformer: every model token is the argmax of a full forward. The policy
+    reads its per-layer weights sliced once per rollout (prepare_params), as the trainer's does."""
     env, params, tok, *_ = setup
     mc = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                      num_kv_heads=1, max_position_embeddings=1024, value_head=True)
     model = Transformer(mc)
     model.value_head.kernel.value = 0.3 * jax.random.normal(jax.random.PRNGKey(5), model.value_head.kernel.value.shape)
     graphdef, state = nnx.split(model)
-    roll = make_rollout(setup, lambda p, t, c, n: model_apply(graphdef, p, t, c, n),
-                        lambda b, s: KVCache.init(mc, b, s), levels=2, group=2, turns=3, context=512)
+    prepare = lambda p: (p, layer_weights(graphdef, p))
+    apply_fn = lambda pl, t, c, n: model_apply(graphdef, pl[0], t, c, n, layer_weights=pl[1])
+    roll = make_rollout(setup, apply_fn, lambda b, s: KVCache.init(mc, b, s), levels=2, group=2, turns=3,
+                        context=512, prepare_params=prepare)
     run = jax.jit(lambda p, k: roll.run(p, k, jnp.int32(3), SamplingParams(temperature=jnp.float32(0.0)))[0])
     b = jax.device_get(run(state, jax.random.PRNGKey(0)))
     full = model_apply(graphdef, state, jnp.asarray(b.tokens))

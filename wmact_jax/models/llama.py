@@ -12,7 +12,8 @@ Design choices (why):
 - Cached calls (prefill / decode) only *read* the cache inside the layer scan: each layer attends to the old
   keys (< lengths) plus the new tokens' own k/v, and the new k/v of all layers are scattered into the cache
   once after the scan, in place (a decode step writes B x L columns instead of copying the cache). The cache
-  layout "bksd" ([L, B, KV, S, Dh], `KVCache.init`'s default) lets attention read it without transposes.
+  layout "bkds" (keys [L, B, KV, Dh, S], values [L, B, KV, S, Dh], `KVCache.init`'s default) lets attention
+  read it without transposes, with positions contiguous in both products (see `kv_cache.py`).
 - `logits_at` computes the LM head / value head at one position per row (prefill needs only the last).
 - Training forwards (no cache) attend block by block and skip the masked upper triangle
   (`causal_attention_chunked`): on CPU attention dominates a small model's step at a few hundred tokens.
@@ -223,6 +224,9 @@ class Transformer(nnx.Module):
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
+        if layer_weights is not None and (cache is None or not cache.per_layer):
+            raise ValueError("layer_weights= is only read with a per-layer KV cache (KVCache.init(..., "
+                             "per_layer=True)); pass None for a stacked cache or a cache-free forward")
         lw = self.stacked_layer_weights()
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cdt)  # [B, T, D]
 
@@ -275,7 +279,7 @@ class Transformer(nnx.Module):
             # and returns the new k/v per layer ([L, B, T, KV, Dh]); they are written into the cache once,
             # after the scan, so a decode step updates T columns in place instead of rewriting the cache.
             def body(x, xs):
-                w, ck, cv = xs  # ck/cv: this layer's cache (read-only), [B, KV, S, Dh] or [B, S, KV, Dh]
+                w, ck, cv = xs  # ck/cv: this layer's cache (read-only), "bkds" or "bskd" (see KVCache)
 
                 def attn_fn(q, k, v):
                     kc, vc = k.astype(ck.dtype), v.astype(cv.dtype)  # what the cache will hold
@@ -302,8 +306,8 @@ class Transformer(nnx.Module):
 
                 def layer_attn(ck, cv):
                     def attn_fn(q, k, v):
-                        ck2 = write_layer_rows(ck, k, starts, cache.layout)
-                        cv2 = write_layer_rows(cv, v, starts, cache.layout)
+                        ck2 = write_layer_rows(ck, k, starts, cache.k_seq_axis - 1)
+                        cv2 = write_layer_rows(cv, v, starts, cache.v_seq_axis - 1)
                         full = lambda: layer_cache_attention(q, ck2.astype(cdt), cv2.astype(cdt), seen, cache.layout)
                         if T == 1:
                             return full(), (ck2, cv2)
@@ -323,8 +327,8 @@ class Transformer(nnx.Module):
                 new_cache = cache.replace(k=tuple(ks), v=tuple(vs), lengths=starts + num_new)
             else:
                 x, (k_new, v_new) = jax.lax.scan(body, x, (lw, cache.k, cache.v), unroll=unroll)
-                new_cache = cache.replace(k=write_rows(cache.k, k_new, starts, cache.layout),
-                                          v=write_rows(cache.v, v_new, starts, cache.layout),
+                new_cache = cache.replace(k=write_rows(cache.k, k_new, starts, cache.k_seq_axis),
+                                          v=write_rows(cache.v, v_new, starts, cache.v_seq_axis),
                                           lengths=starts + num_new)
 
         if logits_at is not None:  # only the requested position of each row goes through the heads
@@ -386,15 +390,14 @@ def _two_part_softmax(s_old, s_new):
     return e_old * inv, e_new * inv
 
 
-def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bksd"):
+def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bkds"):
     """Attention of T new queries to the old cache plus the new tokens' own keys (one joint softmax).
 
-    q [B, T, H, Dh]; ck/cv: one layer of the cache before this call, [B, KV, S, Dh] ("bksd") or
-    [B, S, KV, Dh] ("bskd"); k/v [B, T, KV, Dh] the new tokens; old_mask [B, S] (True = valid old key);
-    new_mask [T, T] (causal among the new tokens) -> [B, T, H, Dh].
-    With "bksd" every (row, kv head) of the cache is a contiguous [S, Dh] matrix and both attention matmuls
-    are plain batched [M, Dh] x [S, Dh]^T and [M, S] x [S, Dh] products (M = T * group) that read the
-    cache in place: no per-step transpose of the whole cache.
+    q [B, T, H, Dh]; ck/cv: one layer of the cache before this call, ck [B, KV, Dh, S] and cv [B, KV, S, Dh]
+    ("bkds") or both [B, S, KV, Dh] ("bskd"); k/v [B, T, KV, Dh] the new tokens; old_mask [B, S] (True =
+    valid old key); new_mask [T, T] (causal among the new tokens) -> [B, T, H, Dh].
+    With "bkds" both attention matmuls are plain batched [M, Dh] x [Dh, S] and [M, S] x [S, Dh] products
+    (M = T * group) that read the cache in place: no per-step transpose of the whole cache.
     """
     B, T, H, Dh = q.shape
     KV = k.shape[2]
@@ -402,16 +405,16 @@ def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bksd"):
     scale = 1.0 / math.sqrt(Dh)
     neg = jnp.finfo(jnp.float32).min
     f32 = jnp.float32
-    if layout == "bksd":
-        qm = q.reshape(B, T, KV, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, KV, T * G, Dh)  # m = t * G + g
-        s_old = jnp.einsum("bkmd,bksd->bkms", qm, ck, preferred_element_type=f32) * scale
+    if layout == "bkds":
+        qm = _group_queries(q, KV)
+        s_old = jnp.einsum("bkmd,bkds->bkms", qm, ck, preferred_element_type=f32) * scale
         s_new = jnp.einsum("bkmd,bukd->bkmu", qm, k, preferred_element_type=f32) * scale
         s_old = jnp.where(old_mask[:, None, None, :], s_old, neg)
         s_new = jnp.where(jnp.repeat(new_mask, G, axis=0)[None, None], s_new, neg)
         p_old, p_new = _two_part_softmax(s_old, s_new)
         o = (jnp.einsum("bkms,bksd->bkmd", p_old.astype(cv.dtype), cv)
              + jnp.einsum("bkmu,bukd->bkmd", p_new.astype(v.dtype), v))
-        return o.reshape(B, KV, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
+        return _ungroup(o, T)
     qg = q.reshape(B, T, KV, G, Dh)
     s_old = jnp.einsum("btkgd,bskd->bkgts", qg, ck, preferred_element_type=f32) * scale
     s_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k, preferred_element_type=f32) * scale
@@ -423,23 +426,33 @@ def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bksd"):
     return o.reshape(B, T, H, Dh)
 
 
-def layer_cache_attention(q, ck, cv, mask, layout: str = "bksd"):
+def _group_queries(q, KV: int):
+    """q [B, T, H, Dh] -> [B, KV, T * G, Dh] (m = t * G + g): each kv head's queries as one matrix."""
+    B, T, H, Dh = q.shape
+    return q.reshape(B, T, KV, H // KV, Dh).transpose(0, 2, 1, 3, 4).reshape(B, KV, T * (H // KV), Dh)
+
+
+def _ungroup(o, T: int):
+    """Inverse of `_group_queries`: [B, KV, T * G, Dh] -> [B, T, H, Dh]."""
+    B, KV, M, Dh = o.shape
+    return o.reshape(B, KV, T, M // T, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, KV * (M // T), Dh)
+
+
+def layer_cache_attention(q, ck, cv, mask, layout: str = "bkds"):
     """Attention of T queries to one layer's cache buffer (the new tokens already written into it).
 
-    q [B, T, H, Dh]; ck/cv [B, KV, S, Dh] ("bksd") or [B, S, KV, Dh] ("bskd"); mask [B, T, S] bool
-    (True = may attend) -> [B, T, H, Dh]. "bksd" reads each (row, kv head) as a contiguous [S, Dh] matrix.
+    q [B, T, H, Dh]; ck [B, KV, Dh, S] and cv [B, KV, S, Dh] ("bkds") or both [B, S, KV, Dh] ("bskd");
+    mask [B, T, S] bool (True = may attend) -> [B, T, H, Dh]. "bkds" reads the buffers in place.
     """
     B, T, H, Dh = q.shape
-    if layout != "bksd":
+    if layout != "bkds":
         return attention(q, ck, cv, mask)
     KV = ck.shape[1]
-    G = H // KV
-    qm = q.reshape(B, T, KV, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, KV, T * G, Dh)  # m = t * G + g
-    s = jnp.einsum("bkmd,bksd->bkms", qm, ck, preferred_element_type=jnp.float32) / math.sqrt(Dh)
-    s = jnp.where(mask[:, None, :, None, :], s.reshape(B, KV, T, G, -1), jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(cv.dtype).reshape(B, KV, T * G, -1)
-    o = jnp.einsum("bkms,bksd->bkmd", p, cv)
-    return o.reshape(B, KV, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
+    s = jnp.einsum("bkmd,bkds->bkms", _group_queries(q, KV), ck, preferred_element_type=jnp.float32)
+    s = jnp.where(mask[:, None, :, None, :], s.reshape(B, KV, T, H // KV, -1) / math.sqrt(Dh),
+                  jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(cv.dtype).reshape(B, KV, T * (H // KV), -1)
+    return _ungroup(jnp.einsum("bkms,bksd->bkmd", p, cv), T)
 
 
 def _write_indices(starts, B: int, T: int):
@@ -449,26 +462,28 @@ def _write_indices(starts, B: int, T: int):
     return rows, cols
 
 
-def write_rows(buf, new, starts, layout: str = "bksd"):
-    """Write new [L, B, T, KV, Dh] into the cache buffer `buf` at positions starts[b] .. starts[b] + T - 1 of row b.
+def write_rows(buf, new, starts, seq_axis: int):
+    """Write new [L, B, T, KV, Dh] into the stacked cache buffer `buf` ([L, B, ...], positions on axis
+    `seq_axis`: `KVCache.k_seq_axis` / `v_seq_axis`) at positions starts[b] .. starts[b] + T - 1 of row b.
 
     A scatter (one update window per row); positions >= max_len are dropped (callers keep
     lengths + T <= max_len). Inside a while_loop whose carry holds `buf`, XLA updates it in place.
     """
     rows, cols = _write_indices(starts, *new.shape[1:3])
     new = new.astype(buf.dtype)
-    if layout == "bksd":  # buf [L, B, KV, S, Dh]; advanced indices split by a slice -> update [B, T, L, KV, Dh]
-        return buf.at[:, rows, :, cols].set(new.transpose(1, 2, 0, 3, 4), mode="drop", unique_indices=True)
-    return buf.at[:, rows, cols].set(new, mode="drop", unique_indices=True)  # buf [L, B, S, KV, Dh]
+    if seq_axis == 2:  # [L, B, S, KV, Dh]: adjacent advanced indices -> update [L, B, T, KV, Dh]
+        return buf.at[:, rows, cols].set(new, mode="drop", unique_indices=True)
+    # advanced indices split by slices -> update [B, T, L, KV, Dh] (the other axes in their order)
+    idx = (slice(None), rows) + (slice(None),) * (seq_axis - 2) + (cols,)
+    return buf.at[idx].set(new.transpose(1, 2, 0, 3, 4), mode="drop", unique_indices=True)
 
 
-def write_layer_rows(buf, new, starts, layout: str = "bksd"):
-    """One layer's `write_rows`: new [B, T, KV, Dh] into buf [B, KV, S, Dh] ("bksd") or [B, S, KV, Dh]."""
+def write_layer_rows(buf, new, starts, seq_axis: int):
+    """One layer's `write_rows`: new [B, T, KV, Dh] into buf [B, ...] whose positions are axis `seq_axis`."""
     rows, cols = _write_indices(starts, *new.shape[:2])
-    new = new.astype(buf.dtype)
-    if layout == "bksd":  # advanced indices split by a slice -> update [B, T, KV, Dh]
-        return buf.at[rows, :, cols].set(new, mode="drop", unique_indices=True)
-    return buf.at[rows, cols].set(new, mode="drop", unique_indices=True)
+    # rows / cols adjacent or split by slices: either way the update is [B, T, KV, Dh] (the other axes in order)
+    idx = (rows,) + (slice(None),) * (seq_axis - 1) + (cols,)
+    return buf.at[idx].set(new.astype(buf.dtype), mode="drop", unique_indices=True)
 
 
 # ---------------------------------------------------------------------------- functional form

@@ -113,11 +113,15 @@ def shard_batch(x, mesh: jax.sharding.Mesh):
 
 def cache_shardings(cache: KVCache, mesh: jax.sharding.Mesh, rules: Mapping[str, object] | None = None) -> KVCache:
     """KVCache of NamedSharding: batch over ('data','fsdp'), kv heads over 'tp' when divisible."""
-    kv_spec = logical_to_spec(cache.logical_axes, cache.shape, mesh, rules)  # either layout, stacked
-    kv = NamedSharding(mesh, kv_spec)
-    if cache.per_layer:  # each layer's buffer: the same spec without the leading layers axis
-        kv = tuple(NamedSharding(mesh, P(*tuple(kv_spec)[1:])) for _ in range(cache.num_layers))
-    return KVCache(k=kv, v=kv,
+    k_axes, v_axes = cache.logical_axes
+
+    def spec(axes, shape):  # either layout; stacked, or per layer (the spec without the layers axis)
+        s = logical_to_spec(axes, shape, mesh, rules)
+        if cache.per_layer:
+            return tuple(NamedSharding(mesh, P(*tuple(s)[1:])) for _ in range(cache.num_layers))
+        return NamedSharding(mesh, s)
+
+    return KVCache(k=spec(k_axes, cache.k_shape), v=spec(v_axes, cache.v_shape),
                    lengths=NamedSharding(mesh, logical_to_spec(("batch",), cache.lengths.shape, mesh, rules)),
                    layout=cache.layout)
 

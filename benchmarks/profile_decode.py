@@ -1,0 +1,107 @@
+"""Where a decode step's time goes: a jax.profiler trace of sampler.decode, summed per XLA op.
+
+    python benchmarks/profile_decode.py                     # small model, batch 64, 8 steps
+    python benchmarks/profile_decode.py --model smollm --steps 4
+    python benchmarks/profile_decode.py --model smollm --steps 4 --stacked   # the stacked cache + layer scan
+
+Prefill runs untraced; then `--steps` greedy decode steps run under `jax.profiler` and every XLA:CPU
+op of the trace is summed per step and grouped by what it computes (the HLO op's output shape and the
+jax op it came from, e.g. `f32[64,3,3,128] bkmd,bkds->bkms/dot_general`). Times are per step; ops on
+two threads may overlap, so the rows can add up to more than the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from wmact_jax import sampler  # noqa: E402
+from wmact_jax.models import KVCache  # noqa: E402
+
+from benchmarks.generate import small_model, smollm_model  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="small", choices=("small", "smollm"))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--stacked", action="store_true", help="stacked [layers, ...] cache instead of the default")
+    args = ap.parse_args(argv)
+    label, cfg, model = (small_model if args.model == "small" else smollm_model)()
+    split = nnx.split(model)
+    B, P, N = args.batch, args.prompt_len, args.steps
+    S = -(-(P + N) // 64) * 64
+    prompts = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (B, P)), jnp.int32)
+    lengths = jnp.full((B,), P, jnp.int32)
+    greedy = sampler.SamplingParams.greedy()
+
+    def prefilled():
+        cache = KVCache.init(cfg, B, S, per_layer=False if args.stacked else None)
+        ll, cache = sampler.prefill(split, prompts, lengths, cache, attend_buckets=(S,))
+        return jax.block_until_ready((ll, cache))
+
+    def decode(ll, cache):
+        out = sampler.decode(split, cache, ll, jax.random.key(0), max_new_tokens=N, params=greedy,
+                             attend_buckets=(S,))
+        return out.tokens.block_until_ready()
+
+    decode(*prefilled())  # compile
+    ll, cache = prefilled()
+    t = time.perf_counter()
+    decode(ll, cache)
+    step_ms = (time.perf_counter() - t) / N * 1e3
+    # The compiled decode's HLO names each fused op; its metadata says which jax op it came from.
+    ll, cache = prefilled()
+    params = greedy.as_arrays(B)
+    hlo = sampler._decode_split.lower(
+        split[0], split[1], cache, ll, jax.random.key(0), params, jnp.full((8,), -1, jnp.int32), None, None,
+        jnp.ones((B,), bool), None, max_new_tokens=N, pad_id=0, attend_buckets=(S,)).compile().as_text()
+    what = {}
+    for m in re.finditer(r"^\s*%?([\w.\-]+) = (\S+) [^\n]*?op_name=\"([^\"]*)\"", hlo, re.M):
+        what[m.group(1)] = f"{m.group(2).split('{')[0]} {m.group(3).split('/')[-2:][0][-28:]}/{m.group(3).split('/')[-1]}"
+    ll, cache = prefilled()
+    with tempfile.TemporaryDirectory() as d:
+        jax.profiler.start_trace(d)
+        decode(ll, cache)
+        jax.profiler.stop_trace()
+        trace = json.load(gzip.open(sorted(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True))[-1]))
+    per = collections.Counter()
+    count = collections.Counter()
+    for e in trace["traceEvents"]:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or name.startswith(("$", "end:")) or name not in what:
+            continue
+        key = (re.sub(r"\.\d+$", "", name), what[name])
+        per[key] += e["dur"] / 1e3 / N
+        count[key] += 1 / N
+    print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()}")
+    c1 = KVCache.init(cfg, 1, 1, per_layer=False if args.stacked else None)
+    print(f"# {label}: {cfg.num_layers} layers, batch {B}, prompt {P}, cache {S} ({c1.layout}, "
+          f"{'per layer' if c1.per_layer else 'stacked'}), {N} greedy decode steps; "
+          f"untraced step {step_ms:.1f} ms")
+    print(f"{'ms/step':>8} {'x/step':>7}  op kind / output / jax op")
+    for (kind, w), ms in per.most_common(args.top):
+        print(f"{ms:8.2f} {count[(kind, w)]:7.1f}  {kind:28s} {w}")
+    print(f"# sum of all traced ops: {sum(per.values()):.1f} ms/step (ops on two threads overlap)")
+
+
+if __name__ == "__main__":
+    main()

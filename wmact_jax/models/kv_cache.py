@@ -131,20 +131,21 @@ class KVCache:
         axes = ("layers", "batch", "length", "kv_heads", "head_dim")
         return axes, axes
 
-    def _axes(self) -> tuple[int, int]:
-        """Position axes of (k, v) as stored (per-layer buffers have no leading layers axis)."""
+    @property
+    def seq_axes(self) -> tuple[int, int]:
+        """Position axes of (k, v) as stored: of the stacked arrays, or of each per-layer buffer (one less)."""
         d = 1 if self.per_layer else 0
         return self.k_seq_axis - d, self.v_seq_axis - d
 
     def prefix(self, w: int) -> "KVCache":
         """The cache restricted to positions [0, w) (a copy of that window; lengths unchanged)."""
-        ka, va = self._axes()
+        ka, va = self.seq_axes
         sl = lambda ax: lambda x: jax.lax.slice_in_dim(x, 0, w, axis=ax)
         return self.replace(k=jax.tree.map(sl(ka), self.k), v=jax.tree.map(sl(va), self.v))
 
     def with_prefix(self, small: "KVCache") -> "KVCache":
         """Write a `prefix(w)` cache back over positions [0, w); lengths are taken from `small`."""
-        ka, va = self._axes()
+        ka, va = self.seq_axes
         put = lambda ax: lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), 0, axis=ax)
         return self.replace(k=jax.tree.map(put(ka), self.k, small.k), v=jax.tree.map(put(va), self.v, small.v),
                             lengths=small.lengths)

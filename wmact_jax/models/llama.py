@@ -227,7 +227,7 @@ class Transformer(nnx.Module):
         if layer_weights is not None and (cache is None or not cache.per_layer):
             raise ValueError("layer_weights= is only read with a per-layer KV cache (KVCache.init(..., "
                              "per_layer=True)); pass None for a stacked cache or a cache-free forward")
-        lw = self.stacked_layer_weights()
+        lw = self.stacked_layer_weights() if layer_weights is None else None  # given: a per-layer cache
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cdt)  # [B, T, D]
 
         if cache is None:
@@ -303,11 +303,12 @@ class Transformer(nnx.Module):
                 # then attends to that buffer in place (a stacked buffer is sliced, i.e. copied, per layer,
                 # and reading the old buffer after an in-place write would force another copy).
                 seen = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+                k_axis, v_axis = cache.seq_axes
 
                 def layer_attn(ck, cv):
                     def attn_fn(q, k, v):
-                        ck2 = write_layer_rows(ck, k, starts, cache.k_seq_axis - 1)
-                        cv2 = write_layer_rows(cv, v, starts, cache.v_seq_axis - 1)
+                        ck2 = write_layer_rows(ck, k, starts, k_axis)
+                        cv2 = write_layer_rows(cv, v, starts, v_axis)
                         full = lambda: layer_cache_attention(q, ck2.astype(cdt), cv2.astype(cdt), seen, cache.layout)
                         if T == 1:
                             return full(), (ck2, cv2)

@@ -114,8 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 20
     c.train.keep_checkpoints = 3
     c.train.transcripts = 3  # readable transcripts written at each evaluation
-    # Evaluation modes: greedy and sampled at the current turn cap, greedy with a one-turn cap.
-    c.train.eval_modes = ("greedy", "sampled", "single_turn")
+    # Evaluation modes: greedy and sampled at the current turn cap, greedy with a one-turn cap, greedy
+    # at the starting cap L_0 (greedy_l0: comparable before and after annealing).
+    c.train.eval_modes = ("greedy", "sampled", "single_turn", "greedy_l0")
     c.train.eval_before = True  # evaluate before RL too (the "before" column of summary.md)
 
     c.mesh = ml_collections.ConfigDict()

@@ -38,7 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "warmstart.chunk": ("plan", "random"),
 }
 
-EVAL_MODES = ("greedy", "sampled", "single_turn")
+EVAL_MODES = ("greedy", "sampled", "single_turn", "greedy_l0")
 
 # What each method sets (applied by `resolve_method` unless the user set the field explicitly).
 # `None` values are computed from the config (see `_method_values`).

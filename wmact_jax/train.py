@@ -300,14 +300,19 @@ class Trainer:
         return self._transfer_cache[name]
 
     def evaluate(self, state: TrainState, num_levels: Optional[int] = None, greedy: bool = True,
-                 single_turn: bool = False, transcripts: int = 0, env_name: Optional[str] = None):
+                 single_turn: bool = False, transcripts: int = 0, env_name: Optional[str] = None,
+                 initial_cap: bool = False):
         """Success rate, mean turns, N_eff/N and optimality gap on held-out levels.
 
         num_levels is fixed by config.train.eval_levels (static shapes); greedy uses temperature 0.
-        single_turn evaluates with a cap of one turn. env_name: another environment with the same
-        actions (transfer, config.env.eval_names). Returns (metrics, transcripts).
+        single_turn evaluates with a cap of one turn; initial_cap with the starting cap L_0 whatever the
+        annealing did (the same budget before and after training, so the two are comparable).
+        env_name: another environment with the same actions (transfer, config.env.eval_names).
+        Returns (metrics, transcripts).
         """
-        cap = 1 if single_turn else min(self.turn_cap(state), self.max_turns)
+        if single_turn and initial_cap:
+            raise ValueError("evaluate: single_turn and initial_cap are exclusive")
+        cap = 1 if single_turn else self.max_turns if initial_cap else min(self.turn_cap(state), self.max_turns)
         temp = 0.0 if greedy else float(self.config.rollout.temperature)
         key = self.eval_key()
         def to_host(x):  # multi-process: episodes span processes -> gather (a collective: all call evaluate)

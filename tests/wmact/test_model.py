@@ -234,6 +234,17 @@ def test_kv_cache_layouts_and_windows():
     for bad in (None, KVCache.init(config, 1, 4, per_layer=False)):
         with pytest.raises(ValueError, match="per-layer KV cache"):
             apply(*split, jnp.asarray(seq), bad, layer_weights=lws)
+    # Fused projections (wq|wk|wv, w_gate|w_up) give the same prefill and decode step as separate ones.
+    seq = np.random.default_rng(6).integers(0, config.vocab_size, size=(2, 5))
+    outs = []
+    for fused in (False, True):
+        lw = layer_weights(*split, fused=fused)
+        assert ("wqkv" in lw[0]) == fused and ("wq" in lw[0]) != fused
+        o1 = apply(*split, jnp.asarray(seq[:, :4]), KVCache.init(config, 2, 8), layer_weights=lw)
+        o2 = apply(*split, jnp.asarray(seq[:, 4:]), o1.cache, layer_weights=lw)
+        outs.append((o1.logits, o2.logits))
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
 
 def test_ragged_rows_equal_rows_alone():

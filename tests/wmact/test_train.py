@@ -61,6 +61,12 @@ def test_iteration_runs_compiles_once_and_cap_is_traced(trainer):
     assert trainer.iteration._cache_size() == 1
     metrics, texts = trainer.evaluate(st, transcripts=1)
     assert 0 <= metrics["success_rate"] <= 1 and "<|im_start|>" in texts[0]
+    # greedy_l0: the starting cap whatever the annealing did, on the same compiled evaluation.
+    at_l0, _ = trainer.evaluate(st, initial_cap=True)
+    assert metrics["turn_cap"] == 1 and at_l0["turn_cap"] == 3 and at_l0["mean_turns"] <= 3
+    assert trainer._eval_jit._cache_size() == 1
+    with pytest.raises(ValueError, match="exclusive"):
+        trainer.evaluate(st, single_turn=True, initial_cap=True)
 
 
 def test_resume_continues_identically(trainer, tmp_path):

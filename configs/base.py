@@ -29,7 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
     c.model.dtype = "float32"  # float32 | bfloat16 (compute)
-    c.model.critic = "shared"  # shared (value head on the policy trunk) | separate (own model)
+    # separate: a critic model of its own, its trunk starting as the (warm-started) policy's; shared: a value
+    # head on the policy's trunk, its loss training the trunk too; head: that head on a stop-gradient of the
+    # trunk (the critic cannot move the policy). Measured on the default run (README): trained alone, the
+    # shared critic's loss took the policy from 62% to 0% success in 4 iterations; the separate critic
+    # reached an explained variance of 0.35-0.49 within 30 iterations, the shared and head ones stayed near 0.
+    c.model.critic = "separate"
 
     # One multi-turn episode: what the model may write and how long it may go on.
     c.rollout = ml_collections.ConfigDict()
@@ -64,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.ppo = ml_collections.ConfigDict()
     c.ppo.lr = 1e-4
+    # Learning rate of the critic's parameters (critic model / value head); 0 = ppo.lr. A zero-initialised value
+    # head barely moves at a policy's 1e-4 (its outputs stayed near 0 over 80 Adam steps, measured).
+    c.ppo.critic_lr = 1e-3
     c.ppo.warmup_steps = 0
     c.ppo.schedule = "constant"  # constant | cosine
     c.ppo.gamma = 1.0

@@ -1,5 +1,5 @@
 """`make run`: WMAct on a 5x5 perfect maze, a ~1M-parameter model from scratch, sized for 2 CPU cores
-(about 8 minutes): a supervised warm start on oracle demonstrations, then WMAct PPO.
+(about 10 minutes): a supervised warm start on oracle demonstrations, then WMAct PPO.
 
 Why this puzzle: a model from scratch has to learn to read the grid before RL can do anything, and
 that costs compute. On these 2 cores the 5x5 maze is learned in a ~6-minute warm start (83% greedy

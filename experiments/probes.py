@@ -4,6 +4,8 @@
     python experiments/probes.py first-move --env Maze-5x5 [--steps 800] [--batch 64]
     python experiments/probes.py ceiling --experiment maze5 [--suite full]
     python experiments/probes.py plateau --experiment maze5 --steps 300 --lr 1e-3 [--state-loss 0.5] [--seed 1]
+    python experiments/probes.py critic --warmstart W [--iterations 20] [--critics shared,head,separate]
+    python experiments/probes.py levels (--warmstart W | --run DIR) [--eval-levels 256]
 
 `init`: 42 random tokens from {10..13} with one P (=20) at a random position; the label is the
 token right after P. Trained by Adam(1e-3), batch 32, on the scratch model's shape (4 layers,
@@ -22,6 +24,16 @@ at each turn cap: a level needs at least N_opt such turns.
 `plateau`: the experiment's warm start (its demos and recipe) cut to its first curriculum phase
 (one-action play only) for `--steps` steps; prints the answer loss every 50 steps. About 0.277 is
 chance on the action (5 answer tokens, 4 moves): a model still at it has not learnt to read the grid.
+
+`critic`: what a critic's own loss does, for each `model.critic`. From the warm start W (`python -m
+wmact_jax.warmstart --config=configs/default.py --out=W`), runs configs/default.py's PPO iterations with
+the policy loss switched off, so only the value loss trains: the policy's success should stay where it
+is (a critic must not move the policy) and the explained variance should rise (the critic learns).
+
+`levels`: greedy and sampled success per distinct held-out level of configs/default.py (Maze-5x5 has
+48 distinct levels), grouped by optimal plan length, for the warm start W or the latest checkpoint of a
+run directory (`--run`, evaluated with that run's config); prints the failing levels' grids and one
+greedy transcript of each.
 """
 from __future__ import annotations
 
@@ -240,9 +252,104 @@ def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss
     print(f"# {time.perf_counter() - t0:.0f} s")
 
 
+def _default_trainer(warmstart: str, **sets):
+    """configs/default.py's Trainer (method interactive, fields `sets` such as {'model.critic': 'head'})
+    and its state after the saved warm start."""
+    from configs import default
+    from wmact_jax import config_check
+    from wmact_jax.train import Trainer
+
+    c = default.get_config()
+    c.method, c.warmstart.path = "interactive", warmstart
+    for path, value in sets.items():
+        config_check.set_field(c, path, value)
+    tr = Trainer(config_check.prepare_config(c))
+    state, _ = tr.warmstart(tr.init_state(jax.random.key(c.seed)))
+    return tr, state
+
+
+def probe_critic(warmstart: str, iterations: int, critics: list[str]) -> None:
+    from wmact_jax import ppo
+
+    policy_loss = ppo.policy_loss_per_token
+    # The value loss alone: the policy's surrogate is zeroed (make_update reads this module function).
+    ppo.policy_loss_per_token = lambda *a: (0.0 * policy_loss(*a)[0], jnp.zeros_like(a[0]))
+    try:
+        print(f"# critic probe: configs/default.py from the warm start {warmstart}, {iterations} iterations of PPO "
+              "with the policy loss off (only the value loss trains)")
+        for critic in critics:
+            tr, state = _default_trainer(warmstart, **{"model.critic": critic})
+            print(f"## model.critic={critic} (ppo.lr {tr.config.ppo.lr}, ppo.critic_lr {tr.config.ppo.critic_lr}, "
+                  f"vf_coef {tr.config.ppo.vf_coef})")
+            print("iteration | training success | value loss | explained variance | approx KL to the last policy")
+            for i in range(1, iterations + 1):
+                state, m = tr.iteration(state)
+                m = jax.device_get(m)
+                print(f"{i:9d} | {m['success_rate']:16.3f} | {m['ppo/value_loss']:10.4f} | "
+                      f"{m['ppo/explained_variance']:18.3f} | {m['ppo/approx_kl']:.5f}", flush=True)
+            ev = tr.evaluate(state, greedy=False)[0]
+            print(f"after {iterations}: sampled success on {tr.config.train.eval_levels} held-out levels "
+                  f"{ev['success_rate'] * 100:.1f}%")
+    finally:
+        ppo.policy_loss_per_token = policy_loss
+
+
+def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
+    import collections
+    import json
+
+    from envs_jax.oracles import optimal_length
+
+    if run:  # the run's own config and its latest checkpoint
+        import ml_collections
+
+        from wmact_jax.checkpointing import Checkpointer
+        from wmact_jax.train import Trainer
+
+        with open(os.path.join(run, "config.json")) as f:
+            saved = json.load(f)
+        ckpt = Checkpointer(os.path.join(run, "checkpoints"), saved)
+        step = ckpt.latest_step()
+        config = ml_collections.ConfigDict(saved)
+        config.train.eval_levels = eval_levels
+        tr = Trainer(config)
+        state = ckpt.restore(jax.eval_shape(tr.init_state, jax.random.key(0)), step)
+        where = f"{run}, iteration {step}"
+    else:
+        tr, state = _default_trainer(warmstart, **{"train.eval_levels": eval_levels})
+        where = f"warm start {warmstart}"
+    key = tr.eval_key()
+    rollout = tr.eval_rollout
+    states = jax.device_get(rollout.reset_levels(jax.random.split(key)[0]))
+    cap = jnp.int32(tr.max_turns)
+    greedy = jax.device_get(tr._eval_jit(state.ppo.params, key, cap, jnp.float32(0.0)))
+    sampled = jax.device_get(tr._eval_jit(state.ppo.params, key, cap, jnp.float32(tr.config.rollout.temperature)))
+    levels = collections.OrderedDict()  # grid text -> [episodes, greedy solved, sampled solved, N_opt, transcript]
+    for i in range(rollout.cfg.num_episodes):
+        s = jax.tree.map(lambda x: x[i], states)
+        e = levels.setdefault(tr.env.render_text(s), [0, 0, 0, None, ""])
+        e[0] += 1
+        e[1] += int(greedy.success[i])
+        e[2] += int(sampled.success[i])
+        if e[3] is None:
+            e[3] = optimal_length(tr.env, s, tr.env_params)
+        if not greedy.success[i] and not e[4]:
+            e[4] = tr.transcript(greedy, i)
+    print(f"# {tr.config.env.name}: {rollout.cfg.num_episodes} held-out episodes, {len(levels)} distinct levels; "
+          f"policy: {where}; turn cap {int(cap)}")
+    by_len = collections.defaultdict(lambda: np.zeros(4, int))
+    for grid, (n, g, smp, opt, text) in sorted(levels.items(), key=lambda kv: kv[1][3] or 0):
+        by_len[opt] += (1, n, g, smp)
+        if g < n:
+            print(f"\n## greedy {g}/{n}, sampled {smp}/{n}, optimal plan {opt} moves\n{grid}\n{text}")
+    print("\noptimal plan | levels | episodes | greedy success | sampled success")
+    for opt, (d, n, g, smp) in sorted(by_len.items()):
+        print(f"{opt:12} | {d:6d} | {n:8d} | {g / n * 100:13.1f}% | {smp / n * 100:14.1f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("init", "first-move", "ceiling", "plateau"))
+    ap.add_argument("probe", choices=("init", "first-move", "ceiling", "plateau", "critic", "levels"))
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--env", default="Maze-5x5")
     ap.add_argument("--batch", type=int, default=64)
@@ -252,13 +359,24 @@ def main() -> None:
     ap.add_argument("--suite", default="full")
     ap.add_argument("--state-loss", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmstart", help="a saved warm start of configs/default.py (critic, levels)")
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--critics", default="shared,head,separate")
+    ap.add_argument("--run", help="a run directory: its latest checkpoint (levels)")
+    ap.add_argument("--eval-levels", type=int, default=256)
     a = ap.parse_args()
+    if (a.probe == "critic" or a.probe == "levels" and not a.run) and not a.warmstart:
+        ap.error(f"{a.probe} needs --warmstart (python -m wmact_jax.warmstart --config=configs/default.py --out=W)")
     if a.probe == "init":
         probe_init(a.steps)
     elif a.probe == "ceiling":
         probe_ceiling(a.experiment, a.suite)
     elif a.probe == "plateau":
         probe_plateau(a.experiment, a.suite, a.steps, a.lr, a.state_loss, a.seed)
+    elif a.probe == "critic":
+        probe_critic(a.warmstart, a.iterations, a.critics.split(","))
+    elif a.probe == "levels":
+        probe_levels(a.warmstart, a.run, a.eval_levels)
     else:
         probe_first_move(a.env, a.steps, a.batch, a.lr, a.levels)
 

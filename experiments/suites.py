@@ -58,7 +58,8 @@ WARMSTART = {"warmstart.steps": 600, "warmstart.batch_size": 32, "warmstart.num_
              "warmstart.curriculum": 0.5}
 WARMSTART_SINGLE_TURN_FRACTION = 0.2
 
-# RL: 32 episodes per iteration (8 levels x 4), PPO with GAE at lr 1e-4. Measured on the maze5 warm
+# RL: 32 episodes per iteration (8 levels x 4), PPO with GAE at lr 1e-4 (the critic: base.py's default, a
+# separate critic at critic_lr 1e-3 since 2026-12-03; the results of 2026-12-02 had a shared value head). Measured on the maze5 warm
 # start (interactive, 30 iterations): lr 1e-4 kept approx_kl <= 1e-3 and raised sampled success
 # 65 -> 73% (greedy unchanged); 5e-4 with 16 episodes lowered greedy success 77 -> 67%; GRPO
 # advantages at 1e-4 did no better (greedy 77 -> 71%).

@@ -26,7 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
     "model.source": ("scratch", "pretrained"),
     "model.dtype": ("float32", "bfloat16"),
-    "model.critic": ("shared", "separate"),
+    "model.critic": ("shared", "head", "separate"),
     "rollout.system_prompt": prompts.SYSTEM_STYLES,
     "reward.outcome": ("success", "env_return"),
     "reward.step_penalty_unit": ("turn", "action"),
@@ -209,7 +209,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     p = c.ppo
     positive("ppo.lr", "ppo.clip_low", "ppo.clip_high", "ppo.value_clip", "ppo.epochs",
              "ppo.minibatches", "ppo.max_grad_norm")
-    nonneg("ppo.warmup_steps", "ppo.vf_coef", "ppo.ent_coef", "ppo.kl_coef")
+    nonneg("ppo.critic_lr", "ppo.warmup_steps", "ppo.vf_coef", "ppo.ent_coef", "ppo.kl_coef")
     need(0 <= p.gamma <= 1, f"'ppo.gamma' must be in [0, 1], got {p.gamma!r}")
     need(0 < p.lam <= 1, f"'ppo.lam' must be in (0, 1], got {p.lam!r}")
     batch = r.levels_per_iteration * r.group_size

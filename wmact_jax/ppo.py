@@ -83,14 +83,34 @@ class TrainState(struct.PyTreeNode):
         return cls(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
 
 
+def is_critic_path(path) -> bool:
+    """Whether a parameter (its pytree path) belongs to the critic: a value head, or a separate critic
+    model stored under the top-level key ``'critic'``."""
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    return (bool(keys) and keys[0] == "critic") or "value_head" in keys
+
+
 def make_optimizer(
-    learning_rate: float | optax.Schedule, max_grad_norm: float | None = 1.0, **adam_kwargs
+    learning_rate: float | optax.Schedule, max_grad_norm: float | None = 1.0, *,
+    critic_learning_rate: float | optax.Schedule | None = None, **adam_kwargs
 ) -> optax.GradientTransformation:
-    """``clip_by_global_norm -> adamw(learning_rate)``; ``learning_rate`` may be an optax schedule."""
+    """``clip_by_global_norm -> adamw(learning_rate)``; the rates may be optax schedules.
+
+    ``critic_learning_rate``: the critic's parameters (:func:`is_critic_path`) take their own Adam with
+    this rate (the clipping stays global). Why: a zero-initialised value head moves by about the learning
+    rate per step, so at a policy's rate (1e-4) it stays near 0 for hundreds of steps (measured on the
+    default run: value loss unchanged after 80 steps).
+    """
     parts = []
     if max_grad_norm is not None and max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts.append(optax.adamw(learning_rate, **adam_kwargs))
+    if critic_learning_rate is None:
+        parts.append(optax.adamw(learning_rate, **adam_kwargs))
+    else:
+        labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+            lambda path, _: "critic" if is_critic_path(path) else "policy", params)
+        parts.append(optax.multi_transform({"policy": optax.adamw(learning_rate, **adam_kwargs),
+                                            "critic": optax.adamw(critic_learning_rate, **adam_kwargs)}, labels))
     return optax.chain(*parts)
 
 

@@ -112,7 +112,10 @@ class Trainer:
             advantage=c.ppo.advantage, normalise_advantages=bool(c.ppo.normalise_advantages),
             width_buckets=(ppo_lib.width_buckets(c.rollout.context_len, int(c.ppo.width_bucket))
                            if int(c.ppo.width_bucket) > 0 else ()))
-        self.optimizer = ppo_lib.make_optimizer(self._schedule(c), max_grad_norm=c.ppo.max_grad_norm)
+        # The critic always has its own Adam (one optimizer-state structure whatever ppo.critic_lr is).
+        critic_lr = float(c.ppo.critic_lr) if float(c.ppo.critic_lr) > 0 else float(c.ppo.lr)
+        self.optimizer = ppo_lib.make_optimizer(self._schedule(c, c.ppo.lr), max_grad_norm=c.ppo.max_grad_norm,
+                                                critic_learning_rate=self._schedule(c, critic_lr))
         self.sampling = SamplingParams(temperature=jnp.float32(c.rollout.temperature),
                                        top_k=jnp.int32(c.rollout.top_k), top_p=jnp.float32(c.rollout.top_p))
         self._update = ppo_lib.make_update(self.ppo_cfg, self._train_apply, self.optimizer)
@@ -168,16 +171,18 @@ class Trainer:
                            layer_weights=lws if cache.per_layer else None)
 
     def _train_apply(self, params, tokens):
-        """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head or its own model."""
-        out = model_apply(self.graphdef, params["policy"], tokens)
+        """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head (its loss training the
+        shared trunk, or with model.critic='head' the head alone) or its own model."""
+        out = model_apply(self.graphdef, params["policy"], tokens,
+                          detach_value_head=self.config.model.critic == "head")
         if "critic" in params:
             values = model_apply(self.critic_graphdef, params["critic"], tokens).values
         else:
             values = out.values
         return out.logits, values
 
-    def _schedule(self, c):
-        lr = float(c.ppo.lr)
+    def _schedule(self, c, lr):
+        lr = float(lr)
         total = max(1, int(c.train.iterations) * int(c.ppo.epochs) * int(c.ppo.minibatches))
         if c.ppo.schedule == "cosine":
             return optax.warmup_cosine_decay_schedule(0.0, lr, max(1, int(c.ppo.warmup_steps)), total)
@@ -384,13 +389,27 @@ class Trainer:
             from wmact_jax.warmstart import load_warmstart
 
             params, saved = load_warmstart(c.path, self, state.ppo.params)
+            params = self._critic_from_policy(params)
             return self.with_params(state, params), {f"loaded/{k.split('/')[-1]}": v for k, v in saved.items()}
         if not c.enabled:
             return state, {}
         from wmact_jax.warmstart import run_warmstart
 
         params, metrics = run_warmstart(self, state.ppo.params)
-        return self.with_params(state, params), metrics
+        return self.with_params(state, self._critic_from_policy(params)), metrics
+
+    @staticmethod
+    def _critic_from_policy(params):
+        """A separate critic's trunk set to the (warm-started) policy's weights, its value head kept: the
+        critic starts out reading the puzzle as the policy does, not from random weights (a critic from
+        scratch first has to learn what the warm start already taught the policy)."""
+        if "critic" not in params:
+            return params
+        pure = jax.tree.map(jnp.copy, params["policy"].to_pure_dict())  # copies: one buffer per owner (donation)
+        pure["value_head"] = params["critic"].to_pure_dict()["value_head"]
+        critic = jax.tree.map(lambda x: x, params["critic"])
+        nnx.replace_by_pure_dict(critic, pure)
+        return {**params, "critic": critic}
 
 
 def _constrain_batch(mesh, tree):

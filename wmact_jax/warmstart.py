@@ -349,8 +349,12 @@ def load_warmstart(folder: str, trainer, params):
     from wmact_jax.checkpoints.hf_folder import CheckpointError
 
     _, model = load_orbax(folder)
-    saved = nnx.state(model, nnx.Param)
-    current = params["policy"]
+    # The value head is not part of what a warm start teaches (supervised steps never train it): the
+    # saved one is ignored and this run's is kept, so a warm start serves a run with or without one.
+    saved = nnx.state(model, nnx.Param).to_pure_dict()
+    saved.pop("value_head", None)
+    current = params["policy"].to_pure_dict()
+    head = current.pop("value_head", None)
     want = {jax.tree_util.keystr(k): (v.shape, v.dtype) for k, v in jax.tree_util.tree_leaves_with_path(current)}
     have = {jax.tree_util.keystr(k): (v.shape, v.dtype) for k, v in jax.tree_util.tree_leaves_with_path(saved)}
     problems = [f"missing {k}" for k in want if k not in have]
@@ -360,7 +364,11 @@ def load_warmstart(folder: str, trainer, params):
     if problems:
         raise CheckpointError(f"warmstart.path={folder!r} does not fit this run's model "
                               f"({len(problems)} problems): " + "; ".join(problems[:8]))
-    restored = jax.tree.map(lambda cur, new: jnp.asarray(new, cur.dtype), current, saved)
+    pure = jax.tree.map(lambda cur, new: jnp.asarray(new, cur.dtype), current, saved)
+    if head is not None:
+        pure["value_head"] = head
+    restored = jax.tree.map(jnp.copy, params["policy"])
+    nnx.replace_by_pure_dict(restored, pure)
     metrics = {}
     path = os.path.join(folder, METRICS_FILE)
     if os.path.exists(path):

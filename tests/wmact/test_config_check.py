@@ -80,6 +80,8 @@ def test_types():
     ("ppo.clip_low", 0.0, "ppo.clip_low"),
     ("ppo.gamma", 1.1, "ppo.gamma"),
     ("ppo.lr", -1e-3, "ppo.lr"),
+    ("ppo.critic_lr", -1e-3, "ppo.critic_lr"),
+    ("model.critic", "detached", "model.critic"),
     ("rollout.group_size", 0, "rollout.group_size"),
     ("ppo.minibatches", 5, "divisible by 'ppo.minibatches'"),
     ("rollout.top_p", 0.0, "rollout.top_p"),

@@ -73,6 +73,25 @@ def test_warm_start_that_does_not_fit_the_model_is_a_clear_error(results):
         trainer.warmstart(trainer.init_state(jax.random.key(0)))
 
 
+def test_warm_start_serves_a_separate_critic(results):
+    """A warm start saved with a value head loads into a run whose policy has none (critic='separate'),
+    and the critic's trunk starts as the warm-started policy."""
+    import jax
+    import numpy as np
+
+    from wmact_jax import config_check
+    from wmact_jax.train import Trainer
+
+    c = runner.experiment_config("maze5", "quick", runner.parse_sets(TINY[1::2]), "wmact", 0)
+    c.warmstart.enabled, c.warmstart.path = False, os.path.join(results, "maze5", "warmstart")
+    c.model.critic = "separate"
+    trainer = Trainer(config_check.prepare_config(c))
+    state, _ = trainer.warmstart(trainer.init_state(jax.random.key(0)))
+    policy, critic = state.ppo.params["policy"].to_pure_dict(), state.ppo.params["critic"].to_pure_dict()
+    assert "value_head" not in policy and "value_head" in critic
+    np.testing.assert_array_equal(np.asarray(policy["embed"]), np.asarray(critic["embed"]))
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
     assert runner.main(["--suite", "quick", "--out", str(tmp_path), "--methods", "wmcat"]) == 2
     assert "unknown method" in capsys.readouterr().err

@@ -320,6 +320,29 @@ def test_training_path_grad_and_mask():
     np.testing.assert_allclose(np.asarray(a), np.asarray(fwd(state, tokens).logits), atol=1e-5)
 
 
+def test_detached_value_head_trains_only_the_head():
+    """detach_value_head: the same outputs, but a value loss moves the value head alone (not the trunk)."""
+    config = ModelConfig.tiny(64, num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    model = Transformer(config, rngs=nnx.Rngs(3))
+    model.value_head.kernel[...] = jax.random.normal(jax.random.PRNGKey(0), model.value_head.kernel.shape)  # 0-init
+    graphdef, state = nnx.split(model)
+    tokens = jnp.arange(8)[None] % 64
+
+    def value_grads(detach):
+        return jax.grad(lambda s: apply(graphdef, s, tokens, detach_value_head=detach).values.mean())(state)
+
+    a, b = apply(graphdef, state, tokens), apply(graphdef, state, tokens, detach_value_head=True)
+    np.testing.assert_array_equal(np.asarray(a.logits), np.asarray(b.logits))
+    np.testing.assert_array_equal(np.asarray(a.values), np.asarray(b.values))
+    attached, detached = value_grads(False), value_grads(True)
+    trunk = lambda g: [np.abs(np.asarray(x)).max() for p, x in jax.tree_util.tree_leaves_with_path(g)  # noqa: E731
+                       if "value_head" not in jax.tree_util.keystr(p)]
+    assert max(trunk(attached)) > 0  # a shared critic's loss reaches the trunk ...
+    assert max(trunk(detached)) == 0  # ... a detached one does not
+    head = lambda g: np.abs(np.asarray(g["value_head"]["bias"][...])).max()  # noqa: E731
+    assert head(detached) == head(attached) > 0
+
+
 def test_bfloat16_compute_close_to_float32():
     _, config, tensors = hf_case("llama_untied_llama3")
     tokens = np.arange(10)[None]

@@ -199,6 +199,20 @@ def jitted_update(name):
     return _UPDATES[name]
 
 
+def test_critic_learning_rate_applies_to_the_critic_only():
+    """make_optimizer(critic_learning_rate=): value head and critic model take their own Adam rate."""
+    params = {"policy": {"embed": jnp.zeros((3,)), "value_head": {"kernel": jnp.zeros((2, 1))}},
+              "critic": {"embed": jnp.zeros((3,))}}
+    assert [P.is_critic_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)] == [True, False, True]
+    opt = P.make_optimizer(1e-3, max_grad_norm=None, critic_learning_rate=1e-1)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    step = {jax.tree_util.keystr(p): float(jnp.abs(u).max()) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+    np.testing.assert_allclose(step["['policy']['embed']"], 1e-3, rtol=1e-3)
+    np.testing.assert_allclose(step["['policy']['value_head']['kernel']"], 1e-1, rtol=1e-3)
+    np.testing.assert_allclose(step["['critic']['embed']"], 1e-1, rtol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["gae", "grpo"])
 def test_make_update_learns_rewarded_token_and_compiles_once(name):
     update, opt = jitted_update(name)  # assert_max_traces(n=1): a second trace would raise

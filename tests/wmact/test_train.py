@@ -1,5 +1,6 @@
 """The real Trainer on a tiny config: one jitted iteration, traced turn cap, exact resume, 8 devices."""
 
+import functools
 import json
 import os
 import subprocess
@@ -143,6 +144,14 @@ def test_separate_critic_trains_its_own_model_and_transfer_evaluation_runs():
     assert all(np.isfinite(v) for v in m.values())
     critic1 = [np.asarray(x) for x in jax.tree.leaves(st.ppo.params["critic"])]
     assert any(not np.array_equal(a, b) for a, b in zip(critic0, critic1))  # the critic learned
+    # After a warm start the critic's trunk starts as the policy's, its own value head kept.
+    synced = Trainer._critic_from_policy(st.ppo.params)
+    pol, cri = synced["policy"].to_pure_dict(), synced["critic"].to_pure_dict()
+    for path, x in jax.tree_util.tree_leaves_with_path(pol):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(
+            functools.reduce(lambda d, k: d[k.key], path, cri)))
+    np.testing.assert_array_equal(np.asarray(cri["value_head"]["kernel"]),
+                                  np.asarray(st.ppo.params["critic"]["value_head"]["kernel"][...]))
     # Transfer: the same policy on a larger maze, its own prompt and a context grown to fit it.
     metrics, _ = tr.evaluate(st, env_name="Maze-7x7")
     assert 0.0 <= metrics["success_rate"] <= 1.0

@@ -215,7 +215,8 @@ class Transformer(nnx.Module):
         return [_fuse_projections(w) for w in per_layer] if fused else per_layer
 
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
-                 attention_mask=None, logits_at=None, layer_weights=None) -> ModelOutput:
+                 attention_mask=None, logits_at=None, layer_weights=None,
+                 detach_value_head: bool = False) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -226,6 +227,8 @@ class Transformer(nnx.Module):
         (-> logits [B, 1, V], values [B, 1]); the LM head is then paid once per row instead of T times.
         layer_weights (optional, with a per-layer cache): `self.layer_weights()` computed once outside a
         decode loop, so the loop body does not slice (copy) every layer's weights at every step.
+        detach_value_head: the value head reads the trunk's state through a stop-gradient, so a value loss
+        trains the head alone and never moves the trunk the policy shares (the critic "head" of the trainer).
         """
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -362,7 +365,8 @@ class Transformer(nnx.Module):
         values = None
         if c.value_head:
             vh = self.value_head
-            values = (jnp.einsum("btd,do->bto", h.astype(jnp.float32), vh.kernel[...].astype(jnp.float32))
+            hv = jax.lax.stop_gradient(h) if detach_value_head else h
+            values = (jnp.einsum("btd,do->bto", hv.astype(jnp.float32), vh.kernel[...].astype(jnp.float32))
                       + vh.bias[...].astype(jnp.float32))[..., 0]  # [B, T]
         return ModelOutput(logits.astype(jnp.float32), values, new_cache)
 
@@ -522,11 +526,11 @@ def create(config: ModelConfig, seed: int = 0):
 
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
-          attention_mask=None, logits_at=None, layer_weights=None) -> ModelOutput:
+          attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
-                 layer_weights=layer_weights)
+                 layer_weights=layer_weights, detach_value_head=detach_value_head)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -369,6 +369,21 @@ def width_buckets(width: int, base: int = 128) -> tuple:
     return tuple(out) + (width,)
 
 
+def at_width_bucket(mask: Array, buckets: tuple, fn: Callable[[int], Any]) -> Any:
+    """``fn(W)`` for the smallest static width W of ``buckets`` (or the full width S of ``mask [E, S]``)
+    holding every model token: one ``lax.switch`` branch per width, each compiled once. ``fn`` must return
+    the same shapes for every W (e.g. pad back to S). Trailing padding is never read, so the result is that
+    of ``fn(S)``, only cheaper."""
+    width = mask.shape[1]
+    widths = [w for w in buckets if w < width]
+    if not widths:
+        return fn(width)
+    mask = jnp.asarray(mask).astype(bool)
+    need = jnp.max(jnp.where(jnp.any(mask, axis=0), jnp.arange(width) + 1, 0))
+    index = jnp.sum(jnp.asarray(widths) < need)
+    return jax.lax.switch(index, [functools.partial(fn, w) for w in widths] + [functools.partial(fn, width)])
+
+
 def make_update(
     cfg: PPOConfig, apply_fn: ApplyFn, optimizer: optax.GradientTransformation
 ) -> Callable[[TrainState, Mapping[str, Array], Array], tuple[TrainState, dict[str, Array]]]:
@@ -419,18 +434,8 @@ def make_update(
 
             return jax.lax.scan(epoch, st, jax.random.split(key, cfg.epochs))
 
-        width = data["tokens"].shape[1]
-        buckets = [w for w in cfg.width_buckets if w < width]
-        if buckets:
-            # lax.switch on the smallest bucket holding the last model token (each branch is compiled).
-            mask = jnp.asarray(data["mask"]).astype(bool)
-            need = jnp.max(jnp.where(jnp.any(mask, axis=0), jnp.arange(width) + 1, 0))
-            index = jnp.sum(jnp.asarray(buckets) < need)
-            branches = [functools.partial(lambda w, st: epochs(st, jax.tree.map(lambda x: x[:, :w], data)), w)
-                        for w in buckets] + [lambda st: epochs(st, data)]
-            state, metrics = jax.lax.switch(index, branches, state)
-        else:
-            state, metrics = epochs(state, data)
+        state, metrics = at_width_bucket(
+            data["mask"], cfg.width_buckets, lambda w: epochs(state, jax.tree.map(lambda x: x[:, :w], data)))
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["advantage_mean"] = masked_mean(batch["advantages"], batch["mask"])
         return state, metrics

@@ -49,6 +49,9 @@ def _leaves(state):
 
 def test_iteration_runs_compiles_once_and_cap_is_traced(trainer):
     st = trainer.init_state(jax.random.PRNGKey(0))
+    # Fresh (uncommitted) arrays, then iteration's committed outputs, then a fresh one again (l_max
+    # below): always the same compiled program (checked at the end).
+    assert not any(x.committed for x in jax.tree.leaves(st))
     st, m = trainer.iteration(st)
     m = jax.device_get(m)
     assert int(st.iteration) == 1
@@ -59,7 +62,7 @@ def test_iteration_runs_compiles_once_and_cap_is_traced(trainer):
     st = st.replace(anneal=st.anneal.replace(l_max=jnp.float32(1.0)))
     st, m = trainer.iteration(st)
     assert float(m["turn_cap"]) == 1 and float(m["mean_turns"]) <= 1
-    assert trainer.iteration._cache_size() == 1
+    assert trainer._iteration_jit._cache_size() == 1
     metrics, texts = trainer.evaluate(st, transcripts=1)
     assert 0 <= metrics["success_rate"] <= 1 and "<|im_start|>" in texts[0]
     # greedy_l0: the starting cap whatever the annealing did, on the same compiled evaluation.

@@ -628,6 +628,12 @@ def _overview(aggs: list[dict]) -> list[str]:
     return lines
 
 
+def read_suite_meta(path: str) -> dict:
+    """suite.json as a dict ({} when absent or unreadable)."""
+    meta = _read_json(path)
+    return meta if isinstance(meta, dict) else {}
+
+
 def write_report(results_dir: str) -> str:
     """Reports every experiment under `results_dir`; writes results.jsonl and summary.md.
 
@@ -637,8 +643,7 @@ def write_report(results_dir: str) -> str:
     if not os.path.isdir(results_dir):
         raise ReportError(f"results directory not found: {results_dir}")
     results_dir = os.path.abspath(results_dir)
-    suite = _read_json(os.path.join(results_dir, "suite.json"))
-    suite = suite if isinstance(suite, dict) else {}
+    suite = read_suite_meta(os.path.join(results_dir, "suite.json"))
     names = _experiment_dirs(results_dir, suite)
     if not names:
         raise ReportError(f"no experiment results in {results_dir} (expected "
@@ -661,6 +666,15 @@ def write_report(results_dir: str) -> str:
     if info:
         text = "; ".join(info)
         lines += [text[0].upper() + text[1:] + ".", ""]
+    history = [h for h in (suite.get("history") or []) if isinstance(h, dict) and h.get("command")]
+    if history:  # earlier commands that wrote into this directory (each resumes or adds experiments)
+        lines += ["Earlier commands into this directory:", ""]
+        for h in history:
+            when = [f"started {_format_started(h['started'])}"] if h.get("started") is not None else []
+            if isinstance(h.get("seconds"), (int, float)):
+                when.append(f"{h['seconds'] / 60:.0f} min")
+            lines.append(f"- `{h['command']}`" + (f" ({', '.join(when)})" if when else ""))
+        lines.append("")
     missing = [n for n in (suite.get("experiments") or []) if isinstance(n, str) and n not in names]
     if missing:
         lines += ["Not started yet: " + ", ".join(missing) + ".", ""]

@@ -187,7 +187,12 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
     meta_path = os.path.join(out, "suite.json")
     meta = {"suite": args.suite, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-                       f"({jax.default_backend()})", "experiments": {}}
+                       f"({jax.default_backend()})", "experiments": {}, "history": []}
+    prev = report.read_suite_meta(meta_path)
+    if prev.get("suite") == args.suite:  # an earlier command wrote into this directory: keep its record
+        meta["history"] = list(prev.get("history") or []) + [
+            {k: prev[k] for k in ("command", "started", "seconds", "experiments") if k in prev}]
+        meta["experiments"].update(prev.get("experiments") or {})
     t_suite = time.time()
     for exp in exps:
         exp_dir = os.path.join(out, exp)

@@ -53,6 +53,12 @@ def test_rerun_skips_finished_runs_and_reuses_the_warm_start(results, capsys):
     assert runner.main(["--suite", "quick", "--out", results, "--methods", "wmact", "--seeds", "0"] + TINY) == 0
     assert os.path.getmtime(os.path.join(exp, "wmact", "seed0", "final.json")) == stamp
     assert os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json")) == warm
+    # The first command's record survives the second one (suite.json keeps a history; summary.md shows it).
+    meta = json.load(open(os.path.join(results, "suite.json")))
+    assert meta["command"].endswith(" ".join(["--methods", "wmact", "--seeds", "0"] + TINY))
+    assert len(meta["history"]) == 1 and "wmact,entire_plan" in meta["history"][0]["command"]
+    assert meta["history"][0]["seconds"] > 0 and meta["experiments"] == {"maze5": "Maze-5x5"}
+    assert "Earlier commands into this directory:" in open(os.path.join(results, "summary.md")).read()
 
 
 def test_warm_start_that_does_not_fit_the_model_is_a_clear_error(results):

@@ -76,7 +76,8 @@ SUITES = {
         **WARMSTART, **RL, "train.iterations": 10, "train.eval_levels": 48, "train.eval_every": 0,
         "train.checkpoint_every": 10, "anneal.tau": 2, "model.critic": "head", "env.eval_names": ()}),
     # Every environment: maze5 took 63 minutes on 2 CPU cores (a 15-minute warm start under load, 15 runs in
-    # 48 minutes); the others were not run yet.
+    # 48 minutes, shared critic), sokoban6 87 minutes (15-minute warm start, separate critic); sokoban_std
+    # and taxi were not run yet.
     "full": dict(experiments=("maze5", "sokoban6", "sokoban_std", "taxi"), seeds=(0, 1, 2), overrides={
         **WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48, "train.eval_every": 25,
         "train.checkpoint_every": 25, "anneal.tau": 5}),

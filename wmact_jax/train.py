@@ -204,12 +204,14 @@ class Trainer:
         ref = params["policy"] if self.ppo_cfg.kl_coef > 0 else None
         return state.replace(ppo=ppo_lib.TrainState.create(params, self.optimizer), ref_params=ref)
 
-    def _committed(self, state: TrainState) -> TrainState:
-        """Every array of `state` committed to its device(s), as `iteration`'s outputs are.
+    def _committed(self, tree):
+        """Every array of `tree` (a state, or its params) committed to its device(s), as `iteration`'s
+        outputs are; what the jitted entry points (`iteration`, `evaluate`) are called with.
 
         Why: jit keys its compiled programs on the arguments' placement, committed or not, so a state
         holding freshly created (uncommitted) arrays compiled `iteration` a second time on its second
-        call (measured on the default run: 37 s, then 31 s again, where a cached call takes 3-7 s). Arrays
+        call (measured on the default run: 37 s, then 31 s again, where a cached call takes 3-7 s), and
+        the evaluation a second time after training (the initial evaluation saw the fresh params). Arrays
         already committed (the params sharded over a mesh) keep their placement; the rest go to the one
         device, or replicated over the mesh.
         """
@@ -219,7 +221,7 @@ class Trainer:
             from jax.sharding import NamedSharding, PartitionSpec
 
             target = NamedSharding(self.mesh, PartitionSpec())
-        return jax.tree.map(lambda x: jax.device_put(x, target) if _uncommitted(x) else x, state)
+        return jax.tree.map(lambda x: jax.device_put(x, target) if _uncommitted(x) else x, tree)
 
     def turn_cap(self, state: TrainState) -> int:
         return int(anneal_lib.current_cap(self.anneal_cfg, state.anneal))
@@ -357,7 +359,8 @@ class Trainer:
             env_name = self.config.env.name
         else:
             env, ep, rollout, run = self._transfer(env_name)
-        batch = jax.tree.map(to_host, run(state.ppo.params, key, jnp.int32(cap), jnp.float32(temp)))
+        params = self._committed(state.ppo.params)
+        batch = jax.tree.map(to_host, run(params, key, jnp.int32(cap), jnp.float32(temp)))
         m = {k: float(v) for k, v in jax.device_get(rollout_metrics(batch)).items()}
         m["turn_cap"] = float(cap)
         gap = self._optimality_gap(batch, key, env_name, env, ep, rollout)

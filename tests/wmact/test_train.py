@@ -52,6 +52,7 @@ def test_iteration_runs_compiles_once_and_cap_is_traced(trainer):
     # Fresh (uncommitted) arrays, then iteration's committed outputs, then a fresh one again (l_max
     # below): always the same compiled program (checked at the end).
     assert not any(x.committed for x in jax.tree.leaves(st))
+    trainer.evaluate(st)  # the evaluation before training sees the fresh params (one compile, checked below)
     st, m = trainer.iteration(st)
     m = jax.device_get(m)
     assert int(st.iteration) == 1

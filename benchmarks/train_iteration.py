@@ -111,7 +111,7 @@ def _programs(trainer):
         roll_jit = jax.jit(lambda p, k, cap: trainer.rollout.run(p, k, cap, sampling)[0])
 
         def upd(ppo_state, ref, batch, key):
-            data, _ = trainer._ppo_batch(ppo_state.params, ref, batch)
+            data, _ = trainer._ppo_batch(ppo_state.params, ref, batch, trainer.switches)
             new, m = trainer._update(ppo_state, data, key)
             return new.params, m
 

@@ -80,10 +80,14 @@ def anneal_update(
     state: AnnealState,
     turns_used: jax.Array,  # [E] turns each episode of this iteration used
     valid: jax.Array | None = None,  # [E] bool, episodes to count (e.g. not padding)
+    adaptive: bool | jax.Array = True,
 ) -> AnnealState:
     """Record one training iteration's usage and advance the cap. Jittable, no host branching.
 
     Call once per training iteration, after the rollouts that ran under ``current_cap(cfg, state)``.
+    ``adaptive`` (``kind='wmact'`` only; may be traced): False keeps ``L_max`` where it is and the
+    window accumulating, as ``'fixed'`` does from ``anneal_init``. The trainer passes it as an
+    argument so that the fixed-cap and the annealed methods share one compiled iteration.
     """
     turns = jnp.asarray(turns_used, jnp.float32)
     w = jnp.ones_like(turns) if valid is None else jnp.asarray(valid, jnp.float32)
@@ -102,7 +106,7 @@ def anneal_update(
         return AnnealState(l_max, turn_sum, count, since, iteration)
 
     # 'wmact': every tau iterations, L_max <- (L_mean + L_max) / 2 and the window restarts.
-    do_update = since >= cfg.tau
+    do_update = (since >= cfg.tau) & jnp.asarray(adaptive, bool)
     # With no counted episode in the window there is no evidence: keep L_max.
     l_mean = jnp.where(count > 0, turn_sum / jnp.maximum(count, 1.0), state.l_max)
     new_l = jnp.maximum((l_mean + state.l_max) / 2.0, cfg.floor)

@@ -37,6 +37,10 @@ class RewardConfig:
       format_penalty: magnitude subtracted per malformed answer (>= 0; 0 disables).
       step_penalty: magnitude subtracted per step (>= 0; 0 disables). The paper's ablation uses 0.1.
       step_penalty_unit: ``'action'`` (per executed action) or ``'turn'`` (per model turn).
+
+    ``rescale``, ``format_penalty`` and ``step_penalty`` may also be (traced) JAX scalars: the
+    trainer passes them as arguments of its jitted iteration, so that methods differing only in
+    them (interactive, rescale, wmact, step_penalty) run one compiled program.
     """
 
     outcome: OutcomeKind = "success"
@@ -86,12 +90,12 @@ def rescale_by_efficacy(reward: jax.Array, n_eff: jax.Array, n: jax.Array) -> ja
     return jnp.asarray(reward, jnp.float32) * efficacy(n_eff, n)
 
 
-def format_penalty(penalty: float, format_errors: jax.Array) -> jax.Array:
+def format_penalty(penalty: float | jax.Array, format_errors: jax.Array) -> jax.Array:
     """``-penalty * format_errors`` per episode ``[E]``: discourages unparsable answers."""
-    return -float(penalty) * jnp.asarray(format_errors, jnp.float32)
+    return -jnp.asarray(penalty, jnp.float32) * jnp.asarray(format_errors, jnp.float32)
 
 
-def step_penalty(penalty: float, unit: StepUnit, n_actions: jax.Array, turns: jax.Array) -> jax.Array:
+def step_penalty(penalty: float | jax.Array, unit: StepUnit, n_actions: jax.Array, turns: jax.Array) -> jax.Array:
     """Flat ``-penalty * steps`` per episode ``[E]``, steps counted per action or per turn.
 
     The ablation baseline for annealing: pressure toward short interaction via the reward
@@ -103,7 +107,7 @@ def step_penalty(penalty: float, unit: StepUnit, n_actions: jax.Array, turns: ja
         steps = turns
     else:
         raise ValueError(f"unknown step penalty unit {unit!r}")
-    return -float(penalty) * jnp.asarray(steps, jnp.float32)
+    return -jnp.asarray(penalty, jnp.float32) * jnp.asarray(steps, jnp.float32)
 
 
 def episode_rewards(
@@ -124,7 +128,7 @@ def episode_rewards(
     """
     out = outcome_reward(cfg.outcome, success, env_return)
     eff = efficacy(n_effective, n_actions)
-    scaled = out * eff if cfg.rescale else out
+    scaled = jnp.where(jnp.asarray(cfg.rescale, bool), out * eff, out)
     fmt = format_penalty(cfg.format_penalty, format_errors)
     stp = step_penalty(cfg.step_penalty, cfg.step_penalty_unit, n_actions, turns)
     return {

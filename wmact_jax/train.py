@@ -104,6 +104,20 @@ class Trainer:
             kind=kind, l0=float(self.max_turns if single_turn else c.anneal.l0), tau=int(c.anneal.tau),
             floor=float(c.anneal.floor), rounding=c.anneal.rounding, final=float(c.anneal.final),
             num_iterations=int(c.anneal.linear_iterations))
+        # The method's switches are arguments of the jitted iteration, not constants folded into it:
+        # the multi-turn methods (interactive, rescale, anneal, wmact, step_penalty) then lower to one
+        # identical program, compiled once by a suite's persistent compilation cache instead of once
+        # per method. A fixed cap is WMAct annealing that never updates; a zero step penalty has no
+        # unit (the program uses 'turn', the unit of the paper's ablation).
+        self._anneal_program = (dataclasses.replace(self.anneal_cfg, kind="wmact")
+                                if kind in ("fixed", "wmact") else self.anneal_cfg)
+        self._reward_program = dataclasses.replace(
+            self.reward_cfg, step_penalty_unit=c.reward.step_penalty_unit if self.reward_cfg.step_penalty else "turn")
+        self.switches = {"rescale": np.bool_(self.reward_cfg.rescale),
+                         "format_penalty": np.float32(self.reward_cfg.format_penalty),
+                         "step_penalty": np.float32(self.reward_cfg.step_penalty),
+                         "anneal_adaptive": np.bool_(kind == "wmact")}
+        self._switches_on_device = None
         self.ppo_cfg = ppo_lib.PPOConfig(
             gamma=float(c.ppo.gamma), lam=float(c.ppo.lam), clip_low=float(c.ppo.clip_low),
             clip_high=float(c.ppo.clip_high), value_clip=float(c.ppo.value_clip) if c.ppo.value_clip > 0 else None,
@@ -119,7 +133,7 @@ class Trainer:
         self.sampling = SamplingParams(temperature=jnp.float32(c.rollout.temperature),
                                        top_k=jnp.int32(c.rollout.top_k), top_p=jnp.float32(c.rollout.top_p))
         self._update = ppo_lib.make_update(self.ppo_cfg, self._train_apply, self.optimizer)
-        self._iteration_jit = jax.jit(self._iteration, donate_argnums=0)
+        self._iteration_jit = jax.jit(self._iteration, donate_argnums=0)  # (state, switches)
         self._eval_jit = self._eval_run(self.eval_rollout)
         self._eval_levels_cache: Dict[Tuple[str, int], Any] = {}
         self._transfer_cache: Dict[str, Any] = {}
@@ -229,16 +243,20 @@ class Trainer:
     # ------------------------------------------------------------------ one iteration (jitted)
     def iteration(self, state: TrainState):
         """One training iteration, jitted (the state's buffers are donated) -> (new state, metrics)."""
-        return self._iteration_jit(self._committed(state))
+        if self._switches_on_device is None:
+            self._switches_on_device = self._committed(jax.tree.map(jnp.asarray, self.switches))
+        return self._iteration_jit(self._committed(state), self._switches_on_device)
 
-    def _iteration(self, state: TrainState):
+    def _iteration(self, state: TrainState, switches):
+        """switches: `self.switches` as traced scalars (the method)."""
         key, k_roll, k_upd = jax.random.split(state.key, 3)
         cap = jnp.minimum(anneal_lib.current_cap(self.anneal_cfg, state.anneal), self.max_turns)
         params = state.ppo.params
         batch, _ = self.rollout.run(params, k_roll, cap, self.sampling)
-        data, reward_parts = self._ppo_batch(params, state.ref_params, batch)
+        data, reward_parts = self._ppo_batch(params, state.ref_params, batch, switches)
         ppo_state, upd = self._update(state.ppo, data, k_upd)
-        anneal = anneal_lib.anneal_update(self.anneal_cfg, state.anneal, batch.turns)
+        anneal = anneal_lib.anneal_update(self._anneal_program, state.anneal, batch.turns,
+                                          adaptive=switches["anneal_adaptive"])
         metrics = rollout_metrics(batch)
         metrics.update({f"ppo/{k}": v for k, v in upd.items()})
         metrics.update({f"reward/{k}": jnp.mean(v) for k, v in reward_parts.items()})
@@ -248,7 +266,7 @@ class Trainer:
                          iteration=state.iteration + 1)
         return new, metrics
 
-    def _ppo_batch(self, params, ref_params, b):
+    def _ppo_batch(self, params, ref_params, b, switches):
         tokens, mask = b.tokens, b.loss_mask
         if self.config.ppo.recompute_old:
             # One forward pass over the episodes instead of the sampler's cached-path numbers.
@@ -265,18 +283,18 @@ class Trainer:
 
                 v = ppo_lib.at_width_bucket(mask, self.ppo_cfg.width_buckets, critic_values) * mask
         lp, v = jax.lax.stop_gradient(lp), jax.lax.stop_gradient(v)
+        rcfg = dataclasses.replace(self._reward_program, rescale=switches["rescale"],
+                                   format_penalty=switches["format_penalty"], step_penalty=switches["step_penalty"])
         parts = rewards_lib.episode_rewards(
-            self.reward_cfg, success=b.success, env_return=b.env_return, n_actions=b.n_actions,
+            rcfg, success=b.success, env_return=b.env_return, n_actions=b.n_actions,
             n_effective=b.n_effective, format_errors=b.format_errors, turns=b.turns)
-        c = self.config.reward
-        if c.placement == "turn":
+        if self.config.reward.placement == "turn":
             # Penalties at the turn that earned them, the (rescaled) outcome at the episode's end.
             L = b.turn_valid.shape[1]
             took = jnp.arange(L)[None, :] < b.turns[:, None]  # [E, L]
-            per_turn = -float(c.format_penalty) * (took & ~b.turn_valid)
-            if float(c.step_penalty) > 0:
-                unit = b.turn_actions.astype(jnp.float32) if c.step_penalty_unit == "action" else took
-                per_turn = per_turn - float(c.step_penalty) * unit
+            per_turn = -rcfg.format_penalty * (took & ~b.turn_valid)
+            unit = b.turn_actions.astype(jnp.float32) if rcfg.step_penalty_unit == "action" else took
+            per_turn = per_turn - rcfg.step_penalty * unit
             tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, per_turn.astype(jnp.float32), parts["scaled"], "turn")
         else:
             tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, None, parts["total"], "episode")

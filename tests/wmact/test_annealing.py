@@ -61,6 +61,22 @@ def test_linear_and_fixed():
     assert l == [12.0] * 6 and caps == [12] * 6
 
 
+def test_adaptive_switch_off_is_the_fixed_cap():
+    """kind='wmact' with adaptive=False (traced, as the trainer passes it) keeps L_max at l0 like
+    'fixed'; True anneals as the rule says; both from one compiled function."""
+    cfg = A.AnnealConfig(kind="wmact", l0=12, tau=1)
+    upd = jax.jit(functools.partial(A.anneal_update, cfg))
+    fixed = A.AnnealConfig(kind="fixed", l0=12, tau=1)
+    off, on, ref = A.anneal_init(cfg), A.anneal_init(cfg), A.anneal_init(fixed)
+    for _ in range(3):
+        off = upd(off, jnp.array([2, 4]), adaptive=jnp.bool_(False))
+        on = upd(on, jnp.array([2, 4]), adaptive=jnp.bool_(True))
+        ref = A.anneal_update(fixed, ref, jnp.array([2, 4]))
+    chex.assert_trees_all_close(off, ref)
+    np.testing.assert_allclose(float(on.l_max), 3 + (12 - 3) / 8)
+    assert upd._cache_size() == 1
+
+
 def test_jits_once_and_runs_in_scan():
     cfg = A.AnnealConfig(kind="wmact", l0=30, tau=2)
     chex.clear_trace_counter()

@@ -44,6 +44,25 @@ def test_episode_rewards_env_return_per_turn_penalty_no_rescale():
     np.testing.assert_allclose(out["total"], [9.3, 9.8, -2.3], rtol=1e-5)
 
 
+def test_traced_switches_match_static_config():
+    """rescale and the penalties as traced arguments (what the trainer's jitted iteration receives)
+    give the static configs' rewards; one compiled function serves both settings."""
+    ep = _episodes()
+
+    @jax.jit
+    def f(rescale, fmt, step):
+        cfg = R.RewardConfig(outcome="success", rescale=rescale, format_penalty=fmt, step_penalty=step,
+                             step_penalty_unit="action")
+        return R.episode_rewards(cfg, **ep)["total"]
+
+    for rescale, fmt, step in ((True, 0.5, 0.1), (False, 0.0, 0.0), (False, 0.5, 0.0)):
+        want = R.episode_rewards(R.RewardConfig(outcome="success", rescale=rescale, format_penalty=fmt,
+                                                step_penalty=step, step_penalty_unit="action"), **ep)["total"]
+        got = f(jnp.bool_(rescale), jnp.float32(fmt), jnp.float32(step))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert f._cache_size() == 1
+
+
 def test_config_validation():
     with pytest.raises(ValueError):
         R.RewardConfig(outcome="nope")

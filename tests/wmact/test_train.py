@@ -74,6 +74,29 @@ def test_iteration_runs_compiles_once_and_cap_is_traced(trainer):
         trainer.evaluate(st, single_turn=True, initial_cap=True)
 
 
+def test_multi_turn_methods_lower_to_one_program():
+    """interactive, rescale, wmact and step_penalty differ only in the traced switches: their
+    iterations lower to the same program (a suite's compilation cache compiles it once), while the
+    switches themselves still say which method runs."""
+    from wmact_jax.config_check import prepare_config
+
+    texts, switches = {}, {}
+    for method in ("interactive", "rescale", "wmact", "step_penalty"):
+        c = tiny_config()
+        c.method = method
+        tr = Trainer(prepare_config(c), "")
+        st = jax.eval_shape(tr.init_state, jax.random.PRNGKey(0))
+        texts[method] = tr._iteration_jit.lower(st, tr.switches).as_text()
+        switches[method] = {k: v.item() for k, v in tr.switches.items()}
+    assert len(set(texts.values())) == 1
+    i = switches["interactive"]
+    assert not i["rescale"] and i["step_penalty"] == 0.0 and not i["anneal_adaptive"]
+    assert switches["rescale"]["rescale"] and not switches["rescale"]["anneal_adaptive"]
+    assert switches["wmact"]["rescale"] and switches["wmact"]["anneal_adaptive"]
+    assert switches["step_penalty"]["step_penalty"] == pytest.approx(0.1)
+    assert not switches["step_penalty"]["anneal_adaptive"]
+
+
 def test_resume_continues_identically(trainer, tmp_path):
     from wmact_jax.checkpointing import Checkpointer
 

@@ -106,6 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmstart.windows = True  # also every later turn of a demo alone, as a one-grid first turn
     c.warmstart.curriculum = 0.4  # share of the steps first spent on one-action play only (0 = mixed from the start)
     c.warmstart.noise = 0.2  # share of demo turns with a deliberately suboptimal action
+    # Share of demo turns preceded by a blocked move (no effect) that the demo then corrects; the blocked
+    # answer is context, not a target. Greedy failures of warm-started policies repeat one blocked move.
+    c.warmstart.recover = 0.0
     # Weight of a world-model loss on the environment's feedback (reward line and next state) after each
     # demo answer. Off by default: at 0.5 it kept the scratch model on its plateau (answer loss 0.280
     # after 300 one-action steps on Maze-5x5, against 0.253 without it; measured, see README).

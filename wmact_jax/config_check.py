@@ -229,6 +229,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     positive("warmstart.batch_size", "warmstart.lr", "warmstart.num_levels")
     need(0 <= w.plan_fraction <= 1, f"'warmstart.plan_fraction' must be in [0, 1], got {w.plan_fraction!r}")
     need(0 <= w.noise < 1, f"'warmstart.noise' must be in [0, 1), got {w.noise!r}")
+    need(0 <= w.recover < 1, f"'warmstart.recover' must be in [0, 1), got {w.recover!r}")
     need(0 <= w.curriculum < 1, f"'warmstart.curriculum' must be in [0, 1), got {w.curriculum!r}")
     if w.enabled and not w.path:
         need(w.steps >= 1, "'warmstart.steps' must be >= 1 when warmstart.enabled (or set "

@@ -121,18 +121,20 @@ class Conversation:
         return self.env.glyphs_to_text(np.asarray(grid), sep=self.grid_codec.cell_sep)
 
     def host_tokens(self, grids, answers_ids: Sequence[Sequence[int]], rewards, valid,
-                    feedback_mark: int = 0) -> Tuple[List[int], List[int]]:
+                    feedback_mark: int = 0, trained: Sequence[bool] | None = None) -> Tuple[List[int], List[int]]:
         """Token ids and loss mask (1 = model-written) of a transcript, from the pieces.
 
         `answers_ids[i]` are the model's tokens of turn i (through `</answer>`); the env-written
         pieces follow, marked `feedback_mark` in the mask (0: not trained on; the warm start's
-        state loss marks them 2). Used by the warm start; equal to the in-graph rollout's layout.
+        state loss marks them 2). `trained[i]` False marks answer i 0 (in the context, not a target:
+        the warm start's deliberate no-effect moves). Used by the warm start; equal to the in-graph
+        rollout's layout.
         """
         ids = list(self.prompt_head) + self._grid_ids(grids[0]) + list(self.user_tail)
         mask = [0] * len(ids)
         for i, a in enumerate(answers_ids):
             ids += list(a)
-            mask += [1] * len(a)
+            mask += [1 if trained is None or trained[i] else 0] * len(a)
             if i + 1 < len(grids):
                 head = list(self.turn_head)
                 if a and a[-1] == head[0]:  # as in-graph: the end-of-turn token is not repeated

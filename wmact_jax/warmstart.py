@@ -5,7 +5,11 @@ The warm start plays held-out levels with the oracle and writes each game as the
 sequence the in-graph rollout would produce (`Conversation.host_tokens`), then fits the model's
 answer tokens by cross-entropy. Demonstrations are deliberately imperfect so that RL has something
 to improve: a mix of one-action turns and multi-action plans (`plan_fraction`), and random detour
-actions (`noise`) after which the oracle re-plans from the new state.
+actions (`noise`) after which the oracle re-plans from the new state. `recover` adds turns whose
+move has no effect (into a wall; a box pushed against one) followed by the oracle's move: the
+no-effect answer stays in the context but is not trained on, so the demos show how to get out of
+the loop every greedy failure of a warm-started policy ends in (the same blocked move, turn after
+turn, until the cap).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def demo_level_keys(seed: int, level_offset: int, num_levels: int) -> jax.Array:
 
 def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_per_turn: int,
                plan_fraction: float, noise: float, conv=None, level_offset: int = 0, chunk: str = "plan",
-               keep_unsolved: bool = False, windows: bool = False
+               keep_unsolved: bool = False, windows: bool = False, recover: float = 0.0
                ) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
     """-> (token lists, loss-mask lists, stats). Levels come from a key stream disjoint from RL's.
 
@@ -60,7 +64,9 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     every later turn of a demo on its own, as the first turn of a game starting from that state: a
     short sequence whose one answer is read off one grid. A model from scratch first has to learn to
     find the player in a grid, and it does so several times faster on short single-grid sequences
-    than inside conversations holding several grids (measured on Maze-5x5).
+    than inside conversations holding several grids (measured on Maze-5x5). recover: the share of
+    turns (of multi-turn demos, with a turn left for the correction) preceded by a turn whose one
+    move leaves the state unchanged, that answer masked out of the loss (module docstring).
     """
     if chunk not in CHUNKS:
         raise ValueError(f"chunk must be one of {CHUNKS}, got {chunk!r}")
@@ -74,8 +80,19 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     render = jax.jit(env.render_glyphs)
     key = jax.random.PRNGKey(seed)
     out_tok, out_mask = [], []
-    stats = {"levels": 0, "kept": 0, "unsolved": 0, "too_long": 0, "turns": 0.0, "actions": 0.0, "windows": 0}
+    stats = {"levels": 0, "kept": 0, "unsolved": 0, "too_long": 0, "turns": 0.0, "actions": 0.0, "windows": 0,
+             "recoveries": 0}
     K = max_actions_per_turn
+
+    def no_effect_moves(state, grid) -> List[int]:
+        """Actions after which the rendered state is unchanged (and the episode goes on)."""
+        out = []
+        for a in range(env.num_actions):
+            _, s2, _, d, _ = step(jax.random.PRNGKey(0), state, jnp.int32(a))
+            if not bool(d) and np.array_equal(np.asarray(render(s2)), grid):
+                out.append(a)
+        return out
+
     for i in range(num_levels):
         stats["levels"] += 1
         state = jax.tree.map(lambda x: x[i], states)
@@ -84,12 +101,17 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             stats["unsolved"] += 1
             continue
         grids = [np.asarray(render(state))]
-        answers, rewards, valid = [], [], []
+        answers, rewards, valid, trained = [], [], [], []
         solved, n_actions = False, 0
         multi = rng.random() < plan_fraction
         while not solved and len(answers) < max_turns and plan is not None:
-            detour = rng.random() < noise
-            if detour:  # one random move, then the oracle re-plans from where it led
+            stuck = (no_effect_moves(state, grids[-1]) if recover > 0 and len(answers) + 1 < max_turns
+                     and (not trained or trained[-1]) and rng.random() < recover else [])
+            detour = bool(stuck) or rng.random() < noise
+            if stuck:  # a blocked move (not trained on); the state is unchanged, the plan still holds
+                moves = [int(rng.choice(stuck))]
+                stats["recoveries"] += 1
+            elif detour:  # one random move, then the oracle re-plans from where it led
                 moves = [int(rng.integers(env.num_actions))]
             elif multi or max_turns == 1:
                 k = len(plan) if (max_turns == 1 or chunk == "plan") else int(rng.integers(1, K + 1))
@@ -110,6 +132,7 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             answers.append(prompts.answer_text([env.action_names[a] for a in moves]))
             rewards.append(r_turn)
             valid.append(True)
+            trained.append(not stuck)
             grids.append(np.asarray(render(state)))
             if done:
                 break
@@ -119,13 +142,15 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             if not keep_unsolved:
                 continue
         answer_ids = [tok.encode(a, add_special_tokens=False) for a in answers]
-        ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid, feedback_mark=FEEDBACK)
+        ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid, feedback_mark=FEEDBACK, trained=trained)
         if len(ids) > trainer.rollout_cfg.context_len:
             stats["too_long"] += 1
             continue
         out_tok.append(ids)
         out_mask.append(mask)
         for j in range(1, len(answers) if windows else 0):  # turn j alone, as the first turn of a game
+            if not trained[j]:
+                continue
             w_ids, w_mask = conv.host_tokens([grids[j]], [answer_ids[j]], [rewards[j]], [True])
             out_tok.append(w_ids)
             out_mask.append(w_mask)
@@ -174,7 +199,7 @@ def _merge_stats(a: Dict[str, float], b: Dict[str, float]) -> Dict[str, float]:
     out = dict(a)
     for k in ("turns", "actions"):
         out[k] = (a[k] * a["kept"] + b[k] * b["kept"]) / max(kept, 1)
-    for k in ("levels", "kept", "unsolved", "too_long", "windows"):
+    for k in ("levels", "kept", "unsolved", "too_long", "windows", "recoveries"):
         out[k] = a[k] + b[k]
     return out
 
@@ -193,7 +218,7 @@ def all_demos(trainer):
     n_plan = int(round((n - n_single) * float(c.plan_fraction)))
     seed = int(trainer.config.seed)
     K = int(rc.max_actions_per_turn)
-    kw = dict(chunk=c.chunk, keep_unsolved=bool(c.keep_unsolved), windows=bool(c.windows))
+    kw = dict(chunk=c.chunk, keep_unsolved=bool(c.keep_unsolved), windows=bool(c.windows), recover=float(c.recover))
     toks, masks, stats = make_demos(trainer, n - n_single - n_plan, seed, trainer.max_turns, K, 0.0,
                                     float(c.noise), **kw)
     basic = [True] * len(toks)
@@ -310,7 +335,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     metrics = {"warmstart/loss": float(np.mean([h[0] for h in last])),
                "warmstart/token_accuracy": float(np.mean([h[1] for h in last])),
                "warmstart/demos": float(stats["kept"]), "warmstart/demo_turns": float(stats["turns"]),
-               "warmstart/windows": float(stats["windows"]),
+               "warmstart/windows": float(stats["windows"]), "warmstart/recoveries": float(stats["recoveries"]),
                "warmstart/single_turn_demos": float(stats.get("single_turn_demos", 0)),
                "warmstart/seconds": time.perf_counter() - t0, "warmstart/train_seconds": time.perf_counter() - t1}
     return params, metrics

@@ -92,3 +92,42 @@ def test_feedback_is_marked_for_the_state_loss_and_windows_have_none(trainer):
         assert runs == turns or (runs == 0 and turns == 1)
     assert sum(FEEDBACK not in m for m in masks) == stats["windows"]
 
+
+
+def test_recoveries_are_blocked_moves_kept_out_of_the_loss(trainer):
+    """recover: some turns are a move that changes nothing (into a wall), not trained on, then the
+    oracle's move from the same state; replayed on the environment."""
+    import numpy as np
+
+    from envs_jax.oracles import optimal_actions
+
+    toks, masks, stats = make_demos(trainer, 16, seed=0, max_turns=5, max_actions_per_turn=6, plan_fraction=0.0,
+                                    noise=0.0, keep_unsolved=True, recover=0.5)
+    assert stats["recoveries"] > 0 and stats["too_long"] == 0 and len(toks) == 16
+    env, ep = trainer.env, trainer.env_params
+    _, states = jax.vmap(env.reset_env, in_axes=(0, None))(demo_level_keys(0, 0, 16), ep)
+    open_id = trainer.tokenizer.convert_tokens_to_ids("<answer>")
+    names = list(env.action_names)
+    blocked = 0
+    for i, (t, m) in enumerate(zip(toks, masks)):
+        state = jax.tree.map(lambda x: x[i], states)
+        starts = [j for j, x in enumerate(t) if x == open_id]
+        answers = _answers(trainer, t)
+        assert len(starts) == len(answers)
+        for j, (pos, moves) in enumerate(zip(starts, answers)):
+            before = np.asarray(env.render_glyphs(state))
+            for name in moves:
+                _, state, _, _, _ = env.step_env(jax.random.PRNGKey(0), state, names.index(name), ep)
+            if m[pos] == 0:  # a recovery: one blocked move, then the oracle's move
+                blocked += 1
+                assert len(moves) == 1 and j + 1 < len(answers)
+                np.testing.assert_array_equal(np.asarray(env.render_glyphs(state)), before)
+                assert names.index(answers[j + 1][0]) == optimal_actions(env, state, ep)[0]
+                assert m[starts[j + 1]] == 1
+    assert blocked == stats["recoveries"]
+    # Off by default: the same call without recover writes no blocked turn and no masked answer.
+    toks0, masks0, stats0 = make_demos(trainer, 16, seed=0, max_turns=5, max_actions_per_turn=6, plan_fraction=0.0,
+                                       noise=0.0, keep_unsolved=True)
+    assert stats0["recoveries"] == 0
+    for t, m in zip(toks0, masks0):
+        assert all(m[j] == 1 for j, x in enumerate(t) if x == open_id)

@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint save at INFO
-    # Seeds of one method compile the same programs: a persistent cache skips recompiling them.
+    # Every seed, and every multi-turn method (their differences are traced arguments: Trainer.switches),
+    # runs the same compiled iteration: a persistent cache compiles it once per experiment.
     saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
                                                  "jax_persistent_cache_min_compile_time_secs")}
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, ".jax_cache"))

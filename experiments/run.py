@@ -107,8 +107,31 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     return folder, metrics
 
 
+class TrainerPool:
+    """Trainers for the runs of one experiment, one per distinct program: a run that differs from an
+    earlier one only in seed and method switches gets that trainer rebound to its config
+    (`Trainer.rebind`), so the experiment traces and compiles each program once, not once per run."""
+
+    def __init__(self):
+        self.trainers = []
+        self.built = 0
+
+    def __call__(self, config, workdir):
+        from wmact_jax.train import Trainer
+
+        for t in self.trainers:
+            try:
+                return t.rebind(config, workdir)
+            except ValueError:
+                continue
+        t = Trainer(config, workdir)
+        self.trainers.append(t)
+        self.built += 1
+        return t
+
+
 def run_one(exp: str, suite: str, sets: dict, method: str, seed: int, warm: str, run_dir: str,
-            first_seed: bool = True) -> dict:
+            first_seed: bool = True, pool: TrainerPool | None = None) -> dict:
     from wmact_jax.main import run
 
     c = experiment_config(exp, suite, sets, method=method, seed=seed)
@@ -116,7 +139,7 @@ def run_one(exp: str, suite: str, sets: dict, method: str, seed: int, warm: str,
     # Before RL every seed of a method sees the same policy and the same held-out levels: evaluate once.
     c.train.eval_before = first_seed
     t0 = time.time()
-    out = run(c, run_dir, explicit=sets.keys(), progress=False)
+    out = run(c, run_dir, explicit=sets.keys(), progress=False, trainer_cls=pool)
     final = {"before": out["before"], "after": out["after"], "seconds": time.time() - t0,
              "method": method, "seed": seed, "env": c.env.name}
     tmp = os.path.join(run_dir, "final.json.tmp")
@@ -215,13 +238,14 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=1)
         # Seeds outer, methods inner: a suite stopped early still has every method at its first seeds.
+        pool = TrainerPool()
         for s in seeds:
             for m in methods:
                 run_dir = os.path.join(exp_dir, m, f"seed{s}")
                 if os.path.exists(os.path.join(run_dir, "final.json")):
                     continue
                 t = time.time()
-                final = run_one(exp, args.suite, sets, m, s, warm, run_dir, first_seed=s == seeds[0])
+                final = run_one(exp, args.suite, sets, m, s, warm, run_dir, first_seed=s == seeds[0], pool=pool)
                 a = final["after"]["metrics"]
                 print(f"[{exp}] {m} seed {s}: greedy success {a.get('greedy/success_rate', float('nan')):.3f}, "
                       f"turns {a.get('greedy/mean_turns', float('nan')):.2f} ({time.time() - t:.0f} s)", flush=True)

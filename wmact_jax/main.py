@@ -143,7 +143,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
       config: the run config (method presets are applied here; `explicit` names the fields the
         user set on the command line, which the method presets leave alone).
       workdir: the run directory; an existing checkpoint there is resumed.
-      trainer_cls: `Trainer`-shaped class (default `wmact_jax.train.Trainer`); tests pass a fake.
+      trainer_cls: `Trainer`-shaped class or factory `(config, workdir) -> trainer` (default
+        `wmact_jax.train.Trainer`); tests pass a fake, experiments/run.py a pool of rebound trainers.
     """
     # Distributed init must precede any backend use (the config check imports envs_jax).
     distributed.maybe_initialize(config)

@@ -86,7 +86,7 @@ class Trainer:
             from wmact_jax.models import sharding
 
             self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tp)
-            init_params = {k: sharding.shard_state(v, self.mesh) for k, v in init_params.items()}
+            init_params = self._place(init_params)
             shard_batch = functools.partial(_constrain_batch, self.mesh)
         self.rollout = Rollout(self.env, self.env_params, self.conv, self.answer_codec, self._policy_apply,
                                self.rollout_cfg, init_cache, stop_ids, self.eos_id, self.pad_id, shard_batch,
@@ -96,28 +96,7 @@ class Trainer:
                                     self._policy_prepare)
         self._init_params = init_params
         # ---- RL pieces
-        self.reward_cfg = rewards_lib.RewardConfig(
-            outcome=c.reward.outcome, rescale=bool(c.reward.rescale), format_penalty=float(c.reward.format_penalty),
-            step_penalty=float(c.reward.step_penalty), step_penalty_unit=c.reward.step_penalty_unit)
-        kind = "fixed" if single_turn else c.anneal.kind
-        self.anneal_cfg = anneal_lib.AnnealConfig(
-            kind=kind, l0=float(self.max_turns if single_turn else c.anneal.l0), tau=int(c.anneal.tau),
-            floor=float(c.anneal.floor), rounding=c.anneal.rounding, final=float(c.anneal.final),
-            num_iterations=int(c.anneal.linear_iterations))
-        # The method's switches are arguments of the jitted iteration, not constants folded into it:
-        # the multi-turn methods (interactive, rescale, anneal, wmact, step_penalty) then lower to one
-        # identical program, compiled once by a suite's persistent compilation cache instead of once
-        # per method. A fixed cap is WMAct annealing that never updates; a zero step penalty has no
-        # unit (the program uses 'turn', the unit of the paper's ablation).
-        self._anneal_program = (dataclasses.replace(self.anneal_cfg, kind="wmact")
-                                if kind in ("fixed", "wmact") else self.anneal_cfg)
-        self._reward_program = dataclasses.replace(
-            self.reward_cfg, step_penalty_unit=c.reward.step_penalty_unit if self.reward_cfg.step_penalty else "turn")
-        self.switches = {"rescale": np.bool_(self.reward_cfg.rescale),
-                         "format_penalty": np.float32(self.reward_cfg.format_penalty),
-                         "step_penalty": np.float32(self.reward_cfg.step_penalty),
-                         "anneal_adaptive": np.bool_(kind == "wmact")}
-        self._switches_on_device = None
+        self._set_method(c)
         self.ppo_cfg = ppo_lib.PPOConfig(
             gamma=float(c.ppo.gamma), lam=float(c.ppo.lam), clip_low=float(c.ppo.clip_low),
             clip_high=float(c.ppo.clip_high), value_clip=float(c.ppo.value_clip) if c.ppo.value_clip > 0 else None,
@@ -137,6 +116,81 @@ class Trainer:
         self._eval_jit = self._eval_run(self.eval_rollout)
         self._eval_levels_cache: Dict[Tuple[str, int], Any] = {}
         self._transfer_cache: Dict[str, Any] = {}
+
+    def _set_method(self, c):
+        """The reward and annealing settings of `c`, and the traced switches that carry its method.
+
+        The method's switches are arguments of the jitted iteration, not constants folded into it: the
+        multi-turn methods (interactive, rescale, anneal, wmact, step_penalty) then lower to one
+        identical program, compiled once by a suite's persistent compilation cache instead of once per
+        method (and run by one Trainer, `rebind`). A fixed cap is WMAct annealing that never updates;
+        a zero step penalty has no unit (the program uses 'turn', the unit of the paper's ablation).
+        """
+        single_turn = c.method == "entire_plan"
+        self.reward_cfg = rewards_lib.RewardConfig(
+            outcome=c.reward.outcome, rescale=bool(c.reward.rescale), format_penalty=float(c.reward.format_penalty),
+            step_penalty=float(c.reward.step_penalty), step_penalty_unit=c.reward.step_penalty_unit)
+        kind = "fixed" if single_turn else c.anneal.kind
+        self.anneal_cfg = anneal_lib.AnnealConfig(
+            kind=kind, l0=float(self.max_turns if single_turn else c.anneal.l0), tau=int(c.anneal.tau),
+            floor=float(c.anneal.floor), rounding=c.anneal.rounding, final=float(c.anneal.final),
+            num_iterations=int(c.anneal.linear_iterations))
+        self._anneal_program = (dataclasses.replace(self.anneal_cfg, kind="wmact")
+                                if kind in ("fixed", "wmact") else self.anneal_cfg)
+        self._reward_program = dataclasses.replace(
+            self.reward_cfg, step_penalty_unit=c.reward.step_penalty_unit if self.reward_cfg.step_penalty else "turn")
+        self.switches = {"rescale": np.bool_(self.reward_cfg.rescale),
+                         "format_penalty": np.float32(self.reward_cfg.format_penalty),
+                         "step_penalty": np.float32(self.reward_cfg.step_penalty),
+                         "anneal_adaptive": np.bool_(kind == "wmact")}
+        self._switches_on_device = None
+
+    def program_key(self) -> str:
+        """What this trainer's traced programs depend on: its config without the fields `rebind` may
+        change (seed, method switches, warm start, logging), plus the static forms of the method."""
+        import json
+
+        d = self.config.to_dict()
+        for path in _REBINDABLE:
+            *parents, leaf = path.split(".")
+            node = d
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(leaf, None)
+        d["_program"] = {"single_turn": self.config.method == "entire_plan", "anneal": str(self._anneal_program),
+                         "reward": str(dataclasses.replace(self._reward_program, rescale=False, format_penalty=0.0,
+                                                           step_penalty=0.0))}
+        return json.dumps(d, sort_keys=True, default=str)
+
+    def rebind(self, config: ml_collections.ConfigDict, workdir: str = "") -> "Trainer":
+        """This trainer, with its traced and compiled programs, for another run's `config`.
+
+        `config` (already method-resolved, as the constructor's) may differ from this trainer's only
+        in its seed, its method's switches (not entire_plan against the others: other shapes), the
+        warm start and logging fields; anything else is a ValueError. A suite running every multi-turn
+        method and seed of one experiment then traces its iteration and evaluation once, not once per
+        run (~6 s per run on the quick suite). The seed's model initialisation is rebuilt; the rest
+        is shared (read-only).
+        """
+        import copy
+
+        new = copy.copy(self)
+        new.config, new.workdir = config, workdir
+        new._set_method(config)
+        if new.program_key() != self.program_key():
+            raise ValueError("Trainer.rebind: the configs differ beyond seed, method switches, warm start and "
+                             "logging fields; build a new Trainer")
+        if int(config.seed) != int(self.config.seed):
+            new._init_params = new._place(new._build_model(config)[2])
+        return new
+
+    def _place(self, params):
+        """Params placed by their logical axes over the mesh (as is without one)."""
+        if self.mesh is None:
+            return params
+        from wmact_jax.models import sharding
+
+        return {k: sharding.shard_state(v, self.mesh) for k, v in params.items()}
 
     # ------------------------------------------------------------------ model
     def _build_model(self, c):
@@ -456,6 +510,13 @@ class Trainer:
         critic = jax.tree.map(lambda x: x, params["critic"])
         nnx.replace_by_pure_dict(critic, pure)
         return {**params, "critic": critic}
+
+
+# Config fields `Trainer.rebind` may change: none is read by a traced program (the method's switches
+# are traced arguments; program_key keeps the static forms of the method).
+_REBINDABLE = ("seed", "method", "reward.rescale", "reward.format_penalty", "reward.step_penalty",
+               "reward.step_penalty_unit", "anneal.kind", "warmstart", "train.eval_before", "train.eval_every",
+               "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.transcripts")
 
 
 def _uncommitted(x) -> bool:

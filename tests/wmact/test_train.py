@@ -97,6 +97,48 @@ def test_multi_turn_methods_lower_to_one_program():
     assert not switches["step_penalty"]["anneal_adaptive"]
 
 
+def test_rebind_runs_another_method_and_seed_on_the_same_programs():
+    """A trainer rebound to another method and seed computes what a trainer built for that config
+    does, without tracing its iteration again; a config that changes a program is refused."""
+    from wmact_jax.config_check import prepare_config
+
+    def config(method, seed, **fields):
+        c = tiny_config()
+        c.method, c.seed = method, seed
+        for k, v in fields.items():
+            setattr(c.ppo, k, v)
+        return prepare_config(c)
+
+    base = Trainer(config("interactive", 0), "")
+    st = base.init_state(jax.random.PRNGKey(0))
+    st, _ = base.iteration(st)
+    rebound = base.rebind(config("wmact", 3), "")
+    fresh = Trainer(config("wmact", 3), "")
+    assert rebound.switches == fresh.switches and rebound.switches != base.switches
+    runs = []
+    for tr in (rebound, fresh):
+        s = tr.init_state(jax.random.PRNGKey(3))
+        for _ in range(2):
+            s, m = tr.iteration(s)
+        runs.append((s, jax.device_get(m)))
+    (a, ma), (b, mb) = runs
+    for x, y in zip(_leaves(a), _leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(float(a.anneal.l_max), float(b.anneal.l_max))
+    # wmact anneals every iteration (tau = 1): its usage window restarts (a fixed cap's keeps counting).
+    assert float(a.anneal.episode_count) == 0 and float(st.anneal.episode_count) > 0
+    assert ma["l_max"] == mb["l_max"]
+    assert base._iteration_jit is rebound._iteration_jit and base._iteration_jit._cache_size() == 1
+    # The seed's initialisation is rebuilt (the value head is not warm-started).
+    init0 = jax.tree.leaves(base._init_params)
+    init3 = jax.tree.leaves(rebound._init_params)
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(init0, init3))
+    with pytest.raises(ValueError, match="rebind"):
+        base.rebind(config("wmact", 0, lr=3e-4))
+    with pytest.raises(ValueError, match="rebind"):
+        base.rebind(config("entire_plan", 0))
+
+
 def test_resume_continues_identically(trainer, tmp_path):
     from wmact_jax.checkpointing import Checkpointer
 

@@ -67,8 +67,9 @@ RL = {"rollout.levels_per_iteration": 8, "rollout.group_size": 4, "ppo.lr": 1e-4
       "train.eval_modes": ("greedy", "sampled", "single_turn"), "train.transcripts": 2}
 
 SUITES = {
-    # One environment, few iterations: the whole pipeline (warm start + 5 methods x 3 seeds); 16.7 minutes
-    # measured on 2 CPU cores (a 6.1-minute warm start, 15 runs of 16-66 s), over the 15-minute target.
+    # One environment, few iterations: the whole pipeline (warm start + 5 methods x 3 seeds); 14.3 minutes
+    # measured on 2 CPU cores (a 5.8-minute warm start, 15 runs of 9-64 s; 19.9 minutes before the methods
+    # shared one program and one trainer).
     # For its time budget it trades the separate critic (a second model: ~2x the update) for a value head
     # on a stop-gradient of the trunk ("head": it cannot disturb the policy, but barely learns), and skips
     # the transfer evaluations.

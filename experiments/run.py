@@ -114,7 +114,6 @@ class TrainerPool:
 
     def __init__(self):
         self.trainers = []
-        self.built = 0
 
     def __call__(self, config, workdir):
         from wmact_jax.train import Trainer
@@ -126,7 +125,6 @@ class TrainerPool:
                 continue
         t = Trainer(config, workdir)
         self.trainers.append(t)
-        self.built += 1
         return t
 
 

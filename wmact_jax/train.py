@@ -150,13 +150,10 @@ class Trainer:
         change (seed, method switches, warm start, logging), plus the static forms of the method."""
         import json
 
-        d = self.config.to_dict()
-        for path in _REBINDABLE:
-            *parents, leaf = path.split(".")
-            node = d
-            for part in parents:
-                node = node.get(part, {})
-            node.pop(leaf, None)
+        from wmact_jax.config_check import flatten
+
+        d = {k: v for k, v in flatten(self.config).items()
+             if not any(k == p or k.startswith(p + ".") for p in _REBINDABLE)}
         d["_program"] = {"single_turn": self.config.method == "entire_plan", "anneal": str(self._anneal_program),
                          "reward": str(dataclasses.replace(self._reward_program, rescale=False, format_penalty=0.0,
                                                            step_penalty=0.0))}

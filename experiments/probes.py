@@ -322,8 +322,8 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
     rollout = tr.eval_rollout
     states = jax.device_get(rollout.reset_levels(jax.random.split(key)[0]))
     cap = jnp.int32(tr.max_turns)
-    greedy = jax.device_get(tr._eval_jit(state.ppo.params, key, cap, jnp.float32(0.0)))
-    sampled = jax.device_get(tr._eval_jit(state.ppo.params, key, cap, jnp.float32(tr.config.rollout.temperature)))
+    greedy = tr.eval_batch(state.ppo.params, cap, 0.0)
+    sampled = tr.eval_batch(state.ppo.params, cap, tr.config.rollout.temperature)
     levels = collections.OrderedDict()  # grid text -> [episodes, greedy solved, sampled solved, N_opt, transcript]
     for i in range(rollout.cfg.num_episodes):
         s = jax.tree.map(lambda x: x[i], states)

@@ -416,20 +416,10 @@ class Trainer:
         cap = 1 if single_turn else self.max_turns if initial_cap else min(self.turn_cap(state), self.max_turns)
         temp = 0.0 if greedy else float(self.config.rollout.temperature)
         key = self.eval_key()
-        def to_host(x):  # multi-process: episodes span processes -> gather (a collective: all call evaluate)
-            if isinstance(x, jax.Array) and not x.is_fully_addressable:
-                from jax.experimental import multihost_utils
-
-                return multihost_utils.process_allgather(x, tiled=True)
-            return jax.device_get(x)
-
-        if env_name is None or env_name == self.config.env.name:
-            env, ep, rollout, run = self.env, self.env_params, self.eval_rollout, self._eval_jit
+        if env_name is None:
             env_name = self.config.env.name
-        else:
-            env, ep, rollout, run = self._transfer(env_name)
-        params = self._committed(state.ppo.params)
-        batch = jax.tree.map(to_host, run(params, key, jnp.int32(cap), jnp.float32(temp)))
+        batch = self.eval_batch(state.ppo.params, cap, temp, env_name)
+        env, ep, rollout, _ = self._eval_target(env_name)
         m = {k: float(v) for k, v in jax.device_get(rollout_metrics(batch)).items()}
         m["turn_cap"] = float(cap)
         gap = self._optimality_gap(batch, key, env_name, env, ep, rollout)
@@ -437,6 +427,26 @@ class Trainer:
             m["optimality_gap"] = gap
         texts = [self.transcript(batch, i) for i in range(min(transcripts, batch.tokens.shape[0]))]
         return m, texts
+
+    def _eval_target(self, env_name: str):
+        """(env, env_params, Rollout, jitted run) of the held-out evaluation on `env_name`."""
+        if env_name == self.config.env.name:
+            return self.env, self.env_params, self.eval_rollout, self._eval_jit
+        return self._transfer(env_name)
+
+    def eval_batch(self, params, cap: int, temperature: float, env_name: Optional[str] = None):
+        """The held-out episodes themselves (a host RolloutBatch, `eval_key()`'s levels) played by `params`
+        under turn cap `cap` at `temperature` (0 = greedy): what `evaluate` summarises, for per-level studies."""
+        def to_host(x):  # multi-process: episodes span processes -> gather (a collective: all call this)
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                from jax.experimental import multihost_utils
+
+                return multihost_utils.process_allgather(x, tiled=True)
+            return jax.device_get(x)
+
+        run = self._eval_target(env_name or self.config.env.name)[3]
+        out = run(self._committed(params), self.eval_key(), jnp.int32(cap), jnp.float32(temperature))
+        return jax.tree.map(to_host, out)
 
     def _optimality_gap(self, batch, key, env_name, env, env_params, rollout) -> Optional[float]:
         """Mean (N - N_opt) / N_opt over solved episodes (0 = every solved level solved optimally)."""

@@ -69,6 +69,9 @@ def test_iteration_runs_compiles_once_and_cap_is_traced(trainer):
     # greedy_l0: the starting cap whatever the annealing did, on the same compiled evaluation.
     at_l0, _ = trainer.evaluate(st, initial_cap=True)
     assert metrics["turn_cap"] == 1 and at_l0["turn_cap"] == 3 and at_l0["mean_turns"] <= 3
+    # eval_batch: the episodes evaluate() summarises, on the same compiled evaluation.
+    batch = trainer.eval_batch(st.ppo.params, 1, 0.0)
+    assert isinstance(batch.success, np.ndarray) and float(np.mean(batch.success)) == metrics["success_rate"]
     assert trainer._eval_jit._cache_size() == 1
     with pytest.raises(ValueError, match="exclusive"):
         trainer.evaluate(st, single_turn=True, initial_cap=True)

@@ -32,23 +32,35 @@ from wmact_jax.models import KVCache  # noqa: E402
 from benchmarks.generate import small_model  # noqa: E402
 
 
-def qk_product(B: int, KV: int, G: int, S: int, Dh: int, reps: int = 30):
-    """Best-of-reps ms of one decode step's q.K^T with keys stored [S, Dh] ("bksd") and [Dh, S] ("bkds")."""
-    key = jax.random.key(0)
-    q = jax.random.normal(key, (B, KV, G, Dh))
-    k_sd = jax.random.normal(jax.random.key(1), (B, KV, S, Dh))
-    k_ds = jnp.swapaxes(k_sd, -1, -2)
-    f_sd = jax.jit(lambda q, k: jnp.einsum("bkmd,bksd->bkms", q, k))
-    f_ds = jax.jit(lambda q, k: jnp.einsum("bkmd,bkds->bkms", q, k))
+def qk_product(B: int, KV: int, G: int, S: int, Dh: int, reps: int = 30, buffers: int = 1):
+    """Best-of-reps ms of one decode step's q.K^T with keys stored [S, Dh] ("bksd") and [Dh, S] ("bkds"),
+    and of P.V (values [S, Dh]), per product; "bkds_bf16": the "bkds" keys stored and multiplied in bfloat16.
+
+    buffers > 1: one jitted call runs the product over that many distinct key buffers (a decode step reads
+    a key and a value buffer per layer), so they come from memory rather than from the CPU cache that a
+    single buffer, re-read each repetition, stays in; the time is per product.
+    """
+    q = jax.random.normal(jax.random.key(0), (B, KV, G, Dh))
+    p = jax.nn.softmax(jax.random.normal(jax.random.key(2), (B, KV, G, S)), axis=-1)
+    k_sd = [jax.random.normal(jax.random.key(10 + i), (B, KV, S, Dh)) for i in range(buffers)]
+    k_ds = [jnp.swapaxes(k, -1, -2) for k in k_sd]
+    f_sd = jax.jit(lambda q, ks: [jnp.einsum("bkmd,bksd->bkms", q, k) for k in ks])
+    f_ds = jax.jit(lambda q, ks: [jnp.einsum("bkmd,bkds->bkms", q, k) for k in ks])
+    f_pv = jax.jit(lambda p, vs: [jnp.einsum("bkms,bksd->bkmd", p, v) for v in vs])
+    # Keys stored as bfloat16, the product in bfloat16 with float32 accumulation (half the bytes).
+    k_bf = [k.astype(jnp.bfloat16) for k in k_ds]
+    f_bf = jax.jit(lambda q, ks: [jnp.einsum("bkmd,bkds->bkms", q.astype(jnp.bfloat16), k,
+                                             preferred_element_type=jnp.float32) for k in ks])
     out = {}
-    for name, f, k in (("bksd", f_sd, k_sd), ("bkds", f_ds, k_ds)):
-        f(q, k).block_until_ready()
+    for name, f, a, k in (("bksd", f_sd, q, k_sd), ("bkds", f_ds, q, k_ds), ("pv", f_pv, p, k_sd),
+                          ("bkds_bf16", f_bf, q, k_bf)):
+        jax.block_until_ready(f(a, k))
         ts = []
         for _ in range(reps):
             t = time.perf_counter()
-            f(q, k).block_until_ready()
+            jax.block_until_ready(f(a, k))
             ts.append(time.perf_counter() - t)
-        out[name] = min(ts) * 1e3
+        out[name] = min(ts) * 1e3 / buffers
     return out
 
 
@@ -58,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--products-only", action="store_true", help="skip the end-to-end A/B")
     args = ap.parse_args(argv)
     _, cfg, model = small_model()
     split = nnx.split(model)
@@ -78,6 +91,8 @@ def main(argv=None):
           f"cache {S}, greedy, float32; new tokens/s end to end (alloc + prefill + decode)")
     variants = {"per-layer bkds": (True, "bkds"), "stacked   bkds": (False, "bkds"),
                 "per-layer bskd": (True, "bskd")}
+    if args.products_only:
+        variants = {}
     toks = {name: run(*v) for name, v in variants.items()}  # also compiles each
     best = dict.fromkeys(variants, 0.0)
     for r in range(args.rounds):
@@ -89,15 +104,21 @@ def main(argv=None):
             print(f"round {r}  {name}  {tps:8.1f} tok/s", flush=True)
     ref = "per-layer bkds"
     for name in variants:
-        if name != ref:
+        if name != ref and ref in best:
             print(f"best: {ref} {best[ref]:.1f} tok/s, {name} {best[name]:.1f} tok/s, "
                   f"ratio {best[ref] / best[name]:.2f}x; identical greedy tokens: {np.array_equal(toks[ref], toks[name])}")
-    # The product the "bkds" layout is for, alone, at this model's and SmolLM2's decode shapes.
+    # The product the "bkds" layout is for, alone, at this model's and SmolLM2's decode shapes: one buffer
+    # (in cache), then as many as the keys and values of all layers (a decode step's bytes, from memory).
     G = cfg.num_heads // cfg.num_kv_heads
-    for label, shape in (("small", (B, cfg.num_kv_heads, G, S, cfg.head_dim)), ("SmolLM2-135M", (B, 3, 3, S, 64))):
-        ms = qk_product(*shape)
-        print(f"q.K^T alone, {label} [B, KV, G, S, Dh]={list(shape)}: keys [S, Dh] {ms['bksd']:.3f} ms, "
-              f"keys [Dh, S] {ms['bkds']:.3f} ms ({ms['bksd'] / ms['bkds']:.2f}x)")
+    for label, shape, layers in (("small", (B, cfg.num_kv_heads, G, S, cfg.head_dim), cfg.num_layers),
+                                 ("SmolLM2-135M", (B, 3, 3, S, 64), 30)):
+        mb = np.prod(shape[:2] + shape[3:]) * 4 / 2**20
+        for n in (1, 2 * layers):
+            ms = qk_product(*shape, buffers=n)
+            print(f"q.K^T alone, {label} [B, KV, G, S, Dh]={list(shape)}, {n} key buffer(s) of {mb:.1f} MB: "
+                  f"keys [S, Dh] {ms['bksd']:.3f} ms, keys [Dh, S] {ms['bkds']:.3f} ms "
+                  f"({ms['bksd'] / ms['bkds']:.2f}x), keys [Dh, S] in bfloat16 {ms['bkds_bf16']:.3f} ms; "
+                  f"P.V {ms['pv']:.3f} ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ COMMON = {"rollout.system_prompt": "minimal"}
 # K (rollout.max_actions_per_turn) holds a whole optimal plan of the puzzle, so the turn cap can be
 # annealed down to one turn; max_turn_tokens holds K actions (turn_tokens(K)). context_len holds the
 # prompt and about l0 turns (a turn: <= max_turn_tokens + the feedback grid).
-# Maze: 5x5 rather than 7x7. A 1M-parameter model from scratch learned the 5x5 policy in a
-# 10-minute warm start (77% greedy success) but stayed on its plateau on 7x7 (38% held-out accuracy
-# of the first move after 600 steps); 7x7 and 9x9 are the transfer targets. maze7 is kept for
-# longer budgets (accelerators).
+# Maze: 5x5 in the full suite. A 1M-parameter model from scratch learned the 5x5 policy in a
+# 10-minute warm start (77% greedy success); on 7x7 the suite's 600-step warm start ends its
+# one-action phase (step 300) before the model leaves its plateau (about step 400, measured), so
+# maze7 needs `--set warmstart.steps=1000` (29% greedy success after 13.6 minutes; its 5 methods x
+# 3 seeds took 89 minutes, experiments/results/full/maze7).
 EXPERIMENTS = {
     "maze5": dict(env="Maze-5x5", transfer=("Maze-7x7", "Maze-9x9"), overrides={
         "rollout.context_len": 512, "rollout.max_actions": 16, "rollout.max_actions_per_turn": 8,
@@ -77,8 +78,9 @@ SUITES = {
         **WARMSTART, **RL, "train.iterations": 10, "train.eval_levels": 48, "train.eval_every": 0,
         "train.checkpoint_every": 10, "anneal.tau": 2, "model.critic": "head", "env.eval_names": ()}),
     # Every environment: maze5 took 63 minutes on 2 CPU cores (a 15-minute warm start under load, 15 runs in
-    # 48 minutes, shared critic), sokoban6 87 minutes (15-minute warm start, separate critic); sokoban_std
-    # and taxi were not run yet.
+    # 48 minutes, shared critic), sokoban6 87 minutes (15-minute warm start, separate critic). sokoban_std's
+    # warm start (10.5 minutes) did not leave its plateau (0% success; its runs then see no reward: stopped
+    # after 2 runs of 2.3 and 7.4 minutes); taxi was not run at this budget.
     "full": dict(experiments=("maze5", "sokoban6", "sokoban_std", "taxi"), seeds=(0, 1, 2), overrides={
         **WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48, "train.eval_every": 25,
         "train.checkpoint_every": 25, "anneal.tau": 5}),

@@ -105,6 +105,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmstart.keep_unsolved = True  # keep one-action demos the turn cap cut short (their moves are optimal)
     c.warmstart.windows = True  # also every later turn of a demo alone, as a one-grid first turn
     c.warmstart.curriculum = 0.4  # share of the steps first spent on one-action play only (0 = mixed from the start)
+    # > 0: the one-action phase goes on past its share of the steps until its answer loss (mean of the last
+    # 50 steps) is below curriculum_exit x its chance level (a model that does not read the state), for at
+    # most curriculum_max_steps steps; the rest of the steps follow. How long a scratch model takes to leave
+    # that plateau depends on the puzzle (Maze-5x5: 150-250 steps; Maze-7x7: about 400; measured).
+    c.warmstart.curriculum_exit = 0.0
+    c.warmstart.curriculum_max_steps = 1500
     c.warmstart.noise = 0.2  # share of demo turns with a deliberately suboptimal action
     # Share of demo turns preceded by a blocked move (no effect) that the demo then corrects; the blocked
     # answer is context, not a target. Greedy failures of warm-started policies repeat one blocked move.

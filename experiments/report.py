@@ -428,7 +428,7 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
         lines += ["", "Setup: " + "; ".join(setup) + "."]
     ws = meta.get("warmstart")
     if isinstance(ws, dict) and ws:
-        items = [f"{k}={_compact(v)}" for k, v in ws.items() if not isinstance(v, (dict, list))][:12]
+        items = [f"{k}={_compact(v)}" for k, v in ws.items() if not isinstance(v, (dict, list))][:16]
         if items:
             lines += ["", "Warm start: " + ", ".join(items) + "."]
 

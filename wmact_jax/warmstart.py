@@ -204,6 +204,34 @@ def _merge_stats(a: Dict[str, float], b: Dict[str, float]) -> Dict[str, float]:
     return out
 
 
+def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
+    """The answer loss (mean NLL per answer token) of a model that writes the answer format perfectly
+    but picks the answer from the demos' overall frequencies, without reading the state: the entropy
+    of the answers' marginal distribution spread over their tokens. A model from scratch first sits
+    on this plateau (always the same move); falling well below it means it has learnt to read the grid.
+    """
+    counts: Dict[Tuple[int, ...], int] = {}
+    n_tokens = 0
+    for ids, mask in zip(toks, masks):
+        span: List[int] = []
+        for t, m in zip(ids, mask):
+            if m == ANSWER:
+                span.append(t)
+            elif span:
+                counts[tuple(span)] = counts.get(tuple(span), 0) + 1
+                n_tokens += len(span)
+                span = []
+        if span:
+            counts[tuple(span)] = counts.get(tuple(span), 0) + 1
+            n_tokens += len(span)
+    if not n_tokens:
+        return 0.0
+    p = np.array(list(counts.values()), np.float64)
+    n = p.sum()
+    p /= n
+    return float(-(p * np.log(p)).sum() * n / n_tokens)
+
+
 def all_demos(trainer):
     """Demonstrations in the trainer's format -> (tokens, masks, stats, basic).
 
@@ -264,15 +292,22 @@ def run_warmstart(trainer, params, log=None, callback=None):
     first = [i for i, b in enumerate(basic) if b]
     phase1_steps = int(round(int(c.steps) * float(c.curriculum))) if first and len(first) < len(toks) else 0
     data1 = bucketed(first)[0] if phase1_steps else {}
+    chance = chance_answer_loss([toks[i] for i in first], [masks[i] for i in first]) if first else 0.0
+    exit_ratio = float(c.curriculum_exit) if phase1_steps else 0.0
+    phase1_max = max(int(c.curriculum_max_steps), phase1_steps) if exit_ratio else phase1_steps
     t_demo = time.perf_counter() - t0
     log(f"warm start: {stats['kept']} demonstrations (+ {stats['windows']} one-turn windows) from {stats['levels']} levels "
         f"({stats['turns']:.1f} turns, {stats['actions']:.1f} actions on average; widths "
         + ", ".join(f"{w}x{len(i)}" for w, i in groups.items()) + f") in {t_demo:.1f}s"
-        + (f"; the first {phase1_steps} steps on the {len(first)} one-action ones" if phase1_steps else ""))
+        + (f"; the first {phase1_steps} steps on the {len(first)} one-action ones" if phase1_steps else "")
+        + (f", longer (up to {phase1_max}) until their answer loss is below {exit_ratio:g} x {chance:.3f}, "
+           "its chance level" if exit_ratio else ""))
 
-    opt = optax.chain(optax.clip_by_global_norm(1.0),
-                      optax.adamw(optax.warmup_cosine_decay_schedule(
-                          0.0, float(c.lr), min(20, int(c.steps) // 5), max(int(c.steps), 1), float(c.lr) * 0.1)))
+    # The learning rate follows a warmup-cosine schedule over `steps`, evaluated at the step count with
+    # the one-action phase's extension (if any) left out: the rate holds still while the phase is extended.
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, float(c.lr), min(20, int(c.steps) // 5), max(int(c.steps), 1), float(c.lr) * 0.1)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0))
     policy = params["policy"]
     opt_state = opt.init(policy)
     graphdef = trainer.graphdef
@@ -296,15 +331,19 @@ def run_warmstart(trainer, params, log=None, callback=None):
     chunk = 10
 
     @jax.jit
-    def train_chunk(p, s, key, tokens, mask):  # compiled once per bucket width
-        def one(carry, k):
+    def train_chunk(p, s, key, sched_step, tokens, mask):  # compiled once per bucket width
+        def one(carry, xs):
             p, s = carry
+            k, n = xs
             idx = jax.random.choice(k, tokens.shape[0], (B,), replace=tokens.shape[0] < B)
             (_, (loss, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tokens[idx], mask[idx])
-            upd, s = opt.update(g, s, p)
+            upd, s = opt.update(g, s, p)  # adamw at rate 1, then scaled by the schedule
+            lr = schedule(n)
+            upd = jax.tree.map(lambda u: lr * u, upd)
             return (optax.apply_updates(p, upd), s), (loss, acc)
 
-        (p, s), (loss, acc) = jax.lax.scan(one, (p, s), jax.random.split(key, chunk))
+        steps_n = sched_step + jnp.arange(chunk, dtype=jnp.int32)
+        (p, s), (loss, acc) = jax.lax.scan(one, (p, s), (jax.random.split(key, chunk), steps_n))
         return p, s, loss.mean(), acc.mean()
 
     key = jax.random.PRNGKey(int(trainer.config.seed) + 17)
@@ -314,22 +353,39 @@ def run_warmstart(trainer, params, log=None, callback=None):
         weight = np.array([float((np.asarray(d[w][1]) == ANSWER).sum()) for w in widths])
         return widths, weight / weight.sum()
 
-    # (last step + 1, data, widths, weights) per curriculum phase.
-    phases = [(until, d, *bucket_weights(d)) for until, d in
-              ([(phase1_steps, data1), (int(c.steps), data)] if phase1_steps else [(int(c.steps), data)])]
+    phase1 = (data1, *bucket_weights(data1)) if phase1_steps else None
+    phase2 = (data, *bucket_weights(data))
     steps = int(c.steps)
+    window = 5  # chunks averaged by the exit test (each chunk draws from one length bucket)
     hist = []
+    extra = 0  # steps the one-action phase ran past phase1_steps
+    in_phase1 = phase1_steps > 0
+    phase1_loss = None  # the answer loss at the end of the one-action phase
     t1 = time.perf_counter()
-    for i in range(0, steps, chunk):
+    i = 0
+    while i < steps + extra:
+        if in_phase1 and i >= phase1_steps:
+            recent = [h[0] for h in hist[-window:]]
+            left = exit_ratio and len(recent) == window and np.mean(recent) < exit_ratio * chance
+            if not exit_ratio or left or i >= phase1_max:
+                in_phase1 = False
+                phase1_loss = float(np.mean(recent))
+                log(f"warm start: one-action phase ends at step {i}: answer loss {phase1_loss:.4f}, chance level "
+                    f"{chance:.3f}" + ("" if phase1_loss < (exit_ratio or 0.9) * chance else
+                                       " (WARNING: still on its plateau: the model does not read the state yet)"))
+            else:
+                extra += chunk
         key, sub = jax.random.split(key)
-        d, widths, weight = next((d, ws, wt) for until, d, ws, wt in phases if i < until)
+        d, widths, weight = phase1 if in_phase1 else phase2
         w = widths[int(rng.choice(len(widths), p=weight))]
-        policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, *d[w])
+        sched_step = min(i, phase1_steps) if in_phase1 else i - extra
+        policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, jnp.int32(sched_step), *d[w])
         hist.append((float(loss), float(acc)))
         if callback is not None:
             callback(i + chunk, dict(params, policy=policy))
-        if (i // chunk) % 5 == 0 or i + chunk >= steps:
-            log(f"warm start step {i + chunk}/{steps}: loss {hist[-1][0]:.4f}, token accuracy {hist[-1][1]:.3f}")
+        if (i // chunk) % 5 == 0 or i + chunk >= steps + extra:
+            log(f"warm start step {i + chunk}/{steps + extra}: loss {hist[-1][0]:.4f}, token accuracy {hist[-1][1]:.3f}")
+        i += chunk
     params = dict(params, policy=policy)
     last = hist[-5:]  # average the last chunks: each is from one length bucket
     metrics = {"warmstart/loss": float(np.mean([h[0] for h in last])),
@@ -337,7 +393,11 @@ def run_warmstart(trainer, params, log=None, callback=None):
                "warmstart/demos": float(stats["kept"]), "warmstart/demo_turns": float(stats["turns"]),
                "warmstart/windows": float(stats["windows"]), "warmstart/recoveries": float(stats["recoveries"]),
                "warmstart/single_turn_demos": float(stats.get("single_turn_demos", 0)),
+               "warmstart/steps": float(steps + extra), "warmstart/one_action_steps": float(phase1_steps + extra),
+               "warmstart/chance_loss": chance,
                "warmstart/seconds": time.perf_counter() - t0, "warmstart/train_seconds": time.perf_counter() - t1}
+    if phase1_loss is not None:
+        metrics["warmstart/one_action_loss"] = phase1_loss
     return params, metrics
 
 

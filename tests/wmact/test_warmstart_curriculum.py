@@ -1,0 +1,80 @@
+"""The warm start's one-action phase: its chance level, and its extension until the model leaves it."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from wmact_jax import config_check
+from wmact_jax.train import Trainer
+from wmact_jax.warmstart import ANSWER, FEEDBACK, chance_answer_loss, run_warmstart
+
+
+def test_chance_level_is_the_answers_entropy_spread_over_their_tokens():
+    a, b = ANSWER, FEEDBACK
+    # Answers [5, 6, 7] three times and [5, 8, 7] once, 3 tokens each; feedback and prompt tokens ignored.
+    toks = [[1, 5, 6, 7, 9, 9, 5, 6, 7], [1, 5, 6, 7, 9, 5, 8, 7]]
+    masks = [[0, a, a, a, b, b, a, a, a], [0, a, a, a, b, a, a, a]]
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert chance_answer_loss(toks, masks) == pytest.approx(h * 4 / 12)
+    # One answer only: nothing to guess.
+    assert chance_answer_loss([[5, 6, 7]], [[a, a, a]]) == 0.0
+    assert chance_answer_loss([[1, 2]], [[0, 0]]) == 0.0
+
+
+def _config(**warm):
+    c = default.get_config()
+    c.model.hidden_size, c.model.intermediate_size, c.model.num_layers = 32, 64, 1
+    c.model.num_heads, c.model.num_kv_heads = 2, 1
+    c.warmstart.steps, c.warmstart.num_levels, c.warmstart.batch_size = 20, 24, 8
+    c.warmstart.curriculum, c.warmstart.length_bucket = 0.5, 0  # one batch width: fewer compiles
+    for k, v in warm.items():
+        setattr(c.warmstart, k, v)
+    return config_check.prepare_config(c, explicit=())
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    return Trainer(_config())
+
+
+def _warm(trainer, **warm):
+    """run_warmstart with these warmstart fields (checked like a run's), on the one trainer."""
+    saved = trainer.config.warmstart
+    trainer.config.warmstart = _config(**warm).warmstart
+    try:
+        logs = []
+        params, metrics = run_warmstart(trainer, trainer.init_state(jax.random.key(0)).ppo.params, log=logs.append)
+    finally:
+        trainer.config.warmstart = saved
+    return params, metrics, logs
+
+
+def test_one_action_phase_is_extended_up_to_its_cap_while_on_the_plateau(trainer):
+    # 20 steps, the first 10 one-action; an exit threshold no 20-step model reaches: the phase runs to its
+    # cap of 40 steps, then the 10 mixed steps follow.
+    _, metrics, logs = _warm(trainer, curriculum_exit=0.05, curriculum_max_steps=40)
+    assert metrics["warmstart/one_action_steps"] == 40 and metrics["warmstart/steps"] == 50
+    assert 0.1 < metrics["warmstart/chance_loss"] < 1.0
+    assert metrics["warmstart/one_action_loss"] > 0.05 * metrics["warmstart/chance_loss"]
+    ends = [m for m in logs if "one-action phase ends" in m]
+    assert len(ends) == 1 and "step 40" in ends[0] and "WARNING" in ends[0]
+    assert any("warm start step 50/50" in m for m in logs)
+
+
+def test_without_room_to_extend_the_phase_the_warm_start_is_the_fixed_one(trainer):
+    p_fixed, m_fixed, _ = _warm(trainer)
+    p_capped, m_capped, _ = _warm(trainer, curriculum_exit=0.05, curriculum_max_steps=10)
+    assert m_fixed["warmstart/steps"] == m_capped["warmstart/steps"] == 20
+    assert m_fixed["warmstart/one_action_steps"] == 10
+    for x, y in zip(jax.tree.leaves(p_fixed["policy"]), jax.tree.leaves(p_capped["policy"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_curriculum_exit_is_checked():
+    with pytest.raises(config_check.ConfigError, match="curriculum_exit"):
+        _config(curriculum_exit=1.5)
+    with pytest.raises(config_check.ConfigError, match="needs 'warmstart.curriculum' > 0"):
+        _config(curriculum=0.0, curriculum_exit=0.8)

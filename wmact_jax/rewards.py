@@ -91,12 +91,14 @@ def rescale_by_efficacy(reward: jax.Array, n_eff: jax.Array, n: jax.Array) -> ja
 
 
 def format_penalty(penalty: float | jax.Array, format_errors: jax.Array) -> jax.Array:
-    """``-penalty * format_errors`` per episode ``[E]``: discourages unparsable answers."""
+    """``-penalty * format_errors``, elementwise (per episode ``[E]``, or per turn ``[E, L]``): discourages
+    unparsable answers."""
     return -jnp.asarray(penalty, jnp.float32) * jnp.asarray(format_errors, jnp.float32)
 
 
 def step_penalty(penalty: float | jax.Array, unit: StepUnit, n_actions: jax.Array, turns: jax.Array) -> jax.Array:
-    """Flat ``-penalty * steps`` per episode ``[E]``, steps counted per action or per turn.
+    """Flat ``-penalty * steps``, steps counted per action or per turn; elementwise, so it serves per
+    episode (``[E]`` counts) and per turn (``[E, L]``: a turn's actions, or 1 for a turn taken).
 
     The ablation baseline for annealing: pressure toward short interaction via the reward
     instead of via the turn cap.

@@ -343,9 +343,8 @@ class Trainer:
             # Penalties at the turn that earned them, the (rescaled) outcome at the episode's end.
             L = b.turn_valid.shape[1]
             took = jnp.arange(L)[None, :] < b.turns[:, None]  # [E, L]
-            per_turn = -rcfg.format_penalty * (took & ~b.turn_valid)
-            unit = b.turn_actions.astype(jnp.float32) if rcfg.step_penalty_unit == "action" else took
-            per_turn = per_turn - rcfg.step_penalty * unit
+            per_turn = (rewards_lib.format_penalty(rcfg.format_penalty, took & ~b.turn_valid)
+                        + rewards_lib.step_penalty(rcfg.step_penalty, rcfg.step_penalty_unit, b.turn_actions, took))
             tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, per_turn.astype(jnp.float32), parts["scaled"], "turn")
         else:
             tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, None, parts["total"], "episode")

@@ -100,6 +100,37 @@ def test_multi_turn_methods_lower_to_one_program():
     assert not switches["step_penalty"]["anneal_adaptive"]
 
 
+@pytest.mark.parametrize("unit", ["action", "turn"])
+def test_turn_placed_rewards_sum_to_the_episode_reward(trainer, unit):
+    """With rewards placed per turn (the default), each turn's penalties sit at its last token and the
+    (rescaled) outcome at the episode's last; per episode they add up to the episode reward."""
+    import dataclasses
+
+    st = trainer.init_state(jax.random.PRNGKey(0))
+    b = jax.tree.map(jnp.asarray, trainer.eval_batch(st.ppo.params, cap=3, temperature=1.0))
+    # An untrained policy rarely writes a valid answer: give its taken turns 1 or 2 actions each, and
+    # every second turn a format error, so that both penalties are exercised.
+    L = b.turn_actions.shape[1]
+    took = jnp.arange(L)[None, :] < b.turns[:, None]
+    acts = (took * (1 + jnp.arange(L) % 2)).astype(jnp.int32)
+    valid = ~took | (jnp.arange(L) % 2 == 1)
+    b = b.replace(turn_actions=acts, n_actions=acts.sum(1), turn_valid=valid,
+                  format_errors=(took & ~valid).sum(1).astype(jnp.int32))
+    switches = dict(trainer.switches, rescale=np.bool_(True), format_penalty=np.float32(0.25),
+                    step_penalty=np.float32(0.1))
+    saved = trainer._reward_program
+    trainer._reward_program = dataclasses.replace(saved, step_penalty_unit=unit)
+    try:
+        data, parts = trainer._ppo_batch(st.ppo.params, None, b, switches)
+    finally:
+        trainer._reward_program = saved
+    assert trainer.config.reward.placement == "turn"
+    steps = b.n_actions if unit == "action" else b.turns
+    np.testing.assert_allclose(parts["step"], -0.1 * np.asarray(steps), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(data["rewards"]).sum(axis=1), parts["total"], rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(parts["step"]).sum()) > 0 and float(jnp.abs(parts["format"]).sum()) > 0
+
+
 def test_rebind_runs_another_method_and_seed_on_the_same_programs():
     """A trainer rebound to another method and seed computes what a trainer built for that config
     does, without tracing its iteration again; a config that changes a program is refused."""

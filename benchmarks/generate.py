@@ -89,7 +89,7 @@ def torch_reference(cfg: ModelConfig, model):
     return tm
 
 
-def bench_jax(cfg, split, prompts: np.ndarray, new: int, cache_len: int, buckets):
+def bench_jax(cfg, split, prompts: np.ndarray, new: int, cache_len: int, buckets, cache_dtype=None):
     """Seconds for prefill alone and for prefill + decode of `new` tokens (greedy, no EOS)."""
     B, P = prompts.shape
     lengths = np.full((B,), P, np.int32)
@@ -97,7 +97,7 @@ def bench_jax(cfg, split, prompts: np.ndarray, new: int, cache_len: int, buckets
     greedy = sampler.SamplingParams.greedy()
 
     def run_prefill():
-        cache = KVCache.init(cfg, B, cache_len)
+        cache = KVCache.init(cfg, B, cache_len, cache_dtype)
         ll, cache = sampler.prefill(split, prompts, lengths, cache, attend_buckets=buckets)
         return ll, cache
 
@@ -138,6 +138,9 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="our params/compute/cache dtype (torch stays float32)")
+    ap.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"),
+                    help="our KV cache's dtype (default: --dtype); a bfloat16 cache under float32 compute runs "
+                         "the attention products in bfloat16 with float32 accumulation")
     args = ap.parse_args(argv)
     batches = [int(b) for b in (args.batches or ("1,16" if args.quick else "1,16,64")).split(",")]
     new = args.new_tokens or (16 if args.quick else 64)
@@ -155,7 +158,7 @@ def main(argv=None):
           f"python {platform.python_version()}")
     layout = KVCache.init(ModelConfig.tiny(8), 1, 1).layout
     print(f"# prompt_len={P} new_tokens={new} cache_len={cache_len} attend_buckets={buckets} greedy, EOS off, "
-          f"jax dtype={args.dtype} (KV cache layout {layout}), torch float32; timings include cache allocation "
+          f"jax dtype={args.dtype} (KV cache {args.cache_dtype or args.dtype}, layout {layout}), torch float32; timings include cache allocation "
           f"and prefill on both sides")
     print(f"# float32 matmul peak (2048^3 jnp): {peak:.1f} GFLOP/s")
     hdr = (f"{'model':<13}{'params':>8}{'batch':>6} | {'jax tok/s':>10}{'torch tok/s':>12}{'speedup':>8}"
@@ -171,7 +174,7 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         for B in batches:
             prompts = rng.integers(3, cfg.vocab_size, size=(B, P)).astype(np.int32)
-            t_pre, t_all, jtok = bench_jax(cfg, split, prompts, new, cache_len, buckets)
+            t_pre, t_all, jtok = bench_jax(cfg, split, prompts, new, cache_len, buckets, args.cache_dtype)
             jax_tps = B * new / t_all
             pre_flops = B * P * flops_per_token(cfg, P / 2, lm_head=False) + B * 2 * cfg.hidden_size * cfg.vocab_size
             dec_flops = B * new * flops_per_token(cfg, P + new / 2)

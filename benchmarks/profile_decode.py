@@ -44,6 +44,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--stacked", action="store_true", help="stacked [layers, ...] cache instead of the default")
+    ap.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"), help="default: the model's")
     args = ap.parse_args(argv)
     label, cfg, model = (small_model if args.model == "small" else smollm_model)()
     split = nnx.split(model)
@@ -54,7 +55,7 @@ def main(argv=None):
     greedy = sampler.SamplingParams.greedy()
 
     def prefilled():
-        cache = KVCache.init(cfg, B, S, per_layer=False if args.stacked else None)
+        cache = KVCache.init(cfg, B, S, args.cache_dtype, per_layer=False if args.stacked else None)
         ll, cache = sampler.prefill(split, prompts, lengths, cache, attend_buckets=(S,))
         return jax.block_until_ready((ll, cache))
 
@@ -93,7 +94,7 @@ def main(argv=None):
         per[key] += e["dur"] / 1e3 / N
         count[key] += 1 / N
     print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()}")
-    c1 = KVCache.init(cfg, 1, 1, per_layer=False if args.stacked else None)
+    c1 = KVCache.init(cfg, 1, 1, args.cache_dtype, per_layer=False if args.stacked else None)
     print(f"# {label}: {cfg.num_layers} layers, batch {B}, prompt {P}, cache {S} ({c1.layout}, "
           f"{'per layer' if c1.per_layer else 'stacked'}), {N} greedy decode steps; "
           f"untraced step {step_ms:.1f} ms")

@@ -29,6 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
     c.model.dtype = "float32"  # float32 | bfloat16 (compute)
+    # The rollout's KV cache: "" = the model's dtype. "bfloat16" under a float32 model halves the cache's
+    # memory and runs the attention products over it in bfloat16 (float32 accumulation); the sampler's
+    # log-probs then differ from the training forward's by bfloat16 round-off (ppo.recompute_old=True
+    # takes the old log-probs from a forward pass instead). On XLA:CPU it decodes slower than float32
+    # (README, "A bfloat16 KV cache"): a memory option, not a CPU speed one.
+    c.model.kv_cache_dtype = ""
     # separate: a critic model of its own, its trunk starting as the (warm-started) policy's; shared: a value
     # head on the policy's trunk, its loss training the trunk too; head: that head on a stop-gradient of the
     # trunk (the critic cannot move the policy). Measured on the default run (README): trained alone, the

@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
     "model.source": ("scratch", "pretrained"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.kv_cache_dtype": ("", "float32", "bfloat16"),
     "model.critic": ("shared", "head", "separate"),
     "rollout.system_prompt": prompts.SYSTEM_STYLES,
     "reward.outcome": ("success", "env_return"),

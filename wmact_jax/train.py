@@ -79,7 +79,8 @@ class Trainer:
             max_actions=c.rollout.max_actions, context_len=c.rollout.context_len)
         self.eval_cfg = dataclasses.replace(self.rollout_cfg, num_levels=c.train.eval_levels, group_size=1)
         mc = self.model_config
-        init_cache = self._init_cache = lambda b, s: KVCache.init(mc, b, s)
+        cache_dtype = c.model.kv_cache_dtype or None
+        init_cache = self._init_cache = lambda b, s: KVCache.init(mc, b, s, cache_dtype)
         # ---- devices: params placed by their logical axes, episodes split over ('data', 'fsdp')
         self.mesh, shard_batch = None, None
         if jax.device_count() > 1:

@@ -247,3 +247,44 @@ def test_generate_helper_and_value_head_requirement(model):
     ll, cache = S.prefill(m, tok, ln, KVCache.init(cfg, 3, CACHE))
     with pytest.raises(ValueError, match="last_values"):
         S.decode(m, cache, ll, jax.random.key(0), max_new_tokens=N)
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_bfloat16_cache_under_float32_model_multiplies_in_bfloat16(model, per_layer):
+    """A bfloat16 cache under a float32 model: the attention products read the cache as bfloat16 (the
+    queries rounded down, float32 accumulation) instead of widening it, which XLA:CPU does not fuse into
+    the dot; the result stays close to the float32 cache's."""
+    cfg, (gd, st) = model
+    tok, ln = S.make_batch(PROMPTS)
+    greedy = S.SamplingParams.greedy()
+
+    def go(dtype):
+        cache = KVCache.init(cfg, 3, CACHE, dtype, per_layer=per_layer)
+        ll, cache, lv = S.prefill((gd, st), tok, ln, cache, return_values=True)
+        return S.decode((gd, st), cache, ll, jax.random.key(0), max_new_tokens=N, params=greedy, last_values=lv)
+
+    ref, bf = go(jnp.float32), go(jnp.bfloat16)
+    assert jax.tree.leaves(bf.cache.k)[0].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(bf.tokens, ref.tokens)
+    np.testing.assert_allclose(bf.logprobs, ref.logprobs, atol=0.05)
+    np.testing.assert_allclose(bf.values, ref.values, atol=0.05, rtol=0.02)
+
+    # One decode step's program: no cache-sized widening to float32, bfloat16 products accumulated in float32.
+    cache = KVCache.init(cfg, 3, CACHE, jnp.bfloat16, per_layer=per_layer)
+    cache_shapes = {tuple(x.shape) for x in jax.tree.leaves((cache.k, cache.v))}
+    jaxpr = jax.make_jaxpr(lambda c: apply(gd, st, tok[:, :1], c, jnp.ones((3,), jnp.int32)).logits)(cache)
+    eqns = []
+
+    def walk(jp):
+        for e in jp.eqns:
+            eqns.append(e)
+            for sub in jax.core.jaxprs_in_params(e.params):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    widen = [e for e in eqns if e.primitive.name == "convert_element_type" and e.params["new_dtype"] == jnp.float32
+             and tuple(e.invars[0].aval.shape) in cache_shapes]
+    assert not widen
+    dots = [e for e in eqns if e.primitive.name == "dot_general"
+            and all(v.aval.dtype == jnp.bfloat16 for v in e.invars) and e.outvars[0].aval.dtype == jnp.float32]
+    assert len(dots) >= 2 * cfg.num_layers

@@ -306,8 +306,9 @@ class Transformer(nnx.Module):
                 def attn_fn(q, k, v):
                     kc, vc = k.astype(ck.dtype), v.astype(cv.dtype)  # what the cache will hold
                     kn, vn = kc.astype(cdt), vc.astype(cdt)
-                    full = lambda: cached_attention(q, ck.astype(cdt), cv.astype(cdt), kn, vn, old_mask, new_mask,
-                                                    cache.layout)
+                    adt = product_dtype(ck.dtype, cdt)
+                    full = lambda: cached_attention(q.astype(adt), ck.astype(adt), cv.astype(adt), kc.astype(adt),
+                                                    vc.astype(adt), old_mask, new_mask, cache.layout, out_dtype=cdt)
                     if T == 1:
                         return full(), (kc, vc)
                     # Multi-token prefill into an empty cache (a first turn): skip the all-masked old keys.
@@ -331,7 +332,9 @@ class Transformer(nnx.Module):
                     def attn_fn(q, k, v):
                         ck2 = write_layer_rows(ck, k, starts, k_axis)
                         cv2 = write_layer_rows(cv, v, starts, v_axis)
-                        full = lambda: layer_cache_attention(q, ck2.astype(cdt), cv2.astype(cdt), seen, cache.layout)
+                        adt = product_dtype(ck.dtype, cdt)
+                        full = lambda: layer_cache_attention(q.astype(adt), ck2.astype(adt), cv2.astype(adt), seen,
+                                                             cache.layout, out_dtype=cdt)
                         if T == 1:
                             return full(), (ck2, cv2)
                         kn, vn = k.astype(ck.dtype).astype(cdt), v.astype(cv.dtype).astype(cdt)
@@ -423,12 +426,23 @@ def _two_part_softmax(s_old, s_new):
     return e_old * inv, e_new * inv
 
 
-def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bkds"):
+def product_dtype(cache_dtype, compute_dtype):
+    """The dtype the attention products over the cache run in: the compute dtype, or the cache's when it
+    is narrower (a bfloat16 cache under a float32 model). Then the queries and the softmax weights are
+    rounded to the cache's dtype, not the cache widened: XLA:CPU does not fuse the widening into the
+    dot, so a widened bfloat16 cache was read at several times the cost of a float32 one; bf16 x bf16
+    products accumulated in float32 read half the bytes of float32 ones (benchmarks/kv_cache_storage.py)."""
+    cache_dtype, compute_dtype = jnp.dtype(cache_dtype), jnp.dtype(compute_dtype)
+    return cache_dtype if cache_dtype.itemsize < compute_dtype.itemsize else compute_dtype
+
+
+def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bkds", out_dtype=None):
     """Attention of T new queries to the old cache plus the new tokens' own keys (one joint softmax).
 
     q [B, T, H, Dh]; ck/cv: one layer of the cache before this call, ck [B, KV, Dh, S] and cv [B, KV, S, Dh]
     ("bkds") or both [B, S, KV, Dh] ("bskd"); k/v [B, T, KV, Dh] the new tokens; old_mask [B, S] (True =
-    valid old key); new_mask [T, T] (causal among the new tokens) -> [B, T, H, Dh].
+    valid old key); new_mask [T, T] (causal among the new tokens) -> [B, T, H, Dh] in `out_dtype`
+    (default q's). Products accumulate in float32.
     With "bkds" both attention matmuls are plain batched [M, Dh] x [Dh, S] and [M, S] x [S, Dh] products
     (M = T * group) that read the cache in place: no per-step transpose of the whole cache.
     """
@@ -445,18 +459,18 @@ def cached_attention(q, ck, cv, k, v, old_mask, new_mask, layout: str = "bkds"):
         s_old = jnp.where(old_mask[:, None, None, :], s_old, neg)
         s_new = jnp.where(jnp.repeat(new_mask, G, axis=0)[None, None], s_new, neg)
         p_old, p_new = _two_part_softmax(s_old, s_new)
-        o = (jnp.einsum("bkms,bksd->bkmd", p_old.astype(cv.dtype), cv)
-             + jnp.einsum("bkmu,bukd->bkmd", p_new.astype(v.dtype), v))
-        return _ungroup(o, T)
+        o = (jnp.einsum("bkms,bksd->bkmd", p_old.astype(cv.dtype), cv, preferred_element_type=f32)
+             + jnp.einsum("bkmu,bukd->bkmd", p_new.astype(v.dtype), v, preferred_element_type=f32))
+        return _ungroup(o, T).astype(out_dtype or q.dtype)
     qg = q.reshape(B, T, KV, G, Dh)
     s_old = jnp.einsum("btkgd,bskd->bkgts", qg, ck, preferred_element_type=f32) * scale
     s_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k, preferred_element_type=f32) * scale
     s_old = jnp.where(old_mask[:, None, None, None, :], s_old, neg)
     s_new = jnp.where(new_mask[None, None, None], s_new, neg)
     p_old, p_new = _two_part_softmax(s_old, s_new)
-    o = (jnp.einsum("bkgts,bskd->btkgd", p_old.astype(cv.dtype), cv)
-         + jnp.einsum("bkgtu,bukd->btkgd", p_new.astype(v.dtype), v))
-    return o.reshape(B, T, H, Dh)
+    o = (jnp.einsum("bkgts,bskd->btkgd", p_old.astype(cv.dtype), cv, preferred_element_type=f32)
+         + jnp.einsum("bkgtu,bukd->btkgd", p_new.astype(v.dtype), v, preferred_element_type=f32))
+    return o.reshape(B, T, H, Dh).astype(out_dtype or q.dtype)
 
 
 def _group_queries(q, KV: int):
@@ -471,21 +485,23 @@ def _ungroup(o, T: int):
     return o.reshape(B, KV, T, M // T, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, KV * (M // T), Dh)
 
 
-def layer_cache_attention(q, ck, cv, mask, layout: str = "bkds"):
+def layer_cache_attention(q, ck, cv, mask, layout: str = "bkds", out_dtype=None):
     """Attention of T queries to one layer's cache buffer (the new tokens already written into it).
 
     q [B, T, H, Dh]; ck [B, KV, Dh, S] and cv [B, KV, S, Dh] ("bkds") or both [B, S, KV, Dh] ("bskd");
-    mask [B, T, S] bool (True = may attend) -> [B, T, H, Dh]. "bkds" reads the buffers in place.
+    mask [B, T, S] bool (True = may attend) -> [B, T, H, Dh] in `out_dtype` (default q's). "bkds" reads
+    the buffers in place.
     """
     B, T, H, Dh = q.shape
     if layout != "bkds":
-        return attention(q, ck, cv, mask)
+        return attention(q, ck, cv, mask).astype(out_dtype or q.dtype)
     KV = ck.shape[1]
     s = jnp.einsum("bkmd,bkds->bkms", _group_queries(q, KV), ck, preferred_element_type=jnp.float32)
     s = jnp.where(mask[:, None, :, None, :], s.reshape(B, KV, T, H // KV, -1) / math.sqrt(Dh),
                   jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(cv.dtype).reshape(B, KV, T * (H // KV), -1)
-    return _ungroup(jnp.einsum("bkms,bksd->bkmd", p, cv), T)
+    return _ungroup(jnp.einsum("bkms,bksd->bkmd", p, cv, preferred_element_type=jnp.float32), T).astype(
+        out_dtype or q.dtype)
 
 
 def _write_indices(starts, B: int, T: int):

@@ -429,9 +429,10 @@ def _two_part_softmax(s_old, s_new):
 def product_dtype(cache_dtype, compute_dtype):
     """The dtype the attention products over the cache run in: the compute dtype, or the cache's when it
     is narrower (a bfloat16 cache under a float32 model). Then the queries and the softmax weights are
-    rounded to the cache's dtype, not the cache widened: XLA:CPU does not fuse the widening into the
-    dot, so a widened bfloat16 cache was read at several times the cost of a float32 one; bf16 x bf16
-    products accumulated in float32 read half the bytes of float32 ones (benchmarks/kv_cache_storage.py)."""
+    rounded to the cache's dtype, not the cache widened: the products read the cache as stored (half the
+    bytes, accumulated in float32), where widening is a separate pass XLA:CPU does not fuse into the dot.
+    On XLA:CPU a bfloat16 cache still decodes slower than a float32 one (README, "A bfloat16 KV cache");
+    it saves memory."""
     cache_dtype, compute_dtype = jnp.dtype(cache_dtype), jnp.dtype(compute_dtype)
     return cache_dtype if cache_dtype.itemsize < compute_dtype.itemsize else compute_dtype
 

@@ -210,20 +210,15 @@ def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
     of the answers' marginal distribution spread over their tokens. A model from scratch first sits
     on this plateau (always the same move); falling well below it means it has learnt to read the grid.
     """
-    counts: Dict[Tuple[int, ...], int] = {}
-    n_tokens = 0
-    for ids, mask in zip(toks, masks):
-        span: List[int] = []
-        for t, m in zip(ids, mask):
-            if m == ANSWER:
-                span.append(t)
-            elif span:
-                counts[tuple(span)] = counts.get(tuple(span), 0) + 1
-                n_tokens += len(span)
-                span = []
-        if span:
-            counts[tuple(span)] = counts.get(tuple(span), 0) + 1
-            n_tokens += len(span)
+    import collections
+    import itertools
+
+    counts: collections.Counter = collections.Counter()
+    for ids, mask in zip(toks, masks):  # each maximal run of ANSWER-marked tokens is one answer
+        for is_answer, run in itertools.groupby(zip(ids, mask), key=lambda tm: tm[1] == ANSWER):
+            if is_answer:
+                counts[tuple(t for t, _ in run)] += 1
+    n_tokens = sum(len(span) * k for span, k in counts.items())
     if not n_tokens:
         return 0.0
     p = np.array(list(counts.values()), np.float64)
@@ -387,7 +382,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
             log(f"warm start step {i + chunk}/{steps + extra}: loss {hist[-1][0]:.4f}, token accuracy {hist[-1][1]:.3f}")
         i += chunk
     params = dict(params, policy=policy)
-    last = hist[-5:]  # average the last chunks: each is from one length bucket
+    last = hist[-window:]  # average the last chunks: each is from one length bucket
     metrics = {"warmstart/loss": float(np.mean([h[0] for h in last])),
                "warmstart/token_accuracy": float(np.mean([h[1] for h in last])),
                "warmstart/demos": float(stats["kept"]), "warmstart/demo_turns": float(stats["turns"]),

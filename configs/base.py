@@ -107,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmstart.lr = 1e-3
     c.warmstart.num_levels = 2000
     c.warmstart.plan_fraction = 0.5  # share of demos that give several actions per turn (the rest: one)
+    c.warmstart.plan_actions = 0  # most actions per multi-action demo turn (0 = rollout.max_actions_per_turn)
+    # Share of the mixed phase's batches drawn from the one-action demos (and their windows); the rest from
+    # the multi-action and one-turn ones. < 0: all demos pooled, in proportion to their answer tokens.
+    c.warmstart.mixed_one_action_share = -1.0
     c.warmstart.chunk = "plan"  # plan (the whole remaining plan, <= K actions, per turn) | random (1..K)
     c.warmstart.keep_unsolved = True  # keep one-action demos the turn cap cut short (their moves are optimal)
     c.warmstart.windows = True  # also every later turn of a demo alone, as a one-grid first turn

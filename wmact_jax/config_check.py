@@ -233,7 +233,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     need(0 <= w.recover < 1, f"'warmstart.recover' must be in [0, 1), got {w.recover!r}")
     need(0 <= w.curriculum < 1, f"'warmstart.curriculum' must be in [0, 1), got {w.curriculum!r}")
     need(0 <= w.curriculum_exit < 1, f"'warmstart.curriculum_exit' must be in [0, 1), got {w.curriculum_exit!r}")
-    nonneg("warmstart.curriculum_max_steps")
+    nonneg("warmstart.curriculum_max_steps", "warmstart.plan_actions")
+    need(w.mixed_one_action_share <= 1, "'warmstart.mixed_one_action_share' must be <= 1 (< 0: demos pooled), "
+         f"got {w.mixed_one_action_share!r}")
     if w.curriculum_exit:
         need(w.curriculum > 0, "'warmstart.curriculum_exit' extends the one-action phase: it needs "
              f"'warmstart.curriculum' > 0, got {w.curriculum!r}")

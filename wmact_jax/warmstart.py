@@ -49,8 +49,8 @@ def demo_level_keys(seed: int, level_offset: int, num_levels: int) -> jax.Array:
 
 def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_per_turn: int,
                plan_fraction: float, noise: float, conv=None, level_offset: int = 0, chunk: str = "plan",
-               keep_unsolved: bool = False, windows: bool = False, recover: float = 0.0
-               ) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
+               keep_unsolved: bool = False, windows: bool = False, recover: float = 0.0,
+               plan_actions: int = 0) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
     """-> (token lists, loss-mask lists, stats). Levels come from a key stream disjoint from RL's.
 
     conv: the conversation to write (default the trainer's); max_turns == 1 writes whole plans.
@@ -67,6 +67,8 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     than inside conversations holding several grids (measured on Maze-5x5). recover: the share of
     turns (of multi-turn demos, with a turn left for the correction) preceded by a turn whose one
     move leaves the state unchanged, that answer masked out of the loss (module docstring).
+    plan_actions: the most actions a multi-action turn holds (0 = max_actions_per_turn): the demo plays
+    a few moves, looks at the result, plays the next few.
     """
     if chunk not in CHUNKS:
         raise ValueError(f"chunk must be one of {CHUNKS}, got {chunk!r}")
@@ -83,6 +85,7 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     stats = {"levels": 0, "kept": 0, "unsolved": 0, "too_long": 0, "turns": 0.0, "actions": 0.0, "windows": 0,
              "recoveries": 0}
     K = max_actions_per_turn
+    K_plan = min(K, plan_actions) if plan_actions > 0 else K
 
     def no_effect_moves(state, grid) -> List[int]:
         """Actions after which the rendered state is unchanged (and the episode goes on)."""
@@ -114,7 +117,10 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             elif detour:  # one random move, then the oracle re-plans from where it led
                 moves = [int(rng.integers(env.num_actions))]
             elif multi or max_turns == 1:
-                k = len(plan) if (max_turns == 1 or chunk == "plan") else int(rng.integers(1, K + 1))
+                if max_turns == 1:
+                    k = len(plan)
+                else:
+                    k = min(len(plan), K_plan) if chunk == "plan" else int(rng.integers(1, K_plan + 1))
                 moves = plan[:k]
             else:
                 moves = plan[:1]
@@ -246,7 +252,8 @@ def all_demos(trainer):
                                     float(c.noise), **kw)
     basic = [True] * len(toks)
     if n_plan:
-        t, m, s = make_demos(trainer, n_plan, seed, trainer.max_turns, K, 1.0, float(c.noise), level_offset=2, **kw)
+        t, m, s = make_demos(trainer, n_plan, seed, trainer.max_turns, K, 1.0, float(c.noise), level_offset=2,
+                             plan_actions=int(c.plan_actions), **kw)
         toks, masks, stats, basic = toks + t, masks + m, _merge_stats(stats, s), basic + [False] * len(t)
     if n_single:
         conv1 = trainer.conversation(trainer.env, trainer.grid_codec, int(rc.max_actions), single_turn=True)
@@ -280,6 +287,14 @@ def run_warmstart(trainer, params, log=None, callback=None):
                 for w, idx in groups.items()}, groups
 
     data, groups = bucketed(list(range(len(toks))))
+    # The mixed phase draws its batches from all demos in proportion to their answer tokens, or (a
+    # share in [0, 1]) from the one-action demos with that probability and from the others otherwise.
+    # Greedy decoding follows the majority: when most answers in the mix end after one action, the
+    # warm-started policy stops every answer after one action (measured on Maze-5x5: 1.00 actions per
+    # greedy turn with 61% one-action answers), which leaves annealing nothing to build on.
+    share = float(c.mixed_one_action_share)
+    rest = [i for i, b in enumerate(basic) if not b]
+    mixed_split = bool(0.0 <= share and rest and len(rest) < len(toks))
     # Curriculum: the first steps on one-action play only. Answers that are whole plans (and the
     # detours' random moves) are much harder to predict; mixed in from the start, they kept a model
     # from scratch on its plateau (always the same action) where one-action play alone leaves it
@@ -296,7 +311,9 @@ def run_warmstart(trainer, params, log=None, callback=None):
         + ", ".join(f"{w}x{len(i)}" for w, i in groups.items()) + f") in {t_demo:.1f}s"
         + (f"; the first {phase1_steps} steps on the {len(first)} one-action ones" if phase1_steps else "")
         + (f", longer (up to {phase1_max}) until their answer loss is below {exit_ratio:g} x {chance:.3f}, "
-           "its chance level" if exit_ratio else ""))
+           "its chance level" if exit_ratio else "")
+        + (f"; then {share:.0%} of the batches from one-action demos, {1 - share:.0%} from the {len(rest)} others"
+           if mixed_split else ""))
 
     # The learning rate follows a warmup-cosine schedule over `steps`, evaluated at the step count with
     # the one-action phase's extension (if any) left out: the rate holds still while the phase is extended.
@@ -349,13 +366,20 @@ def run_warmstart(trainer, params, log=None, callback=None):
         return widths, weight / weight.sum()
 
     phase1 = (data1, *bucket_weights(data1)) if phase1_steps else None
-    phase2 = (data, *bucket_weights(data))
+    if mixed_split:
+        sources = [bucketed([i for i, b in enumerate(basic) if b])[0], bucketed(rest)[0]]
+        phase2 = [(d, *bucket_weights(d)) for d in sources]
+        source_p = np.array([share, 1.0 - share])
+    else:
+        phase2 = [(data, *bucket_weights(data))]
+        source_p = np.ones(1)
     steps = int(c.steps)
     window = 5  # chunks averaged by the exit test (each chunk draws from one length bucket)
     hist = []
     extra = 0  # steps the one-action phase ran past phase1_steps
     in_phase1 = phase1_steps > 0
     phase1_loss = None  # the answer loss at the end of the one-action phase
+    mixed_chunks = [0] * len(phase2)  # chunks of the mixed phase drawn from each source
     t1 = time.perf_counter()
     i = 0
     while i < steps + extra:
@@ -371,7 +395,12 @@ def run_warmstart(trainer, params, log=None, callback=None):
             else:
                 extra += chunk
         key, sub = jax.random.split(key)
-        d, widths, weight = phase1 if in_phase1 else phase2
+        if in_phase1:
+            d, widths, weight = phase1
+        else:
+            src = int(rng.choice(len(phase2), p=source_p)) if len(phase2) > 1 else 0
+            d, widths, weight = phase2[src]
+            mixed_chunks[src] += 1
         w = widths[int(rng.choice(len(widths), p=weight))]
         sched_step = min(i, phase1_steps) if in_phase1 else i - extra
         policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, jnp.int32(sched_step), *d[w])
@@ -393,6 +422,9 @@ def run_warmstart(trainer, params, log=None, callback=None):
                "warmstart/seconds": time.perf_counter() - t0, "warmstart/train_seconds": time.perf_counter() - t1}
     if phase1_loss is not None:
         metrics["warmstart/one_action_loss"] = phase1_loss
+    if mixed_split:
+        metrics["warmstart/mixed_chunks"] = float(sum(mixed_chunks))
+        metrics["warmstart/mixed_one_action_chunks"] = float(mixed_chunks[0])
     return params, metrics
 
 

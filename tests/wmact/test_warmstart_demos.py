@@ -46,6 +46,20 @@ def test_plan_chunks_give_the_whole_remaining_plan(trainer):
     assert all(len(a) <= 6 for t in toks for a in _answers(trainer, t))
 
 
+def test_plan_actions_cap_each_turn_and_the_turns_replay_the_plan(trainer):
+    full, _, _ = make_demos(trainer, 24, seed=0, max_turns=8, max_actions_per_turn=6, plan_fraction=1.0,
+                            noise=0.0, chunk="plan")
+    short, _, _ = make_demos(trainer, 24, seed=0, max_turns=8, max_actions_per_turn=6, plan_fraction=1.0,
+                             noise=0.0, chunk="plan", plan_actions=2)
+    assert len(short) == len(full) > 0
+    for a, b in zip(full, short):
+        turns_a, turns_b = _answers(trainer, a), _answers(trainer, b)
+        moves = [m for t in turns_b for m in t]
+        assert moves == [m for t in turns_a for m in t]  # the same optimal plan, in turns of 2
+        assert all(len(t) == 2 for t in turns_b[:-1]) and 1 <= len(turns_b[-1]) <= 2
+        assert len(turns_b) == -(-len(moves) // 2)
+
+
 def test_random_chunks_and_single_actions(trainer):
     toks, _, _ = make_demos(trainer, 24, seed=0, max_turns=4, max_actions_per_turn=6, plan_fraction=0.0,
                             noise=0.0, chunk="plan", keep_unsolved=True)

@@ -31,6 +31,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from experiments import report, suites  # noqa: E402
+from wmact_jax import config_check  # noqa: E402  (light: no jax)
 
 
 def parse_sets(items) -> dict:
@@ -88,7 +89,6 @@ def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0):
 
 def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict]:
     """The experiment's shared warm start (trained once, then reused): -> (folder, metrics)."""
-    from wmact_jax import config_check
     from wmact_jax.train import Trainer
     from wmact_jax.warmstart import METRICS_FILE, run_warmstart, save_warmstart
 
@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--suite", choices=sorted(suites.SUITES), default="quick")
     ap.add_argument("--out", default=None, help="results folder (default experiments/results/<suite>)")
     ap.add_argument("--experiments", default=None, help=f"comma list from {sorted(suites.EXPERIMENTS)}")
-    ap.add_argument("--methods", default=None, help=f"comma list from {list(suites.METHODS)}")
+    ap.add_argument("--methods", default=None, help=f"comma list (default {','.join(suites.METHODS)}; also "
+                    f"the ablations {','.join(m for m in config_check.METHODS if m not in suites.METHODS)})")
     ap.add_argument("--seeds", default=None, help="comma list of seeds (default the suite's)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="config override for every run, e.g. --set train.iterations=100")
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     exps = args.experiments.split(",") if args.experiments else list(suite["experiments"])
     methods = args.methods.split(",") if args.methods else list(suites.METHODS)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(suite["seeds"])
-    for name, known, what in ((exps, suites.EXPERIMENTS, "experiment"), (methods, suites.METHODS, "method")):
+    for name, known, what in ((exps, suites.EXPERIMENTS, "experiment"), (methods, config_check.METHODS, "method")):
         bad = [n for n in name if n not in known]
         if bad:
             print(f"error: unknown {what} {bad}; known: {sorted(known)}", file=sys.stderr)
@@ -173,8 +174,6 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
 
     # Validate every run's config before any training (a typo fails in a second, not after an hour).
-    from wmact_jax import config_check
-
     for exp in exps:
         for m in methods:
             try:

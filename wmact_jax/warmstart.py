@@ -142,6 +142,8 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             grids.append(np.asarray(render(state)))
             if done:
                 break
+            if stuck:  # the blocked move changed nothing: the plan stands
+                continue
             plan = plan[len(moves):] if not detour else optimal_actions(env, state, ep)
         if not solved:
             stats["unsolved"] += 1

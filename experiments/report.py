@@ -206,6 +206,8 @@ def _columns(transfer: list[str]) -> list[dict]:
         {"id": "sampled", "key": "sampled/success_rate", "header": "success, sampled (%)", "kind": "rate"},
         {"id": "single", "key": "single_turn/success_rate", "header": "success, 1 turn (%)", "kind": "rate"},
         {"id": "turns", "key": "greedy/mean_turns", "header": "mean turns", "kind": "number"},
+        {"id": "per_turn", "key": ("greedy/mean_actions", "greedy/mean_turns"), "header": "actions per turn",
+         "kind": "number"},
         {"id": "efficacy", "key": "greedy/efficacy", "header": "N_eff/N (%)", "kind": "rate"},
         {"id": "gap", "key": "greedy/optimality_gap", "header": "optimality gap", "kind": "number"},
     ]
@@ -221,7 +223,11 @@ def _cells(metric_dicts: list[dict], cols: list[dict], single_from_greedy: bool 
         key = col["key"]
         if col["id"] == "single" and single_from_greedy:
             key = "greedy/success_rate"
-        cells[col["id"]] = _stats([_num(m.get(key)) for m in metric_dicts])
+        if isinstance(key, tuple):  # a ratio of two metrics
+            vals = [(_num(m.get(key[0])), _num(m.get(key[1]))) for m in metric_dicts]
+            cells[col["id"]] = _stats([a / b if a is not None and b else None for a, b in vals])
+        else:
+            cells[col["id"]] = _stats([_num(m.get(key)) for m in metric_dicts])
         cells[col["id"]]["from_greedy"] = col["id"] == "single" and single_from_greedy
     return cells
 
@@ -404,6 +410,8 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
               "- **success, 1 turn**: greedy, the whole plan in a single turn "
               "(`single_turn/success_rate`).",
               "- **mean turns**: turns per greedy episode (`greedy/mean_turns`).",
+              "- **actions per turn**: actions per greedy turn (`greedy/mean_actions / greedy/mean_turns`); 1.00 "
+              "= one action and a look at the result, every turn.",
               "- **N_eff/N**: share of actions that changed the state, sum N_eff / sum N over "
               "episodes (`greedy/efficacy`).",
               "- **optimality gap**: mean (N - N_opt) / N_opt over solved levels, 0 = optimal "

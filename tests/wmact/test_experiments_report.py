@@ -31,6 +31,7 @@ report = _load_module()
 
 def _eval(prefix, success, turns=3.0, gap=0.5, transfer=(), single=None):
     m = {f"{prefix}greedy/success_rate": success, f"{prefix}greedy/mean_turns": turns,
+         f"{prefix}greedy/mean_actions": 1.5 * turns,
          f"{prefix}greedy/efficacy": 0.8, f"{prefix}greedy/format_error_rate": 0.0,
          f"{prefix}greedy/turn_cap": 8, f"{prefix}sampled/success_rate": success / 2,
          f"{prefix}single_turn/success_rate": success / 2 if single is None else single}
@@ -130,6 +131,7 @@ def test_table_cells_and_seed_counts(results):
     # greedy success 0.5, 0.6, 0.7 -> mean 60.0 %, sample std 10.0 %
     assert wmact[col["success, final turn cap (%)"]] == "60.0 ± 10.0"
     assert wmact[col["mean turns"]] == "3.00 ± 0.00"
+    assert wmact[col["actions per turn"]] == "1.50 ± 0.00"  # mean actions 4.5 over 3 turns
     assert wmact[col["Maze-9x9 success (%)"]] == "15.0 ± 2.5"  # success / 4
     assert wmact[col["n seeds"]] == "3/3"
     inter = _row(table, "interactive")

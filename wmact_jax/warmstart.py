@@ -10,6 +10,11 @@ move has no effect (into a wall; a box pushed against one) followed by the oracl
 no-effect answer stays in the context but is not trained on, so the demos show how to get out of
 the loop every greedy failure of a warm-started policy ends in (the same blocked move, turn after
 turn, until the cap).
+
+Training runs in two phases: one-action play first (the model learns to read a grid), then the mix.
+What the mix holds sets the policy's style: greedy decoding follows the majority at the decision to
+close an answer after its first action, so a mix of mostly one-action answers gives a policy that
+never writes two (`mixed_one_action_share`, `plan_actions`).
 """
 
 from __future__ import annotations

@@ -374,7 +374,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
 
     phase1 = (data1, *bucket_weights(data1)) if phase1_steps else None
     if mixed_split:
-        sources = [bucketed([i for i, b in enumerate(basic) if b])[0], bucketed(rest)[0]]
+        sources = [data1 or bucketed(first)[0], bucketed(rest)[0]]
         phase2 = [(d, *bucket_weights(d)) for d in sources]
         source_p = np.array([share, 1.0 - share])
     else:

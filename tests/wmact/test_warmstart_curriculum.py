@@ -81,17 +81,15 @@ def test_curriculum_exit_is_checked():
 
 
 def test_the_mixed_phase_can_draw_its_batches_by_style(trainer):
-    p_pooled, m_pooled, logs_pooled = _warm(trainer, steps=40)
-    p_default, _, _ = _warm(trainer, steps=40, mixed_one_action_share=-1.0)
-    for x, y in zip(jax.tree.leaves(p_pooled["policy"]), jax.tree.leaves(p_default["policy"])):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # 20 steps, the last 10 (one chunk) mixed. Pooled (the default): no split, no split metrics.
+    _, m_pooled, logs_pooled = _warm(trainer)
     assert "warmstart/mixed_one_action_chunks" not in m_pooled
     assert not any("batches from one-action demos" in m for m in logs_pooled)
-    # 40 steps, 20 mixed (2 chunks of 10): share 0 draws both from the multi-action demos, share 1 neither.
-    _, m_plans, logs = _warm(trainer, steps=40, mixed_one_action_share=0.0)
+    # share 0 draws the mixed chunk from the multi-action demos, share 1 from the one-action ones.
+    _, m_plans, logs = _warm(trainer, mixed_one_action_share=0.0)
     assert any("0% of the batches from one-action demos, 100% from the" in m for m in logs)
-    assert m_plans["warmstart/mixed_one_action_chunks"] == 0 and m_plans["warmstart/mixed_chunks"] == 2
-    _, m_single, _ = _warm(trainer, steps=40, mixed_one_action_share=1.0)
-    assert m_single["warmstart/mixed_one_action_chunks"] == 2
+    assert m_plans["warmstart/mixed_one_action_chunks"] == 0 and m_plans["warmstart/mixed_chunks"] == 1
+    _, m_single, _ = _warm(trainer, mixed_one_action_share=1.0)
+    assert m_single["warmstart/mixed_one_action_chunks"] == 1 and m_single["warmstart/mixed_chunks"] == 1
     with pytest.raises(config_check.ConfigError, match="mixed_one_action_share"):
         _config(mixed_one_action_share=1.5)

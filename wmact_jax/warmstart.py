@@ -287,13 +287,17 @@ def run_warmstart(trainer, params, log=None, callback=None):
         raise RuntimeError(f"warm start: no usable demonstration ({stats})")
     B = min(int(c.batch_size), len(toks))
 
-    def bucketed(idx_all):
-        groups = length_buckets([len(toks[i]) for i in idx_all], int(c.length_bucket), min(B, len(idx_all)))
+    def length_groups(idx_all):  # -> {width: positions in idx_all}
+        return length_buckets([len(toks[i]) for i in idx_all], int(c.length_bucket), min(B, len(idx_all)))
+
+    def bucketed(idx_all, groups=None):  # -> {width: (tokens, mask)} on the device
+        groups = length_groups(idx_all) if groups is None else groups
         return {w: (jnp.asarray(_pad([toks[idx_all[i]] for i in idx], w, trainer.pad_id)),
                     jnp.asarray(_pad([masks[idx_all[i]] for i in idx], w, 0).astype(np.int8)))
-                for w, idx in groups.items()}, groups
+                for w, idx in groups.items()}
 
-    data, groups = bucketed(list(range(len(toks))))
+    all_idx = list(range(len(toks)))
+    groups = length_groups(all_idx)
     # The mixed phase draws its batches from all demos in proportion to their answer tokens, or (a
     # share in [0, 1]) from the one-action demos with that probability and from the others otherwise.
     # Greedy decoding follows the majority: when most answers in the mix end after one action, the
@@ -308,7 +312,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     # within 200 steps (Maze-5x5, measured).
     first = [i for i, b in enumerate(basic) if b]
     phase1_steps = int(round(int(c.steps) * float(c.curriculum))) if first and len(first) < len(toks) else 0
-    data1 = bucketed(first)[0] if phase1_steps else {}
+    data1 = bucketed(first) if phase1_steps else {}
     chance = chance_answer_loss([toks[i] for i in first], [masks[i] for i in first]) if first else 0.0
     exit_ratio = float(c.curriculum_exit) if phase1_steps else 0.0
     phase1_max = max(int(c.curriculum_max_steps), phase1_steps) if exit_ratio else phase1_steps
@@ -374,10 +378,11 @@ def run_warmstart(trainer, params, log=None, callback=None):
 
     phase1 = (data1, *bucket_weights(data1)) if phase1_steps else None
     if mixed_split:
-        sources = [data1 or bucketed(first)[0], bucketed(rest)[0]]
+        sources = [data1 or bucketed(first), bucketed(rest)]
         phase2 = [(d, *bucket_weights(d)) for d in sources]
         source_p = np.array([share, 1.0 - share])
     else:
+        data = bucketed(all_idx, groups)  # the pooled demos (uploaded only when the mixed phase draws from them)
         phase2 = [(data, *bucket_weights(data))]
         source_p = np.ones(1)
     steps = int(c.steps)

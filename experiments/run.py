@@ -60,8 +60,16 @@ def apply(config, overrides: dict):
     return config
 
 
+def method_sets(sets: dict, method: str) -> dict:
+    """The --set overrides that apply to `method`'s runs. An override is meant for every run of the
+    suite, so it does not reach a field that defines a method: `--set anneal.l0=10` gives the
+    multi-turn methods 10 turns, and entire_plan keeps its one turn holding the whole plan."""
+    return {k: v for k, v in sets.items() if k not in config_check.defining_fields(method)}
+
+
 def experiment_config(exp: str, suite: str, sets: dict, method: str = "interactive", seed: int = 0):
-    """The config of one run (before `resolve_method`): default -> experiment -> suite -> method -> --set."""
+    """The config of one run (before `resolve_method`): default -> experiment -> suite -> method -> --set
+    (the overrides of `method_sets`)."""
     from configs import default
 
     spec = suites.EXPERIMENTS[exp]
@@ -75,7 +83,7 @@ def experiment_config(exp: str, suite: str, sets: dict, method: str = "interacti
     c.method, c.seed = method, int(seed)
     if method == "entire_plan":
         apply(c, suites.entire_plan_overrides(c.rollout.max_actions))
-    apply(c, sets)
+    apply(c, method_sets(sets, method))
     return c
 
 
@@ -137,7 +145,7 @@ def run_one(exp: str, suite: str, sets: dict, method: str, seed: int, warm: str,
     # Before RL every seed of a method sees the same policy and the same held-out levels: evaluate once.
     c.train.eval_before = first_seed
     t0 = time.time()
-    out = run(c, run_dir, explicit=sets.keys(), progress=False, trainer_cls=pool)
+    out = run(c, run_dir, explicit=method_sets(sets, method).keys(), progress=False, trainer_cls=pool)
     final = {"before": out["before"], "after": out["after"], "seconds": time.time() - t0,
              "method": method, "seed": seed, "env": c.env.name}
     tmp = os.path.join(run_dir, "final.json.tmp")
@@ -177,10 +185,14 @@ def main(argv=None) -> int:
     for exp in exps:
         for m in methods:
             try:
-                config_check.prepare_config(experiment_config(exp, args.suite, sets, m, seeds[0]), sets.keys())
+                config_check.prepare_config(experiment_config(exp, args.suite, sets, m, seeds[0]),
+                                            method_sets(sets, m).keys())
             except config_check.ConfigError as e:
                 print(f"error: {exp}/{m}: {e}", file=sys.stderr)
                 return 2
+    for m in methods:
+        if dropped := sorted(set(sets) - set(method_sets(sets, m))):
+            print(f"note: --set {', '.join(dropped)} not applied to {m} (it defines the method)", flush=True)
 
     import jax
     from absl import logging

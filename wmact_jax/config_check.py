@@ -326,6 +326,11 @@ def _method_values(config: ml_collections.ConfigDict) -> dict[str, Any]:
 _DEFINING = {"entire_plan": ("anneal.kind", "anneal.l0", "rollout.max_actions_per_turn")}
 
 
+def defining_fields(method: str) -> tuple[str, ...]:
+    """The fields that make `method` what it is (entire_plan: one turn holding the whole plan)."""
+    return _DEFINING.get(method, ())
+
+
 def resolve_method(config: ml_collections.ConfigDict,
                    explicit: Iterable[str] | None = None) -> ml_collections.ConfigDict:
     """Returns a copy of `config` with the settings `config.method` implies.

@@ -134,3 +134,19 @@ def test_warmstart_command_saves_a_policy_runs_can_start_from(tmp_path):
     # Never overwritten silently.
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "overwrite" in (r.stderr + r.stdout)
+
+
+def test_a_suite_wide_override_does_not_undo_entire_plan():
+    """`--set anneal.l0=10` (more turns for the multi-turn methods) must leave entire_plan one turn
+    holding the whole plan, and reach every other method."""
+    from wmact_jax import config_check
+
+    sets = {"anneal.l0": 10, "rollout.max_actions_per_turn": 3, "ppo.lr": 3e-4}
+    plan = config_check.prepare_config(runner.experiment_config("maze5", "quick", sets, "entire_plan"),
+                                       runner.method_sets(sets, "entire_plan").keys())
+    assert (plan.anneal.l0, plan.anneal.kind, plan.ppo.lr) == (1, "fixed", 3e-4)
+    assert plan.rollout.max_actions_per_turn == plan.rollout.max_actions == 16
+    for m in ("interactive", "wmact", "step_penalty"):
+        c = config_check.prepare_config(runner.experiment_config("maze5", "quick", sets, m),
+                                        runner.method_sets(sets, m).keys())
+        assert (c.anneal.l0, c.rollout.max_actions_per_turn, c.ppo.lr) == (10, 3, 3e-4), m

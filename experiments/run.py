@@ -241,6 +241,13 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
                     "config_overrides": {**suites.COMMON, **suites.EXPERIMENTS[exp]["overrides"],
                                          "rollout.max_turn_tokens": int(sample.rollout.max_turn_tokens),
                                          **suite["overrides"], **sets}}
+        # Commands that add methods or seeds to this directory extend its record (the table counts
+        # every seed run, not only the last command's).
+        prev = report._read_json(os.path.join(exp_dir, "experiment.json"))
+        prev = prev if isinstance(prev, dict) else {}
+        if isinstance(prev.get("methods"), list) and isinstance(prev.get("seeds"), list):
+            exp_info["methods"] = prev["methods"] + [m for m in methods if m not in prev["methods"]]
+            exp_info["seeds"] = sorted(set(prev["seeds"]) | set(seeds))
         with open(os.path.join(exp_dir, "experiment.json"), "w") as f:
             json.dump(exp_info, f, indent=1, default=str)
         meta["experiments"][exp] = exp_info["env"]

@@ -43,7 +43,7 @@ class ReportError(Exception):
 
 # ----------------------------------------------------------------------------------------- loading
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
     """A JSON file, or None when it is missing or unreadable (a run may be writing it right now)."""
     try:
         with open(path) as f:
@@ -113,7 +113,7 @@ def load_run(run_dir: str) -> dict:
     unfinished), ``last_step`` (highest step logged) and ``seconds``.
     """
     records, skipped = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    final = _read_json(os.path.join(run_dir, "final.json"))
+    final = read_json(os.path.join(run_dir, "final.json"))
     if not isinstance(final, dict):
         final = None
 
@@ -124,7 +124,7 @@ def load_run(run_dir: str) -> dict:
 
     before = metrics_of(final.get("before")) if final else None
     if before is None:
-        before = metrics_of(_read_json(os.path.join(run_dir, "eval_initial.json")))
+        before = metrics_of(read_json(os.path.join(run_dir, "eval_initial.json")))
     if before is None:  # rebuild from the step-0 eval records: eval/<mode>/<metric> -> <mode>/<metric>
         before = {}
         for rec in records:
@@ -269,7 +269,7 @@ def aggregate(exp_dir: str) -> dict:
     if not os.path.isdir(exp_dir):
         raise ReportError(f"experiment directory not found: {exp_dir}")
     exp_dir = os.path.abspath(exp_dir)
-    meta = _read_json(os.path.join(exp_dir, "experiment.json"))
+    meta = read_json(os.path.join(exp_dir, "experiment.json"))
     meta = meta if isinstance(meta, dict) else {}
     methods = _order_methods(_names(meta.get("methods")), _method_dirs(exp_dir))
     planned_seeds = meta.get("seeds") if isinstance(meta.get("seeds"), list) else None
@@ -638,7 +638,7 @@ def _overview(aggs: list[dict]) -> list[str]:
 
 def read_suite_meta(path: str) -> dict:
     """suite.json as a dict ({} when absent or unreadable)."""
-    meta = _read_json(path)
+    meta = read_json(path)
     return meta if isinstance(meta, dict) else {}
 
 

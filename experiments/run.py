@@ -87,6 +87,33 @@ def experiment_config(exp: str, suite: str, sets: dict, method: str = "interacti
     return c
 
 
+def recorded_overrides(exp: str, suite: str, sets: dict) -> dict:
+    """The settings an experiment's runs share beyond the defaults, as experiment.json records them."""
+    sample = experiment_config(exp, suite, sets)
+    return _as_json({**suites.COMMON, **suites.EXPERIMENTS[exp]["overrides"],
+                     "rollout.max_turn_tokens": int(sample.rollout.max_turn_tokens),
+                     **suites.SUITES[suite]["overrides"], **sets})
+
+
+def _as_json(x):
+    return json.loads(json.dumps(x, default=str))
+
+
+def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
+    """Why runs made with `overrides` may not join the runs already in `exp_dir` (None if they may).
+
+    A results folder's table pools the seeds of each method and records one set of settings; runs of
+    another setting added to it would be averaged in under the wrong record."""
+    prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
+    old = prev.get("config_overrides") if isinstance(prev, dict) else None
+    if not isinstance(old, dict) or old == overrides:
+        return None
+    diff = [f"{k}: {old.get(k, '(unset)')!r} there, {overrides.get(k, '(unset)')!r} now"
+            for k in sorted(set(old) | set(overrides)) if old.get(k, "(unset)") != overrides.get(k, "(unset)")]
+    return (f"{exp_dir} holds runs made with other settings ({'; '.join(diff)}); "
+            "write these runs to another --out")
+
+
 def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0):
     """The config of an experiment's shared warm start: its demos include the one-turn whole plans
     entire_plan starts from."""
@@ -95,8 +122,8 @@ def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0):
     return c
 
 
-def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict]:
-    """The experiment's shared warm start (trained once, then reused): -> (folder, metrics)."""
+def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict, bool]:
+    """The experiment's shared warm start (trained once, then reused): -> (folder, metrics, reused)."""
     from wmact_jax.train import Trainer
     from wmact_jax.warmstart import METRICS_FILE, run_warmstart, save_warmstart
 
@@ -104,7 +131,7 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     info_path = os.path.join(folder, METRICS_FILE)
     if os.path.exists(info_path):
         with open(info_path) as f:
-            return folder, json.load(f)["metrics"]
+            return folder, json.load(f)["metrics"], True
     import jax
 
     c = config_check.prepare_config(warmstart_config(exp, suite, sets), explicit=sets.keys())
@@ -112,7 +139,7 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     trainer = Trainer(c)
     params, metrics = run_warmstart(trainer, trainer.init_state(jax.random.key(0)).ppo.params)
     save_warmstart(folder, trainer, params, metrics, overwrite=True)
-    return folder, metrics
+    return folder, metrics, False
 
 
 class TrainerPool:
@@ -190,6 +217,10 @@ def main(argv=None) -> int:
             except config_check.ConfigError as e:
                 print(f"error: {exp}/{m}: {e}", file=sys.stderr)
                 return 2
+    for exp in exps:
+        if why := settings_conflict(os.path.join(out, exp), recorded_overrides(exp, args.suite, sets)):
+            print(f"error: {exp}: {why}", file=sys.stderr)
+            return 2
     for m in methods:
         if dropped := sorted(set(sets) - set(method_sets(sets, m))):
             print(f"note: --set {', '.join(dropped)} not applied to {m} (it defines the method)", flush=True)
@@ -214,8 +245,6 @@ def main(argv=None) -> int:
 def _run_suite(args, exps, methods, seeds, sets, out) -> int:
     import jax
 
-    suite = suites.SUITES[args.suite]
-
     command = "python experiments/run.py " + " ".join(args.argv)
     meta_path = os.path.join(out, "suite.json")
     meta = {"suite": args.suite, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -231,20 +260,21 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
         exp_dir = os.path.join(out, exp)
         os.makedirs(exp_dir, exist_ok=True)
         t0 = time.time()
-        warm, wmetrics = warm_start(exp, args.suite, sets, exp_dir)
+        warm, wmetrics, reused = warm_start(exp, args.suite, sets, exp_dir)
         sample = experiment_config(exp, args.suite, sets)
+        prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
+        prev = prev if isinstance(prev, dict) else {}
+        # A reused warm start keeps the time it took when it was trained (not the second it took to find).
+        seconds = (prev.get("warmstart_seconds", wmetrics.get("warmstart/seconds")) if reused
+                   else time.time() - t0)
         exp_info = {"env": sample.env.name, "transfer": list(sample.env.eval_names), "methods": methods,
                     "seeds": seeds, "iterations": int(sample.train.iterations),
                     "episodes_per_iteration": int(sample.rollout.levels_per_iteration * sample.rollout.group_size),
                     "eval_levels": int(sample.train.eval_levels), "warmstart": wmetrics,
-                    "warmstart_seconds": time.time() - t0,
-                    "config_overrides": {**suites.COMMON, **suites.EXPERIMENTS[exp]["overrides"],
-                                         "rollout.max_turn_tokens": int(sample.rollout.max_turn_tokens),
-                                         **suite["overrides"], **sets}}
+                    "warmstart_seconds": seconds, "warmstart_reused": reused,
+                    "config_overrides": recorded_overrides(exp, args.suite, sets)}
         # Commands that add methods or seeds to this directory extend its record (the table counts
         # every seed run, not only the last command's).
-        prev = report._read_json(os.path.join(exp_dir, "experiment.json"))
-        prev = prev if isinstance(prev, dict) else {}
         if isinstance(prev.get("methods"), list) and isinstance(prev.get("seeds"), list):
             exp_info["methods"] = prev["methods"] + [m for m in methods if m not in prev["methods"]]
             exp_info["seeds"] = sorted(set(prev["seeds"]) | set(seeds))

@@ -62,6 +62,23 @@ def test_rerun_skips_finished_runs_and_reuses_the_warm_start(results, capsys):
     # experiment.json keeps every method and seed run into the directory (the table's order and counts).
     info = json.load(open(os.path.join(exp, "experiment.json")))
     assert info["methods"] == ["wmact", "entire_plan"] and info["seeds"] == [0]
+    # The reused warm start keeps the time it took to train, not the moment it took to find.
+    assert info["warmstart_reused"] is True
+    assert info["warmstart_seconds"] >= 0.99 * info["warmstart"]["warmstart/seconds"] > 0
+
+
+def test_runs_of_other_settings_do_not_join_a_results_folder(results, capsys):
+    """A results table pools seeds under one record of settings: a command with another --set must
+    not add its runs there (they would be averaged in under the wrong record)."""
+    exp = os.path.join(results, "maze5")
+    before = sorted(os.listdir(exp))
+    argv = ["--suite", "quick", "--out", results, "--methods", "interactive", "--seeds", "0"] + TINY
+    assert runner.main(argv + ["--set", "anneal.rounding=round"]) == 2
+    err = capsys.readouterr().err
+    assert "anneal.rounding" in err and "'round' now" in err and "another --out" in err
+    assert sorted(os.listdir(exp)) == before  # nothing ran, nothing was written
+    # A value equal in JSON (a tuple written as a list) is the same setting.
+    assert runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", runner.parse_sets(TINY[1::2]))) is None
 
 
 def test_warm_start_that_does_not_fit_the_model_is_a_clear_error(results):

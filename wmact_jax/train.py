@@ -167,8 +167,8 @@ class Trainer:
         in its seed, its method's switches (not entire_plan against the others: other shapes), the
         warm start and logging fields; anything else is a ValueError. A suite running every multi-turn
         method and seed of one experiment then traces its iteration and evaluation once, not once per
-        run (~6 s per run on the quick suite). The seed's model initialisation is rebuilt; the rest
-        is shared (read-only).
+        run (~6 s per run on the quick suite). A model from scratch is re-initialised for the new
+        seed; the rest is shared (read-only).
         """
         import copy
 
@@ -178,7 +178,9 @@ class Trainer:
         if new.program_key() != self.program_key():
             raise ValueError("Trainer.rebind: the configs differ beyond seed, method switches, warm start and "
                              "logging fields; build a new Trainer")
-        if int(config.seed) != int(self.config.seed):
+        # Only a model from scratch initialises by seed; a pretrained one (its value head zero) is the
+        # same for every seed, so its checkpoint is not read again.
+        if int(config.seed) != int(self.config.seed) and config.model.source == "scratch":
             new._init_params = new._place(new._build_model(config)[2])
         return new
 

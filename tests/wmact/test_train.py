@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -280,3 +281,34 @@ def test_separate_critic_trains_its_own_model_and_transfer_evaluation_runs():
     assert 0.0 <= metrics["success_rate"] <= 1.0
     _, _, rollout, _ = tr._transfer("Maze-7x7")
     assert rollout.cfg.context_len > tr.rollout_cfg.context_len
+
+
+def test_trains_from_a_pretrained_folder_and_rebinds_seeds_without_reloading(trainer, tmp_path, monkeypatch):
+    """model.source=pretrained on a Hugging Face folder (here: the tiny scratch policy exported with its
+    tokenizer): the run starts from exactly those weights, with a zero value head, and trains. Its
+    initialisation does not depend on the seed, so a rebound trainer does not read the folder again."""
+    from wmact_jax import checkpoints
+    from wmact_jax.checkpoints import export_hf
+    from wmact_jax.config_check import prepare_config
+    from wmact_jax.models.llama import Transformer
+
+    src = nnx.merge(trainer.graphdef, trainer._init_params["policy"])
+    export_hf(tmp_path / "hf", src, tokenizer=trainer.tokenizer)
+    c = tiny_config()
+    c.model.source, c.model.path = "pretrained", str(tmp_path / "hf")
+    tr = Trainer(prepare_config(c), "")
+    got = tr._init_params["policy"].to_pure_dict()
+    want = trainer._init_params["policy"].to_pure_dict()
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    st, m = tr.iteration(tr.init_state(jax.random.PRNGKey(0)))
+    assert np.isfinite(float(m["ppo/loss"])) and float(m["ppo/grad_norm"]) > 0
+
+    calls = []
+    real = checkpoints.load_pretrained
+    monkeypatch.setattr(checkpoints, "load_pretrained", lambda *a, **k: calls.append(a) or real(*a, **k))
+    c.seed = 5
+    rebound = tr.rebind(prepare_config(c), "")
+    assert calls == [] and rebound._init_params is tr._init_params
+    assert isinstance(nnx.merge(rebound.graphdef, rebound._init_params["policy"]), Transformer)

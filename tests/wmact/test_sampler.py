@@ -182,10 +182,12 @@ def test_legacy_cache_layout_and_plain_apply_fn_give_same_results(model):
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
     np.testing.assert_allclose(out.values, ref.values, atol=1e-5)
     np.testing.assert_allclose(out.last_logits, ref.last_logits, atol=1e-4)
-    # "bskd" [L, B, S, KV, Dh] against "bkds" (k [L, B, KV, Dh, S], v [L, B, KV, S, Dh]); float32
-    # reassociation across layouts and storages
-    np.testing.assert_allclose(out.cache.k.transpose(0, 1, 3, 4, 2), ref.cache.stacked().k, atol=1e-3, rtol=1e-3)
-    np.testing.assert_allclose(jnp.swapaxes(out.cache.v, 2, 3), ref.cache.stacked().v, atol=1e-3, rtol=1e-3)
+    # "bskd" [L, B, S, KV, Dh] against "bkds" (k [L, B, KV, Dh, S], v [L, B, KV, S, Dh]). The layouts
+    # reassociate float32 sums: differences up to ~5e-6 of the cache's largest entry (|k|, |v| reach
+    # ~100 in this random model), so the bound is relative to that scale, not to each entry.
+    for got, want in ((out.cache.k.transpose(0, 1, 3, 4, 2), ref.cache.stacked().k),
+                      (jnp.swapaxes(out.cache.v, 2, 3), ref.cache.stacked().v)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(jnp.abs(want).max()))
     np.testing.assert_array_equal(out.cache.lengths, ref.cache.lengths)
 
 

@@ -265,7 +265,7 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
         prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
         prev = prev if isinstance(prev, dict) else {}
         # A reused warm start keeps the time it took when it was trained (not the second it took to find).
-        seconds = (prev.get("warmstart_seconds", wmetrics.get("warmstart/seconds")) if reused
+        seconds = (wmetrics.get("warmstart/seconds", prev.get("warmstart_seconds")) if reused
                    else time.time() - t0)
         exp_info = {"env": sample.env.name, "transfer": list(sample.env.eval_names), "methods": methods,
                     "seeds": seeds, "iterations": int(sample.train.iterations),

@@ -110,14 +110,18 @@ class HostLoopRollout:
     def _grid_text(self, state) -> str:
         return self.conv.grid_text(np.asarray(self._render1(state)))
 
-    def _prompt_ids(self, grid_text: str) -> List[int]:
+    def _turns_left(self, n: int):
+        return n if self.conv.show_turns_left else None
+
+    def _prompt_ids(self, grid_text: str, turn_cap: int) -> List[int]:
         msgs = [{"role": "system", "content": self.conv.system_text},
-                {"role": "user", "content": prompts.state_message(grid_text)}]
+                {"role": "user", "content": prompts.state_message(grid_text, self._turns_left(turn_cap))}]
         text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return list(self.tok.encode(text, add_special_tokens=False))
 
-    def _feedback_ids(self, reward: float, valid: bool, grid_text: str, last_token: int) -> List[int]:
-        text = self.head_text + prompts.feedback_message(reward, grid_text, valid) + self.user_tail_text
+    def _feedback_ids(self, reward: float, valid: bool, grid_text: str, last_token: int, turns_left: int) -> List[int]:
+        text = (self.head_text + prompts.feedback_message(reward, grid_text, valid, self._turns_left(turns_left))
+                + self.user_tail_text)
         ids = list(self.tok.encode(text, add_special_tokens=False))
         if last_token == self.turn_head0 and ids and ids[0] == self.turn_head0:
             ids = ids[1:]  # as in-graph: the end-of-turn token the model wrote is not repeated
@@ -144,7 +148,7 @@ class HostLoopRollout:
         level_keys = jnp.repeat(jax.random.split(k_level, c.num_levels), c.group_size, axis=0)
         states = [self._reset1(level_keys[e]) for e in range(E)]
         step_key = jax.random.PRNGKey(0)  # the environments here are deterministic (key unused)
-        prompts_ids = [self._prompt_ids(self._grid_text(s)) for s in states]
+        prompts_ids = [self._prompt_ids(self._grid_text(s), turn_cap) for s in states]
         tm["host_reset_prompt"] += time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -247,7 +251,7 @@ class HostLoopRollout:
                 # -- feedback text -> tokens
                 t2 = time.perf_counter()
                 last = int(out_tok[e, max(ng - 1, 0)])
-                fb_rows[e] = self._feedback_ids(r_turn, valid, self._grid_text(states[e]), last)
+                fb_rows[e] = self._feedback_ids(r_turn, valid, self._grid_text(states[e]), last, turn_cap - (t + 1))
                 tm["host_render_tokenize"] += time.perf_counter() - t2
                 ids = fb_rows[e]
                 tokens[e, pos[e]: pos[e] + len(ids)] = ids

@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.max_actions = 40  # action cap of an episode
     c.rollout.context_len = 1024  # token budget of an episode (prompt + all turns)
     c.rollout.system_prompt = "full"  # full (rules in prose) | compact (legend and format) | minimal (name, budget)
+    c.rollout.turns_left = False  # each user message states the turns left ("Turns left: n"), the annealed cap included
     c.rollout.temperature = 1.0
     c.rollout.top_k = 0  # 0 = off
     c.rollout.top_p = 1.0

@@ -64,11 +64,15 @@ class Conversation:
       turn_head: tokens after an assistant answer up to the feedback text (end of assistant + user start).
       feedback_lines: [num_rewards, P] reward lines ("Reward: x\\nCurrent state:\\n"), row `invalid_row`
         is the invalid-answer line.
+      state_lines: with `turns_left` only: [R, P] rows "Turns left: n\\nCurrent state:\\n" for n = 0..R-1; the
+        state header then leaves prompt_head and feedback_lines for this table.
     """
 
     def __init__(self, env, tokenizer, grid_codec, max_actions_per_turn: int, single_turn: bool = False,
-                 style: str = "full", reward_range: float = 100.0, check_samples: int = 8, seed: int = 0):
+                 style: str = "full", reward_range: float = 100.0, check_samples: int = 8, seed: int = 0,
+                 turns_left: bool = False, max_turns: int = 1):
         self.env, self.tokenizer, self.grid_codec = env, tokenizer, grid_codec
+        self.show_turns_left = bool(turns_left)
         self.system_text = prompts.system_prompt(env, max_actions_per_turn, single_turn, style)
         msgs = [{"role": "system", "content": _PH[0]}, {"role": "user", "content": _PH[1]},
                 {"role": "assistant", "content": _PH[2]}, {"role": "user", "content": _PH[3]}]
@@ -89,7 +93,10 @@ class Conversation:
             raise ConversationError(
                 "chat template: the text after the last user message differs from the text between a user and "
                 f"an assistant message ({gen_tail!r} vs {user_to_asst!r}); cannot build turns in-graph")
-        self._text_head = pre_sys + self.system_text + sys_to_user + prompts.STATE_HEADER
+        # Without the turns-left line the state header is folded into the fixed pieces (the layout of
+        # every run before the option existed: their token ids are unchanged).
+        state_in_pieces = "" if self.show_turns_left else prompts.STATE_HEADER
+        self._text_head = pre_sys + self.system_text + sys_to_user + state_in_pieces
         self._text_user_tail = user_to_asst
         self._text_turn_head = asst_to_user
         self.prompt_head = np.array(_ids(tokenizer, self._text_head), np.int32)
@@ -99,38 +106,61 @@ class Conversation:
         self.reward_scale = 10
         self.reward_offset = int(round(reward_range * self.reward_scale))
         values = np.arange(-self.reward_offset, self.reward_offset + 1) / self.reward_scale
-        lines = [prompts.reward_text(v) + prompts.STATE_HEADER for v in values]
-        lines.append(prompts.INVALID_TEXT + prompts.STATE_HEADER)
+        lines = [prompts.reward_text(v) + state_in_pieces for v in values]
+        lines.append(prompts.INVALID_TEXT + state_in_pieces)
         self.invalid_row = len(lines) - 1
         self.feedback_lines, self.feedback_lengths = _padded([_ids(tokenizer, l) for l in lines])
+        # Turns-left rows up to the run's static turn bound (at least 3: the longest transcript `_check` builds).
+        rows = max(int(max_turns), 3) + 1 if self.show_turns_left else 0
+        self.state_lines, self.state_lengths = (
+            _padded([_ids(tokenizer, prompts.turns_left_text(n) + prompts.STATE_HEADER) for n in range(rows)])
+            if rows else (np.zeros((0, 0), np.int32), np.zeros((0,), np.int32)))
         self._check(check_samples, seed)
 
     # ------------------------------------------------------------------ host (the specification)
+    def _turns_left(self, turn_cap, i: int):
+        """Turns left shown before turn i (None when not shown)."""
+        if not self.show_turns_left:
+            return None
+        if turn_cap is None:
+            raise ValueError("this conversation states the turns left: pass the episode's turn_cap")
+        n = int(turn_cap) - i
+        if not 0 <= n < self.state_lines.shape[0]:
+            raise ValueError(f"turns left {n} (turn_cap {turn_cap}, turn {i}) is outside this conversation's "
+                             f"table 0..{self.state_lines.shape[0] - 1}: build it with a larger max_turns")
+        return n
+
     def host_transcript_text(self, grids_text: Sequence[str], answers: Sequence[str],
-                             rewards: Sequence[float], valid: Sequence[bool]) -> str:
-        """Text of a conversation: grids_text[0] first, then (answer i, feedback i with grids_text[i+1])."""
+                             rewards: Sequence[float], valid: Sequence[bool], turn_cap: int | None = None) -> str:
+        """Text of a conversation: grids_text[0] first, then (answer i, feedback i with grids_text[i+1]).
+
+        turn_cap: the episode's turn cap, required when the conversation states the turns left.
+        """
         msgs = [{"role": "system", "content": self.system_text},
-                {"role": "user", "content": prompts.state_message(grids_text[0])}]
+                {"role": "user", "content": prompts.state_message(grids_text[0], self._turns_left(turn_cap, 0))}]
         for i, a in enumerate(answers):
             msgs.append({"role": "assistant", "content": a})
             if i + 1 < len(grids_text):
-                msgs.append({"role": "user", "content": prompts.feedback_message(rewards[i], grids_text[i + 1], valid[i])})
+                msgs.append({"role": "user", "content": prompts.feedback_message(
+                    rewards[i], grids_text[i + 1], valid[i], self._turns_left(turn_cap, i + 1))})
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     def grid_text(self, grid) -> str:
         return self.env.glyphs_to_text(np.asarray(grid), sep=self.grid_codec.cell_sep)
 
     def host_tokens(self, grids, answers_ids: Sequence[Sequence[int]], rewards, valid,
-                    feedback_mark: int = 0, trained: Sequence[bool] | None = None) -> Tuple[List[int], List[int]]:
+                    feedback_mark: int = 0, trained: Sequence[bool] | None = None,
+                    turn_cap: int | None = None) -> Tuple[List[int], List[int]]:
         """Token ids and loss mask (1 = model-written) of a transcript, from the pieces.
 
         `answers_ids[i]` are the model's tokens of turn i (through `</answer>`); the env-written
         pieces follow, marked `feedback_mark` in the mask (0: not trained on; the warm start's
         state loss marks them 2). `trained[i]` False marks answer i 0 (in the context, not a target:
-        the warm start's deliberate no-effect moves). Used by the warm start; equal to the in-graph
-        rollout's layout.
+        the warm start's deliberate no-effect moves). turn_cap: the episode's cap, required when the
+        conversation states the turns left. Used by the warm start; equal to the in-graph rollout's layout.
         """
-        ids = list(self.prompt_head) + self._grid_ids(grids[0]) + list(self.user_tail)
+        ids = (list(self.prompt_head) + self._state_ids(turn_cap, 0) + self._grid_ids(grids[0])
+               + list(self.user_tail))
         mask = [0] * len(ids)
         for i, a in enumerate(answers_ids):
             ids += list(a)
@@ -139,14 +169,18 @@ class Conversation:
                 head = list(self.turn_head)
                 if a and a[-1] == head[0]:  # as in-graph: the end-of-turn token is not repeated
                     head = head[1:]
-                fb = (head + self._line_ids(rewards[i], valid[i]) + self._grid_ids(grids[i + 1])
-                      + list(self.user_tail))
+                fb = (head + self._line_ids(rewards[i], valid[i]) + self._state_ids(turn_cap, i + 1)
+                      + self._grid_ids(grids[i + 1]) + list(self.user_tail))
                 ids += fb
                 mask += [feedback_mark] * len(fb)
         return ids, mask
 
     def _grid_ids(self, grid) -> List[int]:
         return _ids(self.tokenizer, self.grid_text(grid))
+
+    def _state_ids(self, turn_cap, i: int) -> List[int]:
+        n = self._turns_left(turn_cap, i)
+        return [] if n is None else list(self.state_lines[n, : self.state_lengths[n]])
 
     def _line_ids(self, reward: float, valid: bool) -> List[int]:
         row = self.invalid_row if not valid else self.reward_row(reward)
@@ -166,9 +200,11 @@ class Conversation:
                                            "thinking") for _ in range(n)]
             rewards = [float(rng.integers(-30, 30)) / 10 for _ in range(n)]
             valid = [bool(v) for v in rng.integers(0, 2, n)]
-            text = self.host_transcript_text([self.grid_text(g) for g in grids], answers, rewards, valid)
+            cap = int(rng.integers(n, self.state_lines.shape[0])) if self.show_turns_left else None
+            text = self.host_transcript_text([self.grid_text(g) for g in grids], answers, rewards, valid, cap)
             want = _ids(self.tokenizer, text)
-            got, _ = self.host_tokens(grids, [_ids(self.tokenizer, a) for a in answers], rewards, valid)
+            got, _ = self.host_tokens(grids, [_ids(self.tokenizer, a) for a in answers], rewards, valid,
+                                      turn_cap=cap)
             if want != got:
                 raise ConversationError(
                     "the conversation pieces do not tokenize compositionally with this tokenizer "
@@ -178,25 +214,40 @@ class Conversation:
     # ------------------------------------------------------------------ in-graph
     @property
     def max_prompt_len(self) -> int:
-        return len(self.prompt_head) + self.grid_codec.max_len + len(self.user_tail)
+        return len(self.prompt_head) + self.state_lines.shape[1] + self.grid_codec.max_len + len(self.user_tail)
 
     @property
     def max_feedback_len(self) -> int:
-        return len(self.turn_head) + self.feedback_lines.shape[1] + self.grid_codec.max_len + len(self.user_tail)
+        return (len(self.turn_head) + self.feedback_lines.shape[1] + self.state_lines.shape[1]
+                + self.grid_codec.max_len + len(self.user_tail))
 
-    def initial_prompt(self, grid: jax.Array) -> Tuple[jax.Array, jax.Array]:
-        """grid [rows, cols] -> (tokens [max_prompt_len], length) of the prompt up to the model's turn."""
+    def _state_segment(self, turns_left):
+        """[] or [(the turns-left row, its length)]; turns_left traced int32, clipped to the table."""
+        if not self.show_turns_left:
+            return []
+        if turns_left is None:
+            raise ValueError("this conversation states the turns left: pass turns_left")
+        row = jnp.clip(jnp.asarray(turns_left, jnp.int32), 0, self.state_lines.shape[0] - 1)
+        return [(jnp.asarray(self.state_lines)[row], jnp.asarray(self.state_lengths)[row])]
+
+    def initial_prompt(self, grid: jax.Array, turns_left=None) -> Tuple[jax.Array, jax.Array]:
+        """grid [rows, cols] -> (tokens [max_prompt_len], length) of the prompt up to the model's turn.
+
+        turns_left: int32 scalar, the episode's turn cap (required when the conversation states it).
+        """
         g, n = self.grid_codec.encode(grid)
         head, tail = jnp.asarray(self.prompt_head), jnp.asarray(self.user_tail)
-        return concat_segments([(head, head.shape[0]), (g, n), (tail, tail.shape[0])])
+        return concat_segments([(head, head.shape[0])] + self._state_segment(turns_left)
+                               + [(g, n), (tail, tail.shape[0])])
 
-    def feedback(self, reward: jax.Array, valid: jax.Array, grid: jax.Array, last_token: jax.Array
-                 ) -> Tuple[jax.Array, jax.Array]:
+    def feedback(self, reward: jax.Array, valid: jax.Array, grid: jax.Array, last_token: jax.Array,
+                 turns_left=None) -> Tuple[jax.Array, jax.Array]:
         """Env-written tokens after an answer: end of the assistant message, the reward (or invalid)
-        line, the new grid, the generation prompt. -> (tokens [max_feedback_len], length).
+        line, [the turns left], the new grid, the generation prompt. -> (tokens [max_feedback_len], length).
 
         If the model already wrote the first token of `turn_head` (e.g. it ended with the end-of-turn
-        token itself), that token is not repeated.
+        token itself), that token is not repeated. turns_left: int32 scalar, turns the model has left
+        from the next one on (required when the conversation states it).
         """
         head = jnp.asarray(self.turn_head)
         skip = (last_token == head[0]).astype(jnp.int32)
@@ -208,5 +259,5 @@ class Conversation:
         line_len = jnp.asarray(self.feedback_lengths)[row]
         g, n = self.grid_codec.encode(grid)
         tail = jnp.asarray(self.user_tail)
-        return concat_segments([(head_shifted, head.shape[0] - skip), (line, line_len), (g, n),
-                                (tail, tail.shape[0])])
+        return concat_segments([(head_shifted, head.shape[0] - skip), (line, line_len)]
+                               + self._state_segment(turns_left) + [(g, n), (tail, tail.shape[0])])

@@ -10,6 +10,10 @@ thinking: the format only fixes where the actions go.
     assistant: "<think>...</think><answer>Up || Left</answer>"
     user:      "Reward: -0.2\nCurrent state:\n<grid>"       (or "Invalid answer.\n...")
     ...
+
+With `turns_left` on, each user message also states the turns the model has left, this one
+included ("Turns left: 3\nCurrent state:\n<grid>"): under an annealed cap it is the only way
+the policy can know its budget before running out of it.
 """
 
 from __future__ import annotations
@@ -58,8 +62,13 @@ def system_prompt(env, max_actions_per_turn: int, single_turn: bool = False, sty
     )
 
 
-def state_message(grid_text: str) -> str:
-    return STATE_HEADER + grid_text
+def turns_left_text(turns_left: int | None) -> str:
+    """'' when the count is not shown (None); else 'Turns left: n\\n'."""
+    return "" if turns_left is None else f"Turns left: {int(turns_left)}\n"
+
+
+def state_message(grid_text: str, turns_left: int | None = None) -> str:
+    return turns_left_text(turns_left) + STATE_HEADER + grid_text
 
 
 def reward_text(reward: float) -> str:
@@ -70,9 +79,9 @@ def reward_text(reward: float) -> str:
     return f"Reward: {r:.1f}\n"
 
 
-def feedback_message(reward: float, grid_text: str, valid: bool) -> str:
+def feedback_message(reward: float, grid_text: str, valid: bool, turns_left: int | None = None) -> str:
     head = reward_text(reward) if valid else INVALID_TEXT
-    return head + state_message(grid_text)
+    return head + state_message(grid_text, turns_left)
 
 
 def answer_text(actions: Sequence[str], thinking: str = "") -> str:

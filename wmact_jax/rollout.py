@@ -4,7 +4,7 @@ feedback tokens, next turn, all on device.
 Per episode, the token buffer `[S]` and the KV cache share positions: the prompt is prefilled,
 each turn the model decodes up to `max_turn_tokens` (stopping on its answer's end), the answer is
 parsed in-graph into up to K actions, the actions run in the vmapped environment, and the
-environment's reply (reward line + new grid + generation prompt) is prefilled at the row's own
+environment's reply (reward line + [turns left] + new grid + generation prompt) is prefilled at the row's own
 position, without re-encoding the history. A `lax.while_loop` runs the turns while any episode is
 active, so a small turn cap costs little, and the cap is a traced value (annealing it never
 recompiles).
@@ -137,7 +137,7 @@ class Rollout:
 
         # Turn 0: the prompt.
         grids = jax.vmap(env.render_glyphs)(env_state)
-        prompt, plen = jax.vmap(conv.initial_prompt)(grids)  # [E, P0], [E]
+        prompt, plen = jax.vmap(conv.initial_prompt, in_axes=(0, None))(grids, turn_cap)  # [E, P0], [E]
         cache = self.shard_batch(self.init_cache(E, S))
         probe = jax.eval_shape(lambda c: apply(jnp.zeros((E, 1), jnp.int32), c, jnp.zeros((E,), jnp.int32)), cache)
         has_values = probe.values is not None
@@ -224,7 +224,8 @@ class Rollout:
             # The environment's reply for episodes that go on.
             last_tok = jnp.take_along_axis(out.tokens, jnp.maximum(n_gen - 1, 0)[:, None], axis=1)[:, 0]
             grids = jax.vmap(env.render_glyphs)(env_state)
-            fb, fb_len = jax.vmap(conv.feedback)(r_turn, valid, grids, last_tok)
+            fb, fb_len = jax.vmap(conv.feedback, in_axes=(0, 0, 0, 0, None))(
+                r_turn, valid, grids, last_tok, turn_cap - (t + 1))
             fb_len = jnp.where(still, fb_len, 0)
             last_logits, cache, last_values = prefill_fn(apply, fb, fb_len, out.cache, out.last_logits,
                                                          out.last_values)

@@ -361,8 +361,10 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def conversation(self, env, grid_codec, max_actions_per_turn: int, single_turn: bool) -> Conversation:
         """The conversation of `env` in this run's prompt style (used for training, transfer, warm start)."""
+        rc = self.config.rollout
         return Conversation(env, self.tokenizer, grid_codec, max_actions_per_turn, single_turn=single_turn,
-                            style=self.config.rollout.system_prompt)
+                            style=rc.system_prompt, turns_left=bool(rc.turns_left),
+                            max_turns=int(math.ceil(self.config.anneal.l0)))
 
     @staticmethod
     def _eval_run(rollout):

@@ -74,6 +74,9 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     move leaves the state unchanged, that answer masked out of the loss (module docstring).
     plan_actions: the most actions a multi-action turn holds (0 = max_actions_per_turn): the demo plays
     a few moves, looks at the result, plays the next few.
+    When the conversation states the turns left, each demo shows a cap drawn uniformly between the
+    turns it uses and `max_turns` (its own stream: the demos themselves are those of the same seed
+    without the count). The play does not depend on it: what to do with a small budget is left to RL.
     """
     if chunk not in CHUNKS:
         raise ValueError(f"chunk must be one of {CHUNKS}, got {chunk!r}")
@@ -86,6 +89,7 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     step = _single_step(env, ep)
     render = jax.jit(env.render_glyphs)
     key = jax.random.PRNGKey(seed)
+    cap_rng = np.random.default_rng([seed, 17])
     out_tok, out_mask = [], []
     stats = {"levels": 0, "kept": 0, "unsolved": 0, "too_long": 0, "turns": 0.0, "actions": 0.0, "windows": 0,
              "recoveries": 0}
@@ -155,7 +159,9 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             if not keep_unsolved:
                 continue
         answer_ids = [tok.encode(a, add_special_tokens=False) for a in answers]
-        ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid, feedback_mark=FEEDBACK, trained=trained)
+        cap = int(cap_rng.integers(len(answers), max(len(answers), max_turns) + 1)) if conv.show_turns_left else None
+        ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid, feedback_mark=FEEDBACK, trained=trained,
+                                     turn_cap=cap)
         if len(ids) > trainer.rollout_cfg.context_len:
             stats["too_long"] += 1
             continue
@@ -164,7 +170,8 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
         for j in range(1, len(answers) if windows else 0):  # turn j alone, as the first turn of a game
             if not trained[j]:
                 continue
-            w_ids, w_mask = conv.host_tokens([grids[j]], [answer_ids[j]], [rewards[j]], [True])
+            w_ids, w_mask = conv.host_tokens([grids[j]], [answer_ids[j]], [rewards[j]], [True],
+                                             turn_cap=None if cap is None else cap - j)
             out_tok.append(w_ids)
             out_mask.append(w_mask)
             stats["windows"] += 1

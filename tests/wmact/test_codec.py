@@ -185,6 +185,39 @@ def test_feedback_matches_host_and_chat_template(tok_name, toks):
     assert got == want
 
 
+@pytest.mark.parametrize("env_name", ["Sokoban-Standard", "Taxi-v3"])
+@pytest.mark.parametrize("tok_name", TOK_NAMES)
+def test_conversation_turns_left_in_graph_matches_host(env_name, tok_name, toks, grid_codecs):
+    """Conversation(turns_left=True): the in-graph prompt and feedback (traced count) equal the host pieces
+    of the chat-template specification, for a count of 0..max_turns (construction checks the composition)."""
+    if tok_name not in toks or env_name not in ENVS:
+        pytest.skip("no GGUF or environments")
+    from wmact_jax.conversation import Conversation
+
+    chex.clear_trace_counter()
+    tok, env = toks[tok_name], ENVS[env_name]
+    conv = Conversation(env, tok, grid_codecs[(env_name, tok_name)], K, style="compact", turns_left=True,
+                        max_turns=12)
+    prompt = jax.jit(conv.initial_prompt)
+    feedback = jax.jit(chex.assert_max_traces(n=1)(conv.feedback))
+    rows, cols = env.grid_shape
+    rng = np.random.default_rng(0)
+    answer = tok.encode("<think>go</think><answer>" + env.action_names[0] + "</answer>", add_special_tokens=False)
+    for cap in (1, 2, 7, 12):
+        g0, g1 = (rng.integers(0, len(env.glyphs), (rows, cols), dtype=np.int32) for _ in range(2))
+        only_prompt, _ = conv.host_tokens([g0], [], [], [], turn_cap=cap)
+        t, n = prompt(g0, jnp.int32(cap))
+        assert np.asarray(t[:n]).tolist() == only_prompt
+        both, _ = conv.host_tokens([g0, g1], [answer], [-0.3], [cap % 2 == 0], turn_cap=cap)
+        t, n = feedback(jnp.float32(-0.3), jnp.bool_(cap % 2 == 0), g1, jnp.int32(answer[-1]), jnp.int32(cap - 1))
+        assert np.asarray(t[:n]).tolist() == both[len(only_prompt) + len(answer):]
+        assert f"Turns left: {cap - 1}\n" in tok.decode(both[len(only_prompt):])
+    with pytest.raises(ValueError, match="turns left"):
+        conv.host_tokens([g0], [], [], [])
+    with pytest.raises(ValueError, match="outside"):
+        conv.host_tokens([g0], [], [], [], turn_cap=13)
+
+
 # ---- answers -----------------------------------------------------------------------------------
 
 WS = st.sampled_from([" ", "", "  ", "\n", "\t", " \n "])

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 from host_loop_rollout import HostLoopRollout  # noqa: E402
 from wmact_jax.sampler import SamplingParams  # noqa: E402
 
-from tests.wmact.test_rollout import K, bigram_apply, bigram_table, fake_cache, make_rollout  # noqa: E402,F401
+from tests.wmact.test_rollout import (K, bigram_apply, bigram_table, fake_cache, make_rollout,  # noqa: E402,F401
+                                     with_turns_left)
 from wmact_jax.models.kv_cache import KVCache  # noqa: E402
 from tests.wmact.test_rollout import setup  # noqa: E402,F401  (pytest fixture)
 
@@ -45,8 +46,10 @@ def _assert_same(a, b):
             np.testing.assert_allclose(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), atol=2e-3, err_msg=f)
 
 
-@pytest.mark.parametrize("cap", [1, 3])
-def test_host_loop_equals_in_graph_bigram(setup, cap):
+@pytest.mark.parametrize("cap,turns_left", [(1, False), (3, False), (3, True)])
+def test_host_loop_equals_in_graph_bigram(setup, cap, turns_left):
+    if turns_left:
+        setup = with_turns_left(setup)
     env, params, tok, grid, conv, answer = setup
     table = bigram_table(tok)
     roll = make_rollout(setup, lambda p, t, c, n: bigram_apply(p, t, c, n), fake_cache, levels=4, group=2)

@@ -129,14 +129,23 @@ def host_replay(setup, roll: Rollout, batch, key, cap):
             valid.append(ok)
             if t + 1 < len(runs):
                 grids.append(np.asarray(render(state)))
-        ids, m = conv.host_tokens(grids, runs, rewards, valid)
+        ids, m = conv.host_tokens(grids, runs, rewards, valid, turn_cap=cap)
         out.append(dict(ids=ids, mask=m, turns=len(runs), n_act=n_act, n_eff=n_eff, fmt=fmt, success=success,
                         rewards=rewards, valid=valid))
     return out
 
 
-@pytest.mark.parametrize("cap", [1, 3])
-def test_rollout_equals_host_replay(setup, cap):
+def with_turns_left(setup, max_turns=4):
+    """The setup with a conversation that states the turns left in each user message."""
+    env, params, tok, grid, conv, answer = setup
+    return env, params, tok, grid, Conversation(env, tok, grid, K, turns_left=True, max_turns=max_turns), answer
+
+
+@pytest.mark.parametrize("cap,turns_left", [(1, False), (3, False), (1, True), (3, True)])
+def test_rollout_equals_host_replay(setup, cap, turns_left):
+    """With `turns_left`, each user message holds 'Turns left: n' for the traced cap (host: from the cap)."""
+    if turns_left:
+        setup = with_turns_left(setup)
     env, params, tok, *_ = setup
     table = bigram_table(tok)
     roll = make_rollout(setup, lambda p, t, c, n: bigram_apply(p, t, c, n), fake_cache)
@@ -172,6 +181,10 @@ def test_rollout_equals_host_replay(setup, cap):
     first_len = [int(np.argmax(np.asarray(batch.loss_mask[e]))) for e in range(len(want))]
     assert first_len[0] == first_len[1]
     np.testing.assert_array_equal(batch.tokens[0, : first_len[0]], batch.tokens[1, : first_len[1]])
+    text = tok.decode(np.asarray(batch.tokens[0, : int(batch.length[0])]).tolist())
+    assert (f"Turns left: {cap}\n" in text) == turns_left
+    if turns_left and cap == 3 and int(batch.turns[0]) > 1:
+        assert "Turns left: 2\n" in text
 
 
 def test_turn_cap_is_traced_and_context_budget_ends_episodes(setup):

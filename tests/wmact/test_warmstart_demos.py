@@ -145,3 +145,33 @@ def test_recoveries_are_blocked_moves_kept_out_of_the_loss(trainer):
     assert stats0["recoveries"] == 0
     for t, m in zip(toks0, masks0):
         assert all(m[j] == 1 for j, x in enumerate(t) if x == open_id)
+
+
+def test_turns_left_counts_down_from_a_cap_the_demo_fits_and_leaves_the_play_unchanged(trainer):
+    """A conversation stating the turns left: each demo shows a cap >= its turns, one less each turn
+    (windows: the count left at that turn); the moves are those of the same demos without the count."""
+    import copy
+    import dataclasses
+
+    from wmact_jax.conversation import Conversation
+
+    trainer = copy.copy(trainer)  # room for every demo either way (the count makes some longer)
+    trainer.rollout_cfg = dataclasses.replace(trainer.rollout_cfg, context_len=4096)
+    conv = Conversation(trainer.env, trainer.tokenizer, trainer.grid_codec, 6, style="minimal", turns_left=True,
+                        max_turns=8)
+    kw = dict(seed=0, max_turns=8, max_actions_per_turn=6, plan_fraction=0.5, noise=0.1, chunk="plan",
+              plan_actions=2, windows=True)
+    plain, _, _ = make_demos(trainer, 24, **kw)
+    shown, _, stats = make_demos(trainer, 24, conv=conv, **kw)
+    assert len(shown) == len(plain) and stats["windows"] > 0
+    caps = set()
+    for a, b in zip(plain, shown):
+        assert _answers(trainer, a) == _answers(trainer, b)
+        text = trainer.tokenizer.decode(b, skip_special_tokens=False)
+        counts = [int(n) for n in re.findall(r"Turns left: (\d+)\n", text)]
+        turns = len(_answers(trainer, b))
+        # A demo ends with the state its last answer led to (count cap - turns >= 0); a window has one grid.
+        assert len(counts) in (turns, turns + 1) and counts == list(range(counts[0], counts[0] - len(counts), -1))
+        assert turns <= counts[0] <= 8 and counts[-1] >= 0
+        caps.add(counts[0])
+    assert len(caps) > 3  # the cap is drawn, not fixed

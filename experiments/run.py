@@ -108,8 +108,7 @@ def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
     old = prev.get("config_overrides") if isinstance(prev, dict) else None
     if not isinstance(old, dict) or old == overrides:
         return None
-    diff = [f"{k}: {old.get(k, '(unset)')!r} there, {overrides.get(k, '(unset)')!r} now"
-            for k in sorted(set(old) | set(overrides)) if old.get(k, "(unset)") != overrides.get(k, "(unset)")]
+    diff = [f"{k}: {a!r} there, {b!r} now" for k, a, b in config_check.differences(old, overrides)]
     return (f"{exp_dir} holds runs made with other settings ({'; '.join(diff)}); "
             "write these runs to another --out")
 

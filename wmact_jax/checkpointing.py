@@ -28,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from wmact_jax import config_check
+
 # Fields whose change alters the train state's shapes or structure: resuming across them is refused.
 SHAPE_FIELDS = (
     "env.name",
@@ -58,40 +60,13 @@ def config_to_dict(config: ml_collections.ConfigDict | dict) -> dict:
     return json.loads(json.dumps(config))
 
 
-def _get(d: dict, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return "<absent>"
-        d = d[part]
-    return d
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(saved: dict | ml_collections.ConfigDict,
                         current: dict | ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
     """(shape-changing differences, other differences) as 'field: saved -> current' strings."""
-    saved, current = config_to_dict(saved), config_to_dict(current)
-    shape, other = [], []
-    for path in SHAPE_FIELDS:
-        a, b = _get(saved, path), _get(current, path)
-        if a != b:
-            shape.append(f"{path}: {a!r} -> {b!r}")
-    fs, fc = _flat(saved), _flat(current)
-    for path in sorted(set(fs) | set(fc)):
-        if path in SHAPE_FIELDS:
-            continue
-        a, b = fs.get(path, "<absent>"), fc.get(path, "<absent>")
-        if a != b:
-            other.append(f"{path}: {a!r} -> {b!r}")
+    diff = config_check.differences(config_to_dict(saved), config_to_dict(current))
+    by_path = {path: f"{path}: {a!r} -> {b!r}" for path, a, b in diff}
+    shape = [by_path[p] for p in SHAPE_FIELDS if p in by_path]
+    other = [line for path, line in by_path.items() if path not in SHAPE_FIELDS]
     return shape, other
 
 

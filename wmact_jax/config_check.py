@@ -79,6 +79,18 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+ABSENT = "(unset)"
+
+
+def differences(old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """[(dotted field, old value, new value)] where two configs differ, sorted by field; a field one of
+    them lacks has the value `ABSENT`. Nested ConfigDicts/mappings and flat dotted dicts alike; no jax
+    (the experiment runner checks settings before jax loads)."""
+    fo, fn = flatten(old), flatten(new)
+    return [(k, fo.get(k, ABSENT), fn.get(k, ABSENT)) for k in sorted(set(fo) | set(fn))
+            if fo.get(k, ABSENT) != fn.get(k, ABSENT)]
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The most similar valid dotted name (full path first, then the leaf within any section)."""
     candidates = list(candidates)

@@ -184,3 +184,14 @@ def test_base_importable_from_any_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     check_config(base.get_config())
     assert os.getcwd() == str(tmp_path)
+
+
+def test_differences_of_nested_and_flat_configs():
+    """One diff for the checkpoint's nested configs and the runner's flat dotted settings."""
+    from wmact_jax.config_check import ABSENT, differences
+
+    a = {"ppo": {"lr": 1e-4, "epochs": 2}, "seed": 0}
+    b = {"ppo": {"lr": 3e-4, "epochs": 2}, "env": {"name": "Maze-5x5"}, "seed": 0}
+    assert differences(a, b) == [("env.name", ABSENT, "Maze-5x5"), ("ppo.lr", 1e-4, 3e-4)]
+    assert differences({"ppo.lr": 1e-4}, {"ppo.lr": 1e-4}) == []
+    assert differences({"anneal.rounding": "ceil"}, {}) == [("anneal.rounding", "ceil", ABSENT)]

@@ -6,6 +6,7 @@
     python experiments/probes.py plateau --experiment maze5 --steps 300 --lr 1e-3 [--state-loss 0.5] [--seed 1]
     python experiments/probes.py critic --warmstart W [--iterations 20] [--critics shared,head,separate]
     python experiments/probes.py levels (--warmstart W | --run DIR) [--eval-levels 256]
+    python experiments/probes.py caps --run DIR[,DIR...] [--caps 1,2,3]
 
 `init`: 42 random tokens from {10..13} with one P (=20) at a random position; the label is the
 token right after P. Trained by Adam(1e-3), batch 32, on the scratch model's shape (4 layers,
@@ -34,6 +35,10 @@ is (a critic must not move the policy) and the explained variance should rise (t
 48 distinct levels), grouped by optimal plan length, for the warm start W or the latest checkpoint of a
 run directory (`--run`, evaluated with that run's config); prints the failing levels' grids and one
 greedy transcript of each.
+
+`caps`: the latest policy of each run directory, greedy on its held-out levels under each turn cap
+of `--caps`: success, mean turns, the actions of the first answer and the share solved in the first
+turn. It shows whether a policy's first answer depends on its budget (with `rollout.turns_left`).
 """
 from __future__ import annotations
 
@@ -294,6 +299,46 @@ def probe_critic(warmstart: str, iterations: int, critics: list[str]) -> None:
         ppo.policy_loss_per_token = policy_loss
 
 
+def _run_trainer(run: str, eval_levels: int | None = None):
+    """(Trainer with the run's own config, its state at the latest checkpoint, a description)."""
+    import json
+
+    import ml_collections
+
+    from wmact_jax.checkpointing import Checkpointer
+    from wmact_jax.train import Trainer
+
+    with open(os.path.join(run, "config.json")) as f:
+        saved = json.load(f)
+    ckpt = Checkpointer(os.path.join(run, "checkpoints"), saved)
+    step = ckpt.latest_step()
+    if step is None:
+        raise SystemExit(f"{run}: no checkpoint in {os.path.join(run, 'checkpoints')}")
+    config = ml_collections.ConfigDict(saved)
+    if eval_levels:
+        config.train.eval_levels = eval_levels
+    tr = Trainer(config)
+    state = ckpt.restore(jax.eval_shape(tr.init_state, jax.random.key(0)), step)
+    return tr, state, f"{run}, iteration {step}"
+
+
+def probe_caps(runs: list[str], caps: list[int]) -> None:
+    """Greedy play of each run's latest policy under several turn caps: whether its first answer
+    depends on the budget. Without `rollout.turns_left` the prompt is the same under every cap, so
+    the first answers are too; with it, a policy that reads the count may plan more when it has less."""
+    print("run | turns_left | cap | success (%) | mean turns | first-turn actions | solved in the first turn (%)")
+    for run in runs:
+        tr, state, where = _run_trainer(run)
+        for cap in caps:
+            if not 1 <= cap <= tr.max_turns:
+                raise SystemExit(f"--caps: {cap} is outside 1..{tr.max_turns} (the run's static turn bound)")
+            b = jax.device_get(tr.eval_batch(state.ppo.params, cap, 0.0))
+            first = np.asarray(b.turn_actions[:, 0], float)
+            solved_first = np.asarray(b.success & (b.turns == 1), float)
+            print(f"{where} | {bool(tr.config.rollout.turns_left)} | {cap} | {100 * b.success.mean():.1f} | "
+                  f"{b.turns.mean():.2f} | {first.mean():.2f} | {100 * solved_first.mean():.1f}", flush=True)
+
+
 def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
     import collections
     import json
@@ -301,20 +346,7 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
     from envs_jax.oracles import optimal_length
 
     if run:  # the run's own config and its latest checkpoint
-        import ml_collections
-
-        from wmact_jax.checkpointing import Checkpointer
-        from wmact_jax.train import Trainer
-
-        with open(os.path.join(run, "config.json")) as f:
-            saved = json.load(f)
-        ckpt = Checkpointer(os.path.join(run, "checkpoints"), saved)
-        step = ckpt.latest_step()
-        config = ml_collections.ConfigDict(saved)
-        config.train.eval_levels = eval_levels
-        tr = Trainer(config)
-        state = ckpt.restore(jax.eval_shape(tr.init_state, jax.random.key(0)), step)
-        where = f"{run}, iteration {step}"
+        tr, state, where = _run_trainer(run, eval_levels)
     else:
         tr, state = _default_trainer(warmstart, **{"train.eval_levels": eval_levels})
         where = f"warm start {warmstart}"
@@ -349,7 +381,7 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("init", "first-move", "ceiling", "plateau", "critic", "levels"))
+    ap.add_argument("probe", choices=("init", "first-move", "ceiling", "plateau", "critic", "levels", "caps"))
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--env", default="Maze-5x5")
     ap.add_argument("--batch", type=int, default=64)
@@ -362,7 +394,8 @@ def main() -> None:
     ap.add_argument("--warmstart", help="a saved warm start of configs/default.py (critic, levels)")
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--critics", default="shared,head,separate")
-    ap.add_argument("--run", help="a run directory: its latest checkpoint (levels)")
+    ap.add_argument("--run", help="a run directory: its latest checkpoint (levels; caps: comma-separated runs)")
+    ap.add_argument("--caps", default="1,2,3", help="turn caps to evaluate at (caps)")
     ap.add_argument("--eval-levels", type=int, default=256)
     a = ap.parse_args()
     if (a.probe == "critic" or a.probe == "levels" and not a.run) and not a.warmstart:
@@ -377,6 +410,10 @@ def main() -> None:
         probe_critic(a.warmstart, a.iterations, a.critics.split(","))
     elif a.probe == "levels":
         probe_levels(a.warmstart, a.run, a.eval_levels)
+    elif a.probe == "caps":
+        if not a.run:
+            ap.error("caps needs --run DIR[,DIR...]")
+        probe_caps(a.run.split(","), [int(x) for x in a.caps.split(",")])
     else:
         probe_first_move(a.env, a.steps, a.batch, a.lr, a.levels)
 

@@ -303,9 +303,8 @@ def _run_trainer(run: str, eval_levels: int | None = None):
     """(Trainer with the run's own config, its state at the latest checkpoint, a description)."""
     import json
 
-    import ml_collections
-
     from wmact_jax.checkpointing import Checkpointer
+    from wmact_jax.config_check import config_from_saved
     from wmact_jax.train import Trainer
 
     with open(os.path.join(run, "config.json")) as f:
@@ -314,7 +313,7 @@ def _run_trainer(run: str, eval_levels: int | None = None):
     step = ckpt.latest_step()
     if step is None:
         raise SystemExit(f"{run}: no checkpoint in {os.path.join(run, 'checkpoints')}")
-    config = ml_collections.ConfigDict(saved)
+    config = config_from_saved(saved)
     if eval_levels:
         config.train.eval_levels = eval_levels
     tr = Trainer(config)

@@ -396,6 +396,16 @@ def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
     node[leaf] = value
 
 
+def config_from_saved(saved: Mapping) -> ml_collections.ConfigDict:
+    """A run's saved config (its config.json) over today's defaults. Fields added since it was saved
+    take their defaults, which keep the earlier behaviour (e.g. `rollout.turns_left` off); a field
+    unknown today is a ConfigError naming it."""
+    config = _base_config()
+    for path, value in flatten(saved).items():
+        set_field(config, path, value)
+    return config
+
+
 def prepare_config(config: ml_collections.ConfigDict, explicit: Iterable[str] | None = None,
                    num_devices: int | None = None) -> ml_collections.ConfigDict:
     """check -> resolve the method -> check again (the method's values must also be valid)."""

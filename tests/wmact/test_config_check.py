@@ -195,3 +195,20 @@ def test_differences_of_nested_and_flat_configs():
     assert differences(a, b) == [("env.name", ABSENT, "Maze-5x5"), ("ppo.lr", 1e-4, 3e-4)]
     assert differences({"ppo.lr": 1e-4}, {"ppo.lr": 1e-4}) == []
     assert differences({"anneal.rounding": "ceil"}, {}) == [("anneal.rounding", "ceil", ABSENT)]
+
+
+def test_config_from_saved_fills_new_fields_and_names_unknown_ones():
+    """A config.json saved before a field existed loads with that field's default; a field unknown
+    today is an error naming it."""
+    from configs import default
+    from wmact_jax.checkpointing import config_to_dict
+    from wmact_jax.config_check import ConfigError, config_from_saved
+
+    saved = config_to_dict(default.get_config())
+    saved["ppo"]["lr"] = 3e-4
+    del saved["rollout"]["turns_left"]
+    c = config_from_saved(saved)
+    assert c.ppo.lr == 3e-4 and c.rollout.turns_left is False and c.env.name == default.get_config().env.name
+    saved["rollout"]["turn_left"] = True
+    with pytest.raises(ConfigError, match="rollout.turn_left"):
+        config_from_saved(saved)

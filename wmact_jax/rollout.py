@@ -110,6 +110,10 @@ class Rollout:
             raise ValueError(
                 f"rollout.context_len={cfg.context_len} cannot hold the prompt ({conversation.max_prompt_len} tokens) "
                 f"plus one answer ({cfg.max_turn_tokens} tokens): raise it to at least {need}")
+        if conversation.show_turns_left and conversation.state_lines.shape[0] <= cfg.max_turns:
+            raise ValueError(
+                f"the conversation states at most {conversation.state_lines.shape[0] - 1} turns left, the rollout "
+                f"runs up to {cfg.max_turns} turns: build the Conversation with max_turns >= {cfg.max_turns}")
         if cfg.max_actions_per_turn > answer_codec.max_actions:
             raise ValueError("the answer codec parses fewer actions than max_actions_per_turn")
 

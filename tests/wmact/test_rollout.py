@@ -187,6 +187,14 @@ def test_rollout_equals_host_replay(setup, cap, turns_left):
         assert "Turns left: 2\n" in text
 
 
+def test_turns_left_table_must_cover_the_turn_bound(setup):
+    with pytest.raises(ValueError, match="max_turns >= 4"):
+        make_rollout(with_turns_left(setup, max_turns=3), lambda p, t, c, n: bigram_apply(p, t, c, n), fake_cache,
+                     turns=4)
+    make_rollout(with_turns_left(setup, max_turns=4), lambda p, t, c, n: bigram_apply(p, t, c, n), fake_cache,
+                 turns=4)
+
+
 def test_turn_cap_is_traced_and_context_budget_ends_episodes(setup):
     env, params, tok, *_ = setup
     table = jnp.asarray(bigram_table(tok))

@@ -110,17 +110,16 @@ class HostLoopRollout:
     def _grid_text(self, state) -> str:
         return self.conv.grid_text(np.asarray(self._render1(state)))
 
-    def _turns_left(self, n: int):
-        return n if self.conv.show_turns_left else None
-
     def _prompt_ids(self, grid_text: str, turn_cap: int) -> List[int]:
         msgs = [{"role": "system", "content": self.conv.system_text},
-                {"role": "user", "content": prompts.state_message(grid_text, self._turns_left(turn_cap))}]
+                {"role": "user", "content": prompts.state_message(grid_text, self.conv._turns_left(turn_cap, 0))}]
         text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return list(self.tok.encode(text, add_special_tokens=False))
 
-    def _feedback_ids(self, reward: float, valid: bool, grid_text: str, last_token: int, turns_left: int) -> List[int]:
-        text = (self.head_text + prompts.feedback_message(reward, grid_text, valid, self._turns_left(turns_left))
+    def _feedback_ids(self, reward: float, valid: bool, grid_text: str, last_token: int, turn_cap: int,
+                      turn: int) -> List[int]:
+        """The reply before `turn` (its turns-left count, if stated, from the conversation's rule)."""
+        text = (self.head_text + prompts.feedback_message(reward, grid_text, valid, self.conv._turns_left(turn_cap, turn))
                 + self.user_tail_text)
         ids = list(self.tok.encode(text, add_special_tokens=False))
         if last_token == self.turn_head0 and ids and ids[0] == self.turn_head0:
@@ -251,7 +250,7 @@ class HostLoopRollout:
                 # -- feedback text -> tokens
                 t2 = time.perf_counter()
                 last = int(out_tok[e, max(ng - 1, 0)])
-                fb_rows[e] = self._feedback_ids(r_turn, valid, self._grid_text(states[e]), last, turn_cap - (t + 1))
+                fb_rows[e] = self._feedback_ids(r_turn, valid, self._grid_text(states[e]), last, turn_cap, t + 1)
                 tm["host_render_tokenize"] += time.perf_counter() - t2
                 ids = fb_rows[e]
                 tokens[e, pos[e]: pos[e] + len(ids)] = ids

@@ -36,7 +36,7 @@ from wmact_jax import prompts
 from wmact_jax.codec import decode_text, parse_answer_text
 from wmact_jax.rollout import (END_ACTION_CAP, END_CONTEXT, END_ENV_LIMIT, END_RUNNING, END_SOLVED, END_TURN_CAP,
                                RolloutBatch)
-from wmact_jax.sampler import accepts_logits_at, decode_fn, prefill_fn
+from wmact_jax.sampler import accepts_logits_at, decode_fn, prefill_fn, prefill_shared_head_fn
 
 
 class HostLoopRollout:
@@ -70,6 +70,13 @@ class HostLoopRollout:
             ll, cache, lv = prefill_fn(with_params(params), tokens, lengths, cache)
             return ll, cache, (jnp.zeros((tokens.shape[0],), jnp.float32) if lv is None else lv)
 
+        head = np.asarray(self.conv.prompt_head, np.int32)
+
+        def _prefill0_shared(params, tokens, lengths):  # the common head once, as a prefix cache would
+            ll, cache, lv = prefill_shared_head_fn(with_params(params), head, tokens, lengths, init_cache,
+                                                   c.context_len)
+            return ll, cache, (jnp.zeros((tokens.shape[0],), jnp.float32) if lv is None else lv)
+
         stop_ids, eos, pad_id = self.stop_ids, self.eos_id, self.pad_id
 
         def _decode(params, cache, last_logits, last_values, key, sampling, active):
@@ -86,6 +93,7 @@ class HostLoopRollout:
         self.has_values = None  # found on the first run (as in-graph: does the policy return values?)
         self._prefill = jax.jit(_prefill, donate_argnums=3)
         self._prefill0 = jax.jit(_prefill0, donate_argnums=3)
+        self._prefill0_shared = jax.jit(_prefill0_shared)
         self._decode = jax.jit(_decode, donate_argnums=1)
         env, ep = self.env, self.ep
         # Single-episode env functions, jitted: what a host loop calls per episode / per action.
@@ -152,12 +160,20 @@ class HostLoopRollout:
 
         t1 = time.perf_counter()
         ptok, plen = self._pad(prompts_ids, conv.max_prompt_len)
-        cache = self.init_cache(E, S)
         if self.has_values is None:
             probe = jax.eval_shape(lambda p, ca: self._apply(self._prepare(p), jnp.zeros((E, 1), jnp.int32), ca,
-                                                             jnp.zeros((E,), jnp.int32)), params, cache)
+                                                             jnp.zeros((E,), jnp.int32)), params,
+                                   jax.eval_shape(lambda: self.init_cache(E, S)))
             self.has_values = probe.values is not None
-        last_logits, cache, last_values = self._prefill0(params, jnp.asarray(ptok), jnp.asarray(plen), cache)
+        H = len(conv.prompt_head)
+        if c.share_prompt_head and 0 < H < ptok.shape[1]:  # as in-graph: the shared head prefilled once
+            if not np.all(ptok[:, :H] == conv.prompt_head[None]):
+                raise ValueError("a host prompt does not start with the conversation's prompt head")
+            last_logits, cache, last_values = self._prefill0_shared(params, jnp.asarray(ptok[:, H:]),
+                                                                    jnp.asarray(plen - H))
+        else:
+            last_logits, cache, last_values = self._prefill0(params, jnp.asarray(ptok), jnp.asarray(plen),
+                                                             self.init_cache(E, S))
         jax.block_until_ready(last_logits)
         tm["device_prefill"] += time.perf_counter() - t1
 

@@ -51,6 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.max_actions = 40  # action cap of an episode
     c.rollout.context_len = 1024  # token budget of an episode (prompt + all turns)
     c.rollout.system_prompt = "full"  # full (rules in prose) | compact (legend and format) | minimal (name, budget)
+    # The prompt's fixed head (template + system prompt) is prefilled once per rollout at batch 1 and its KV cache
+    # copied to every episode (as a prefix cache would), and the PPO update's forwards run it once per
+    # minibatch; False runs it through the model for every episode (the same numbers up to float round-off).
+    c.rollout.share_prompt_head = True
     c.rollout.turns_left = False  # each user message states the turns left ("Turns left: n"), the annealed cap included
     c.rollout.temperature = 1.0
     c.rollout.top_k = 0  # 0 = off
@@ -112,6 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Share of the mixed phase's batches drawn from the one-action demos (and their windows); the rest from
     # the multi-action and one-turn ones. < 0: all demos pooled, in proportion to their answer tokens.
     c.warmstart.mixed_one_action_share = -1.0
+    # With rollout.turns_left: multi-action demos draw their stated cap from 1..anneal.l0 and write the whole
+    # rest of the plan when one turn is left (else the cap is drawn from [turns used, l0], the play ignoring it).
+    c.warmstart.budget_aware = False
     c.warmstart.chunk = "plan"  # plan (the whole remaining plan, <= K actions, per turn) | random (1..K)
     c.warmstart.keep_unsolved = True  # keep one-action demos the turn cap cut short (their moves are optimal)
     c.warmstart.windows = True  # also every later turn of a demo alone, as a one-grid first turn
@@ -121,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
     # most curriculum_max_steps steps; the rest of the steps follow. How long a scratch model takes to leave
     # that plateau depends on the puzzle (Maze-5x5: 150-250 steps; Maze-7x7: about 400; measured).
     c.warmstart.curriculum_exit = 0.0
+    # Seed of the demos and their batch order (and, in the warm-start command and the experiment runner, of
+    # the fresh model's initial parameters); -1 = the run's `seed`. The runner's warm-start replicates.
+    c.warmstart.seed = -1
     c.warmstart.curriculum_max_steps = 1500
     c.warmstart.noise = 0.2  # share of demo turns with a deliberately suboptimal action
     # Share of demo turns preceded by a blocked move (no effect) that the demo then corrects; the blocked

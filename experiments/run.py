@@ -124,7 +124,7 @@ def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0):
 def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict, bool]:
     """The experiment's shared warm start (trained once, then reused): -> (folder, metrics, reused)."""
     from wmact_jax.train import Trainer
-    from wmact_jax.warmstart import METRICS_FILE, run_warmstart, save_warmstart
+    from wmact_jax.warmstart import METRICS_FILE, run_warmstart, save_warmstart, warmstart_seed
 
     folder = os.path.join(exp_dir, "warmstart")
     info_path = os.path.join(folder, METRICS_FILE)
@@ -136,7 +136,7 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     c = config_check.prepare_config(warmstart_config(exp, suite, sets), explicit=sets.keys())
     print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps", flush=True)
     trainer = Trainer(c)
-    params, metrics = run_warmstart(trainer, trainer.init_state(jax.random.key(0)).ppo.params)
+    params, metrics = run_warmstart(trainer, trainer.init_state(jax.random.key(warmstart_seed(c))).ppo.params)
     save_warmstart(folder, trainer, params, metrics, overwrite=True)
     return folder, metrics, False
 
@@ -204,6 +204,10 @@ def main(argv=None) -> int:
             print(f"error: unknown {what} {bad}; known: {sorted(known)}", file=sys.stderr)
             return 2
     sets = parse_sets(args.set)
+    if "seed" in sets:  # it would replace every run's seed: --seeds 0,1,2 would pool three copies of one run
+        print("error: --set seed would give every run the same seed; use --seeds for the runs' seeds and "
+              "--set warmstart.seed=N for the shared warm start's", file=sys.stderr)
+        return 2
     out = os.path.abspath(args.out or os.path.join(ROOT, "experiments", "results", args.suite))
     os.makedirs(out, exist_ok=True)
 

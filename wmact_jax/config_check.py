@@ -246,6 +246,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     need(0 <= w.curriculum < 1, f"'warmstart.curriculum' must be in [0, 1), got {w.curriculum!r}")
     need(0 <= w.curriculum_exit < 1, f"'warmstart.curriculum_exit' must be in [0, 1), got {w.curriculum_exit!r}")
     nonneg("warmstart.curriculum_max_steps", "warmstart.plan_actions")
+    need(not w.budget_aware or bool(c.rollout.turns_left),
+         "'warmstart.budget_aware' shapes the demos' play by the stated turns left: set rollout.turns_left=True")
+    need(w.seed >= -1, f"'warmstart.seed' must be >= 0, or -1 for the run's seed; got {w.seed!r}")
     need(w.mixed_one_action_share <= 1, "'warmstart.mixed_one_action_share' must be <= 1 (< 0: demos pooled), "
          f"got {w.mixed_one_action_share!r}")
     if w.curriculum_exit:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from wmact_jax.conversation import Conversation
-from wmact_jax.sampler import SamplingParams, accepts_logits_at, decode_fn, prefill_fn
+from wmact_jax.sampler import SamplingParams, accepts_logits_at, decode_fn, prefill_fn, prefill_shared_head_fn
 
 END_SOLVED, END_ENV_LIMIT, END_TURN_CAP, END_ACTION_CAP, END_CONTEXT, END_RUNNING = range(6)
 END_REASONS = ("solved", "env_step_limit", "turn_cap", "action_cap", "context_full", "running")
@@ -42,6 +42,9 @@ class RolloutConfig:
     max_actions: int  # action cap of an episode
     context_len: int  # S: tokens of an episode (prompt + turns)
     attend_buckets: tuple | None = None  # key-length windows for decoding (None: sampler default)
+    # Prefill the prompt's fixed head (chat template + system prompt, the same for every episode) once at
+    # batch 1 and copy its keys/values to every row, instead of running it through the model E times.
+    share_prompt_head: bool = True
 
     @property
     def num_episodes(self) -> int:
@@ -142,10 +145,16 @@ class Rollout:
         # Turn 0: the prompt.
         grids = jax.vmap(env.render_glyphs)(env_state)
         prompt, plen = jax.vmap(conv.initial_prompt, in_axes=(0, None))(grids, turn_cap)  # [E, P0], [E]
-        cache = self.shard_batch(self.init_cache(E, S))
-        probe = jax.eval_shape(lambda c: apply(jnp.zeros((E, 1), jnp.int32), c, jnp.zeros((E,), jnp.int32)), cache)
+        probe = jax.eval_shape(lambda c: apply(jnp.zeros((E, 1), jnp.int32), c, jnp.zeros((E,), jnp.int32)),
+                               jax.eval_shape(lambda: self.init_cache(E, S)))
         has_values = probe.values is not None
-        last_logits, cache, last_values = prefill_fn(apply, prompt, plen, cache)
+        H = len(conv.prompt_head)  # every prompt starts with these tokens (Conversation.initial_prompt)
+        if c.share_prompt_head and 0 < H < prompt.shape[1]:
+            last_logits, cache, last_values = prefill_shared_head_fn(
+                apply, conv.prompt_head, prompt[:, H:], plen - H, self.init_cache, S, shard=self.shard_batch)
+        else:
+            cache = self.shard_batch(self.init_cache(E, S))
+            last_logits, cache, last_values = prefill_fn(apply, prompt, plen, cache)
         if last_values is None:
             last_values = jnp.zeros((E,), jnp.float32)
         zeros_es = jnp.zeros((E, S), jnp.int32)

@@ -68,6 +68,9 @@ class Trainer:
         self.grid_codec = GridCodec.build(self.env, self.tokenizer)
         self.answer_codec = AnswerCodec.build(self.env, self.tokenizer, max_actions=K)
         self.conv = self.conversation(self.env, self.grid_codec, K, single_turn)
+        # Every episode's tokens begin with the conversation's prompt head: with rollout.share_prompt_head the
+        # rollout prefills it once and the update's forwards (policy, critic, reference) run it once per batch.
+        self.shared_head = len(self.conv.prompt_head) if c.rollout.share_prompt_head else 0
         stop = self.tokenizer.convert_tokens_to_ids("</answer>")
         stop_ids = [stop] if isinstance(stop, int) and stop != self.tokenizer.unk_token_id else []
         self.eos_id = self.tokenizer.eos_token_id
@@ -76,7 +79,8 @@ class Trainer:
         self.rollout_cfg = RolloutConfig(
             num_levels=c.rollout.levels_per_iteration, group_size=c.rollout.group_size,
             max_turns=self.max_turns, max_turn_tokens=c.rollout.max_turn_tokens, max_actions_per_turn=K,
-            max_actions=c.rollout.max_actions, context_len=c.rollout.context_len)
+            max_actions=c.rollout.max_actions, context_len=c.rollout.context_len,
+            share_prompt_head=bool(c.rollout.share_prompt_head))
         self.eval_cfg = dataclasses.replace(self.rollout_cfg, num_levels=c.train.eval_levels, group_size=1)
         mc = self.model_config
         cache_dtype = c.model.kv_cache_dtype or None
@@ -242,9 +246,9 @@ class Trainer:
         """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head (its loss training the
         shared trunk, or with model.critic='head' the head alone) or its own model."""
         out = model_apply(self.graphdef, params["policy"], tokens,
-                          detach_value_head=self.config.model.critic == "head")
+                          detach_value_head=self.config.model.critic == "head", shared_head=self.shared_head)
         if "critic" in params:
-            values = model_apply(self.critic_graphdef, params["critic"], tokens).values
+            values = model_apply(self.critic_graphdef, params["critic"], tokens, shared_head=self.shared_head).values
         else:
             values = out.values
         return out.logits, values
@@ -332,7 +336,8 @@ class Trainer:
                 S = tokens.shape[1]
 
                 def critic_values(w):  # [E, S]: PPO's alignment, values[:, t] = the critic's output at t - 1
-                    cv = model_apply(self.critic_graphdef, params["critic"], tokens[:, :w]).values  # [E, w]
+                    cv = model_apply(self.critic_graphdef, params["critic"], tokens[:, :w],
+                                     shared_head=self.shared_head).values  # [E, w]
                     return jnp.pad(cv[:, :-1], ((0, 0), (1, S - w)))
 
                 v = ppo_lib.at_width_bucket(mask, self.ppo_cfg.width_buckets, critic_values) * mask
@@ -354,7 +359,7 @@ class Trainer:
         data = dict(tokens=tokens, mask=mask, logprobs=lp, values=v, rewards=tok_r,
                     episode_rewards=parts["total"], group_ids=b.level_id)
         if ref_params is not None:
-            ref_logits = model_apply(self.graphdef, ref_params, tokens).logits
+            ref_logits = model_apply(self.graphdef, ref_params, tokens, shared_head=self.shared_head).logits
             data["ref_logprobs"] = ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tokens.shape), tokens)[0]
         return data, parts
 

@@ -46,6 +46,12 @@ def _single_step(env, params):
 CHUNKS = config_check.CHOICES["warmstart.chunk"]
 
 
+def warmstart_seed(config) -> int:
+    """The warm start's seed: `warmstart.seed`, or the run's `seed` when it is -1."""
+    s = int(config.warmstart.seed)
+    return int(config.seed) if s < 0 else s
+
+
 def demo_level_keys(seed: int, level_offset: int, num_levels: int) -> jax.Array:
     """Reset keys of the demo levels: a stream disjoint from RL's and from held-out evaluation's;
     `level_offset` separates the demo sets of one warm start (step-style, one-turn, plan-style)."""
@@ -55,7 +61,8 @@ def demo_level_keys(seed: int, level_offset: int, num_levels: int) -> jax.Array:
 def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_per_turn: int,
                plan_fraction: float, noise: float, conv=None, level_offset: int = 0, chunk: str = "plan",
                keep_unsolved: bool = False, windows: bool = False, recover: float = 0.0,
-               plan_actions: int = 0) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
+               plan_actions: int = 0, budget_aware: bool = False
+               ) -> Tuple[List[List[int]], List[List[int]], Dict[str, float]]:
     """-> (token lists, loss-mask lists, stats). Levels come from a key stream disjoint from RL's.
 
     conv: the conversation to write (default the trainer's); max_turns == 1 writes whole plans.
@@ -77,6 +84,9 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     When the conversation states the turns left, each demo shows a cap drawn uniformly between the
     turns it uses and `max_turns` (its own stream: the demos themselves are those of the same seed
     without the count). The play does not depend on it: what to do with a small budget is left to RL.
+    budget_aware (with the count): a multi-action demo draws its cap uniformly from 1..max_turns before it
+    plays, and on the turn where one turn is left it writes the whole rest of the plan (at most K
+    actions, no detour): the demos then show what a small budget asks for.
     """
     if chunk not in CHUNKS:
         raise ValueError(f"chunk must be one of {CHUNKS}, got {chunk!r}")
@@ -116,17 +126,22 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
         answers, rewards, valid, trained = [], [], [], []
         solved, n_actions = False, 0
         multi = rng.random() < plan_fraction
-        while not solved and len(answers) < max_turns and plan is not None:
-            stuck = (no_effect_moves(state, grids[-1]) if recover > 0 and len(answers) + 1 < max_turns
+        # A budget-aware demo's cap is drawn before it plays, and its last turn finishes the plan.
+        cap = (int(cap_rng.integers(1, max_turns + 1))
+               if budget_aware and multi and conv.show_turns_left and max_turns > 1 else None)
+        turn_bound = max_turns if cap is None else cap
+        while not solved and len(answers) < turn_bound and plan is not None:
+            last = cap is not None and len(answers) + 1 == cap
+            stuck = (no_effect_moves(state, grids[-1]) if recover > 0 and len(answers) + 1 < turn_bound
                      and (not trained or trained[-1]) and rng.random() < recover else [])
-            detour = bool(stuck) or rng.random() < noise
+            detour = bool(stuck) or (rng.random() < noise and not last)
             if stuck:  # a blocked move (not trained on); the state is unchanged, the plan still holds
                 moves = [int(rng.choice(stuck))]
                 stats["recoveries"] += 1
             elif detour:  # one random move, then the oracle re-plans from where it led
                 moves = [int(rng.integers(env.num_actions))]
             elif multi or max_turns == 1:
-                if max_turns == 1:
+                if max_turns == 1 or last:
                     k = len(plan)
                 else:
                     k = min(len(plan), K_plan) if chunk == "plan" else int(rng.integers(1, K_plan + 1))
@@ -159,7 +174,8 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
             if not keep_unsolved:
                 continue
         answer_ids = [tok.encode(a, add_special_tokens=False) for a in answers]
-        cap = int(cap_rng.integers(len(answers), max(len(answers), max_turns) + 1)) if conv.show_turns_left else None
+        if cap is None and conv.show_turns_left:
+            cap = int(cap_rng.integers(len(answers), max(len(answers), max_turns) + 1))
         ids, mask = conv.host_tokens(grids, answer_ids, rewards, valid, feedback_mark=FEEDBACK, trained=trained,
                                      turn_cap=cap)
         if len(ids) > trainer.rollout_cfg.context_len:
@@ -259,9 +275,10 @@ def all_demos(trainer):
     n = int(c.num_levels)
     n_single = int(round(n * float(c.single_turn_fraction))) if trainer.max_turns > 1 else 0
     n_plan = int(round((n - n_single) * float(c.plan_fraction)))
-    seed = int(trainer.config.seed)
+    seed = warmstart_seed(trainer.config)
     K = int(rc.max_actions_per_turn)
-    kw = dict(chunk=c.chunk, keep_unsolved=bool(c.keep_unsolved), windows=bool(c.windows), recover=float(c.recover))
+    kw = dict(chunk=c.chunk, keep_unsolved=bool(c.keep_unsolved), windows=bool(c.windows), recover=float(c.recover),
+              budget_aware=bool(c.budget_aware))
     toks, masks, stats = make_demos(trainer, n - n_single - n_plan, seed, trainer.max_turns, K, 0.0,
                                     float(c.noise), **kw)
     basic = [True] * len(toks)
@@ -376,8 +393,8 @@ def run_warmstart(trainer, params, log=None, callback=None):
         (p, s), (loss, acc) = jax.lax.scan(one, (p, s), (jax.random.split(key, chunk), steps_n))
         return p, s, loss.mean(), acc.mean()
 
-    key = jax.random.PRNGKey(int(trainer.config.seed) + 17)
-    rng = np.random.default_rng(int(trainer.config.seed) + 17)
+    key = jax.random.PRNGKey(warmstart_seed(trainer.config) + 17)
+    rng = np.random.default_rng(warmstart_seed(trainer.config) + 17)
     def bucket_weights(d):  # draw buckets in proportion to how many tokens of training signal they hold
         widths = sorted(d)
         weight = np.array([float((np.asarray(d[w][1]) == ANSWER).sum()) for w in widths])
@@ -548,7 +565,7 @@ def main(argv=None) -> None:
         from wmact_jax.train import Trainer
 
         trainer = Trainer(config)
-        state = trainer.init_state(jax.random.key(config.seed))
+        state = trainer.init_state(jax.random.key(warmstart_seed(config)))
         params, metrics = run_warmstart(trainer, state.ppo.params)
         out = save_warmstart(flags.FLAGS.out, trainer, params, metrics, overwrite=flags.FLAGS.overwrite)
         print(f"warm start saved to {out}: " + ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items()))

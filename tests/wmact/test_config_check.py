@@ -95,6 +95,8 @@ def test_types():
     ("mesh.data", 0, "mesh.data"),
     ("distributed.coordinator", "localhost", "host:port"),
     ("rollout.max_actions_per_turn", 100, "max_actions_per_turn"),
+    ("warmstart.budget_aware", True, "set rollout.turns_left=True"),
+    ("warmstart.seed", -2, "warmstart.seed"),
 ])
 def test_values(path, value, needle):
     c = base.get_config()

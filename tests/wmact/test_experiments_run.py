@@ -123,6 +123,9 @@ def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert runner.main(["--suite", "quick", "--out", str(tmp_path), "--set", "ppo.lr=-1"]) == 2
     assert "ppo.lr" in capsys.readouterr().err
+    # A suite-wide seed would make every "seed" of a method the same run.
+    assert runner.main(["--suite", "quick", "--out", str(tmp_path), "--set", "seed=1"]) == 2
+    assert "--set warmstart.seed" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown config field"):
         runner.main(["--suite", "quick", "--out", str(tmp_path), "--set", "ppo.lrr=1"])
 

@@ -423,3 +423,33 @@ def test_training_forward_past_one_attention_block_equals_masked_forward(monkeyp
     monkeypatch.setattr(llama, "ATTENTION_CHUNK", 16)
     blocked = apply(graphdef, state, tokens).logits
     np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), atol=1e-5)
+
+
+@pytest.mark.parametrize("H", [5, 23])  # a head within one attention block and one across blocks
+def test_shared_head_forward_equals_plain_forward_with_gradients(monkeypatch, H):
+    """shared_head=H (rows share their first H tokens: the head runs once at batch 1) gives the plain
+    forward's logits, values and parameter gradients; an offset block-causal attention covers the rows."""
+    from wmact_jax.models import llama
+
+    monkeypatch.setattr(llama, "ATTENTION_CHUNK", 16)
+    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64,
+                              value_head=True)
+    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
+    state = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), state)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
+    tokens = tokens.at[:, :H].set(tokens[0, :H])  # the shared head
+    w = jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
+
+    def loss(st, shared):
+        out = apply(graphdef, st, tokens, shared_head=shared)
+        return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values)), out
+
+    (l0, plain), g0 = jax.value_and_grad(lambda st: loss(st, 0), has_aux=True)(state)
+    (l1, shared), g1 = jax.value_and_grad(lambda st: loss(st, H), has_aux=True)(state)
+    np.testing.assert_allclose(np.asarray(shared.logits), np.asarray(plain.logits), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(shared.values), np.asarray(plain.values), atol=1e-4)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-3)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0)) > 1e-2  # not vacuous
+    with pytest.raises(ValueError, match="shared_head"):
+        apply(graphdef, state, tokens, shared_head=H, logits_at=jnp.zeros((3,), jnp.int32))

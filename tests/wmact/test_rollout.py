@@ -78,10 +78,11 @@ def fake_cache(batch, max_len):
 
 
 def make_rollout(setup, apply_fn, init_cache, levels=6, group=2, turns=4, context=640, max_actions=8,
-                 prepare_params=None):
+                 prepare_params=None, share_prompt_head=True):
     env, params, tok, grid, conv, answer = setup
     cfg = RolloutConfig(num_levels=levels, group_size=group, max_turns=turns, max_turn_tokens=16,
-                        max_actions_per_turn=K, max_actions=max_actions, context_len=context)
+                        max_actions_per_turn=K, max_actions=max_actions, context_len=context,
+                        share_prompt_head=share_prompt_head)
     return Rollout(env, params, conv, answer, apply_fn, cfg, init_cache, [tok.convert_tokens_to_ids("</answer>")],
                    tok.eos_token_id, tok.pad_token_id, prepare_params=prepare_params)
 
@@ -215,9 +216,11 @@ def test_turn_cap_is_traced_and_context_budget_ends_episodes(setup):
     assert bool(jnp.any(b.end_reason == END_REASONS.index("context_full")))
 
 
-def test_cached_decoding_matches_full_recomputation(setup):
+@pytest.mark.parametrize("share_prompt_head", [True, False])
+def test_cached_decoding_matches_full_recomputation(setup, share_prompt_head):
     """Greedy rollout of a tiny transformer: every model token is the argmax of a full forward. The policy
-    reads its per-layer weights sliced once per rollout (prepare_params), as the trainer's does."""
+    reads its per-layer weights sliced once per rollout (prepare_params), as the trainer's does. With
+    `share_prompt_head` the prompt's common head is prefilled once and its cache copied to every episode."""
     env, params, tok, *_ = setup
     mc = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                      num_kv_heads=1, max_position_embeddings=1024, value_head=True)
@@ -227,7 +230,7 @@ def test_cached_decoding_matches_full_recomputation(setup):
     prepare = lambda p: (p, layer_weights(graphdef, p))
     apply_fn = lambda pl, t, c, n: model_apply(graphdef, pl[0], t, c, n, layer_weights=pl[1])
     roll = make_rollout(setup, apply_fn, lambda b, s: KVCache.init(mc, b, s), levels=2, group=2, turns=3,
-                        context=512, prepare_params=prepare)
+                        context=512, prepare_params=prepare, share_prompt_head=share_prompt_head)
     run = jax.jit(lambda p, k: roll.run(p, k, jnp.int32(3), SamplingParams(temperature=jnp.float32(0.0)))[0])
     b = jax.device_get(run(state, jax.random.PRNGKey(0)))
     full = model_apply(graphdef, state, jnp.asarray(b.tokens))

@@ -290,3 +290,29 @@ def test_bfloat16_cache_under_float32_model_multiplies_in_bfloat16(model, per_la
     dots = [e for e in eqns if e.primitive.name == "dot_general"
             and all(v.aval.dtype == jnp.bfloat16 for v in e.invars) and e.outvars[0].aval.dtype == jnp.float32]
     assert len(dots) >= 2 * cfg.num_layers
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_shared_head_prefill_equals_prefilling_whole_prompts(model, per_layer):
+    """A common head prefilled once at batch 1 and copied to every row, then each row's own tokens: the same
+    cache, last logits / values and greedy continuation as prefilling head + row tokens row by row."""
+    cfg, m = model
+    head = [3, 1, 4, 1, 5, 9, 2]
+    init = lambda b, s: KVCache.init(cfg, b, s, per_layer=per_layer)
+    apply_fn = lambda t, c, n, logits_at=None: apply(*m, t, c, n, logits_at=logits_at)
+    tok, ln = S.make_batch(PROMPTS)
+    ll, cache, lv = jax.jit(lambda t, n: S.prefill_shared_head_fn(apply_fn, jnp.asarray(head), t, n, init, CACHE))(
+        tok, ln)
+    whole = [head + p for p in PROMPTS]
+    wt, wl = S.make_batch(whole)
+    ll_ref, cache_ref, lv_ref = S.prefill(m, wt, wl, init(3, CACHE), return_values=True)
+    np.testing.assert_array_equal(cache.lengths, [len(w) for w in whole])
+    np.testing.assert_allclose(ll, ll_ref, atol=1e-4)
+    np.testing.assert_allclose(lv, lv_ref, atol=1e-4)
+    k, k_ref = np.asarray(cache.stacked().k), np.asarray(cache_ref.stacked().k)  # [L, B, KV, Dh, S]
+    for b, w in enumerate(whole):
+        np.testing.assert_allclose(k[:, b, ..., : len(w)], k_ref[:, b, ..., : len(w)], rtol=1e-4, atol=1e-4)
+    out = S.decode(m, cache, ll, jax.random.key(0), max_new_tokens=N, last_values=lv, params=S.SamplingParams.greedy())
+    np.testing.assert_array_equal(out.tokens, run(model, whole).tokens)
+    with pytest.raises(ValueError, match="batch-1 cache"):
+        S.broadcast_cache(init(2, CACHE), 3)

@@ -152,6 +152,30 @@ def test_bfloat16_kv_cache_rollout_stays_close_to_float32(trainer):
     np.testing.assert_allclose(np.asarray(bf.logprobs)[same], np.asarray(ref.logprobs)[same], atol=0.05)
 
 
+def test_shared_prompt_head_gives_the_same_iteration(trainer):
+    """rollout.share_prompt_head (the default, `trainer`) against off: the same episodes from the same key,
+    and one update (separate critic included) to the same parameters, up to float round-off."""
+    from wmact_jax.config_check import prepare_config
+
+    c = tiny_config()
+    c.rollout.share_prompt_head = False
+    off = Trainer(prepare_config(c), "")
+    assert trainer.shared_head == len(trainer.conv.prompt_head) > 0 and off.shared_head == 0
+    st = trainer.init_state(jax.random.PRNGKey(0))
+    a = jax.device_get(trainer.eval_batch(st.ppo.params, cap=3, temperature=1.0))
+    b = jax.device_get(off.eval_batch(st.ppo.params, cap=3, temperature=1.0))
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+    head = np.asarray(trainer.conv.prompt_head)
+    assert (np.asarray(a.tokens)[:, : head.size] == head).all()  # what shared_head= relies on
+    new_on, m_on = trainer.iteration(jax.tree.map(jnp.array, st))
+    new_off, m_off = off.iteration(jax.tree.map(jnp.array, st))
+    for k in ("success_rate", "mean_turns", "ppo/policy_loss", "ppo/value_loss"):
+        np.testing.assert_allclose(float(m_on[k]), float(m_off[k]), rtol=1e-3, atol=1e-5, err_msg=k)
+    for x, y in zip(_leaves(new_on), _leaves(new_off)):
+        np.testing.assert_allclose(x, y, atol=1e-3)
+
+
 def test_rebind_runs_another_method_and_seed_on_the_same_programs():
     """A trainer rebound to another method and seed computes what a trainer built for that config
     does, without tracing its iteration again; a config that changes a program is refused."""

@@ -175,3 +175,52 @@ def test_turns_left_counts_down_from_a_cap_the_demo_fits_and_leaves_the_play_unc
         assert turns <= counts[0] <= 8 and counts[-1] >= 0
         caps.add(counts[0])
     assert len(caps) > 3  # the cap is drawn, not fixed
+
+
+def test_budget_aware_demos_finish_the_plan_when_one_turn_is_left(trainer):
+    """budget_aware: the cap is drawn from 1..max_turns before the demo plays; turns with more than one
+    left write plan chunks (<= plan_actions), the turn with one left the whole rest, and every demo solves
+    its level within its cap."""
+    import copy
+    import dataclasses
+
+    from wmact_jax.conversation import Conversation
+
+    trainer = copy.copy(trainer)
+    trainer.rollout_cfg = dataclasses.replace(trainer.rollout_cfg, context_len=4096)
+    conv = Conversation(trainer.env, trainer.tokenizer, trainer.grid_codec, 14, style="minimal", turns_left=True,
+                        max_turns=8)
+    toks, _, stats = make_demos(trainer, 32, seed=0, max_turns=8, max_actions_per_turn=14, plan_fraction=1.0,
+                                noise=0.1, chunk="plan", plan_actions=2, conv=conv, budget_aware=True)
+    assert stats["unsolved"] == 0 and stats["kept"] == len(toks) == 32  # every demo fits its cap
+    caps, long_last = set(), 0
+    for t in toks:
+        text = trainer.tokenizer.decode(t, skip_special_tokens=False)
+        counts = [int(n) for n in re.findall(r"Turns left: (\d+)\n", text)]
+        answers = _answers(trainer, t)
+        cap = counts[0]
+        caps.add(cap)
+        assert len(answers) <= cap and counts[: len(answers)] == list(range(cap, cap - len(answers), -1))
+        assert all(len(a) <= 2 for a in answers[:-1])  # chunks (or one-move detours) while turns remain
+        if len(answers) == cap:  # its last answer was written with one turn left: the whole rest of the plan
+            long_last += len(answers[-1]) > 2
+    assert min(caps) == 1 and len(caps) > 3 and long_last > 0
+
+
+def test_warmstart_seed_picks_the_demos_and_defaults_to_the_run_seed(trainer):
+    """warmstart.seed replicates a warm start (other demo levels) without touching the run's seed."""
+    from wmact_jax.warmstart import all_demos, warmstart_seed
+
+    c = trainer.config
+    c.warmstart.num_levels = 8
+    assert c.warmstart.seed == -1 and warmstart_seed(c) == c.seed == 0
+    base = all_demos(trainer)[0]
+    c.warmstart.seed = 1
+    try:
+        assert warmstart_seed(c) == 1 and c.seed == 0
+        other = all_demos(trainer)[0]
+        c.warmstart.seed = 0
+        assert all_demos(trainer)[0] == base  # an explicit seed equal to the run's gives the same demos
+    finally:
+        c.warmstart.seed, c.warmstart.num_levels = -1, default.get_config().warmstart.num_levels
+    assert other != base

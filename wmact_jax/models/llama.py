@@ -216,7 +216,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
                  attention_mask=None, logits_at=None, layer_weights=None,
-                 detach_value_head: bool = False) -> ModelOutput:
+                 detach_value_head: bool = False, shared_head: int = 0) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -229,8 +229,17 @@ class Transformer(nnx.Module):
         decode loop, so the loop body does not slice (copy) every layer's weights at every step.
         detach_value_head: the value head reads the trunk's state through a stop-gradient, so a value loss
         trains the head alone and never moves the trunk the policy shares (the critic "head" of the trainer).
+        shared_head H (static, cache-free forwards only): the caller promises that every row's first H
+        tokens are the same (a rollout batch's chat template + system prompt). They are run once, at batch 1,
+        and every row's later tokens attend to that one copy of their keys/values; the outputs over the head
+        are broadcast to every row. Equal to the plain forward up to float round-off, gradients included
+        (autodiff sums the rows' contributions to the shared head), for H x (B - 1) fewer token positions.
         """
         c = self.config
+        if shared_head and cache is None and 0 < shared_head < tokens.shape[1]:
+            if positions is not None or attention_mask is not None or logits_at is not None:
+                raise ValueError("shared_head= takes a plain causal forward (no positions, attention_mask, logits_at)")
+            return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head)
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
@@ -261,28 +270,7 @@ class Transformer(nnx.Module):
         unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
 
         def block(x, w, attn_fn):
-            h = rms_norm(x, w["attn_norm"], c.rms_norm_eps)
-            if "wqkv" in w:  # fused (hoisted layer weights): one dot, split into [B, T, heads, Dh]
-                qkv = dense(h, w["wqkv"], 1)  # [B, T, (H + 2 KV) Dh]
-                nq, nk = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-                q = qkv[..., :nq].reshape(B, T, c.num_heads, c.head_dim)
-                k = qkv[..., nq:nq + nk].reshape(B, T, c.num_kv_heads, c.head_dim)
-                v = qkv[..., nq + nk:].reshape(B, T, c.num_kv_heads, c.head_dim)
-            else:
-                q, k, v = dense(h, w["wq"], 1), dense(h, w["wk"], 1), dense(h, w["wv"], 1)  # [B, T, heads, Dh]
-            if c.attention_bias:
-                q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            o, extra = attn_fn(q, k, v)  # [B, T, H, Dh]
-            x = x + dense(o, w["wo"], 2)
-            h = rms_norm(x, w["mlp_norm"], c.rms_norm_eps)
-            if "w_gate_up" in w:
-                gu = dense(h, w["w_gate_up"], 1)  # [B, T, 2F]
-                gate, up = gu[..., :c.intermediate_size], gu[..., c.intermediate_size:]
-            else:
-                gate, up = dense(h, w["w_gate"], 1), dense(h, w["w_up"], 1)
-            x = x + dense(jax.nn.silu(gate) * up, w["w_down"], 1)
-            return x, extra
+            return _block(c, x, w, cos, sin, attn_fn)
 
         if cache is None:
             if attention_mask is None and T > ATTENTION_CHUNK:  # plain causal: skip the masked blocks
@@ -360,6 +348,13 @@ class Transformer(nnx.Module):
         if logits_at is not None:  # only the requested position of each row goes through the heads
             idx = jnp.broadcast_to(jnp.asarray(logits_at, jnp.int32), (B,))
             x = jnp.take_along_axis(x, idx[:, None, None], axis=1)  # [B, 1, D]
+        logits, values = self._heads(x, detach_value_head)
+        return ModelOutput(logits, values, new_cache)
+
+    def _heads(self, x, detach_value_head: bool):
+        """Final norm, LM head and value head: x [B, T, D] -> (logits [B, T, V] f32, values [B, T] f32 or None)."""
+        c = self.config
+        cdt = jnp.dtype(c.dtype)
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)  # [B, T, D]
         if c.tie_word_embeddings:
             logits = jnp.einsum("btd,vd->btv", h, self.embed[...].astype(cdt), preferred_element_type=jnp.float32)
@@ -371,7 +366,77 @@ class Transformer(nnx.Module):
             hv = jax.lax.stop_gradient(h) if detach_value_head else h
             values = (jnp.einsum("btd,do->bto", hv.astype(jnp.float32), vh.kernel[...].astype(jnp.float32))
                       + vh.bias[...].astype(jnp.float32))[..., 0]  # [B, T]
-        return ModelOutput(logits.astype(jnp.float32), values, new_cache)
+        return logits.astype(jnp.float32), values
+
+    def _forward_shared_head(self, tokens, H: int, detach_value_head: bool) -> ModelOutput:
+        """The cache-free forward of rows sharing their first H tokens (see `__call__`'s shared_head)."""
+        c = self.config
+        cdt = jnp.dtype(c.dtype)
+        B, T = tokens.shape
+        R = T - H
+        emb = self.embed[...]
+        x_h = jnp.take(emb, tokens[:1, :H], axis=0).astype(cdt)  # [1, H, D]: the head, once
+        x_r = jnp.take(emb, tokens[:, H:], axis=0).astype(cdt)  # [B, R, D]: each row's own tokens
+        cos_h, sin_h = rope_cos_sin(c, jnp.arange(H, dtype=jnp.int32)[None])  # [1, H, Dh]
+        cos_r, sin_r = rope_cos_sin(c, H + jnp.arange(R, dtype=jnp.int32)[None])  # [1, R, Dh]
+        head_mask = jnp.tril(jnp.ones((H, H), bool))[None]
+
+        def layer(xs, w):
+            x_h, x_r = xs
+            kv = {}
+
+            def attn_head(q, k, v):
+                kv["k"], kv["v"] = k, v  # [1, H, KV, Dh], read by the rows' attention of this layer
+                if H > ATTENTION_CHUNK:
+                    return causal_attention_chunked(q, k, v, ATTENTION_CHUNK), None
+                return attention(q, k, v, head_mask), None
+
+            def attn_rows(q, k, v):
+                rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])
+                k_all = jnp.concatenate([rows(kv["k"]), k], axis=1)  # [B, H + R, KV, Dh]
+                v_all = jnp.concatenate([rows(kv["v"]), v], axis=1)
+                return causal_attention_chunked(q, k_all, v_all, ATTENTION_CHUNK, offset=H), None
+
+            x_h, _ = _block(c, x_h, w, cos_h, sin_h, attn_head)
+            x_r, _ = _block(c, x_r, w, cos_r, sin_r, attn_rows)
+            return (x_h, x_r), None
+
+        unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
+        (x_h, x_r), _ = jax.lax.scan(layer, (x_h, x_r), self.stacked_layer_weights(), unroll=unroll)
+        logits_h, values_h = self._heads(x_h, detach_value_head)  # [1, H, V]: once for every row
+        logits_r, values_r = self._heads(x_r, detach_value_head)
+        rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])
+        logits = jnp.concatenate([rows(logits_h), logits_r], axis=1)
+        values = None if values_h is None else jnp.concatenate([rows(values_h), values_r], axis=1)
+        return ModelOutput(logits, values, None)
+
+
+def _block(c: ModelConfig, x, w, cos, sin, attn_fn):
+    """One decoder layer on x [B, T, D] with its weights `w`; attn_fn(q, k, v) (after RoPE at cos/sin
+    [B or 1, T, Dh]) -> (attention output [B, T, H, Dh], extra) -> (x, extra)."""
+    B, T = x.shape[:2]
+    h = rms_norm(x, w["attn_norm"], c.rms_norm_eps)
+    if "wqkv" in w:  # fused (hoisted layer weights): one dot, split into [B, T, heads, Dh]
+        qkv = dense(h, w["wqkv"], 1)  # [B, T, (H + 2 KV) Dh]
+        nq, nk = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        q = qkv[..., :nq].reshape(B, T, c.num_heads, c.head_dim)
+        k = qkv[..., nq:nq + nk].reshape(B, T, c.num_kv_heads, c.head_dim)
+        v = qkv[..., nq + nk:].reshape(B, T, c.num_kv_heads, c.head_dim)
+    else:
+        q, k, v = dense(h, w["wq"], 1), dense(h, w["wk"], 1), dense(h, w["wv"], 1)  # [B, T, heads, Dh]
+    if c.attention_bias:
+        q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    o, extra = attn_fn(q, k, v)  # [B, T, H, Dh]
+    x = x + dense(o, w["wo"], 2)
+    h = rms_norm(x, w["mlp_norm"], c.rms_norm_eps)
+    if "w_gate_up" in w:
+        gu = dense(h, w["w_gate_up"], 1)  # [B, T, 2F]
+        gate, up = gu[..., :c.intermediate_size], gu[..., c.intermediate_size:]
+    else:
+        gate, up = dense(h, w["w_gate"], 1), dense(h, w["w_up"], 1)
+    x = x + dense(jax.nn.silu(gate) * up, w["w_down"], 1)
+    return x, extra
 
 
 def _split_layers(lw: dict, num_layers: int) -> list[dict]:
@@ -396,8 +461,11 @@ def layer_weights(graphdef, state, fused: bool = False) -> list[dict]:
     return nnx.merge(graphdef, state).layer_weights(fused)
 
 
-def causal_attention_chunked(q, k, v, chunk: int = 128):
+def causal_attention_chunked(q, k, v, chunk: int = 128, offset: int = 0):
     """Causal self-attention that skips the masked upper triangle, block by block.
+
+    offset (static): the queries are positions offset .. offset + T - 1 of the keys (k/v [B, offset + T,
+    KV, Dh]), every key before `offset` visible to all of them (a shared head; see `shared_head`).
 
     q [B, T, H, Dh], k/v [B, T, KV, Dh] -> [B, T, H, Dh], equal to `attention` with a causal mask.
     Query block i (rows [i*C, (i+1)*C)) attends to the keys before the block (all visible) and to its
@@ -411,9 +479,9 @@ def causal_attention_chunked(q, k, v, chunk: int = 128):
     for start in range(0, T, chunk):
         end = min(T, start + chunk)
         n = end - start
-        # Block i sees every key before it and its own block causally: keys [0, end).
-        mask = jnp.concatenate([jnp.ones((n, start), bool), jnp.tril(jnp.ones((n, n), bool))], axis=1)
-        outs.append(attention(q[:, start:end], k[:, :end], v[:, :end], mask[None]))
+        # Block i sees every key before it and its own block causally: keys [0, offset + end).
+        mask = jnp.concatenate([jnp.ones((n, offset + start), bool), jnp.tril(jnp.ones((n, n), bool))], axis=1)
+        outs.append(attention(q[:, start:end], k[:, :offset + end], v[:, :offset + end], mask[None]))
     return jnp.concatenate(outs, axis=1)
 
 
@@ -543,11 +611,12 @@ def create(config: ModelConfig, seed: int = 0):
 
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
-          attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False) -> ModelOutput:
+          attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False,
+          shared_head: int = 0) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
-                 layer_weights=layer_weights, detach_value_head=detach_value_head)
+                 layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -13,9 +13,7 @@ from hypothesis import strategies as st
 from wmact_jax.codec import (
     AnswerCodec,
     CodecError,
-    FeedbackCodec,
     GridCodec,
-    NumberField,
     decode_text,
     parse_answer_text,
 )
@@ -142,47 +140,7 @@ def test_grid_jit_vmap_no_retrace(toks):
                 codec.render_text(grids[i]), add_special_tokens=False)
 
 
-# ---- feedback turns ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("tok_name", TOK_NAMES)
-def test_feedback_matches_host_and_chat_template(tok_name, toks):
-    if tok_name not in toks:
-        pytest.skip("no GGUF")
-    chex.clear_trace_counter()
-    tok, env = toks[tok_name], ENVS.get("Sokoban-Standard", FakeEnv())
-    fields = {"reward": NumberField(-20.0, 20.0, 1), "left": NumberField(0, 30, 0)}
-    fb = FeedbackCodec.build(env, tok, "Reward: {reward}\nTurns left: {left}\n{grid}", fields)
-    prompt = FeedbackCodec.build_prompt(env, tok, "Solve it.\n{grid}", system="You play Sokoban.")
-    enc = jax.jit(chex.assert_max_traces(n=1)(lambda g, r, l: fb.encode(g, reward=r, left=l)))
-    rows, cols = env.grid_shape
-
-    @SETTINGS
-    @given(st.integers(0, 2**31 - 1), st.floats(-30, 30, width=32), st.integers(-3, 40))
-    def check(seed, reward, left):
-        grid = np.random.default_rng(seed).integers(0, len(env.glyphs), (rows, cols), dtype=np.int32)
-        t, n = enc(grid, np.float32(reward), np.float32(left))
-        assert np.asarray(t[:n]).tolist() == tok.encode(fb.render_text(grid, reward=reward, left=left),
-                                                        add_special_tokens=False)
-
-    check()
-    # Whole conversation: prompt chunk + answer + end-of-turn + feedback chunk == chat template tokens.
-    g0 = np.random.default_rng(1).integers(0, len(env.glyphs), (rows, cols), dtype=np.int32)
-    g1 = np.random.default_rng(2).integers(0, len(env.glyphs), (rows, cols), dtype=np.int32)
-    pt, pn = jax.jit(prompt.encode)(g0)
-    answer = "<think>push</think><answer>Up || Left</answer>"
-    ft, fn = enc(g1, np.float32(-0.1), np.float32(7))
-    msgs = [
-        {"role": "system", "content": "You play Sokoban."},
-        {"role": "user", "content": "Solve it.\n" + env.glyphs_to_text(g0, sep=prompt.grid.cell_sep)},
-        {"role": "assistant", "content": answer},
-        {"role": "user", "content": "Reward: -0.1\nTurns left: 7\n" + env.glyphs_to_text(g1, sep=fb.grid.cell_sep)},
-    ]
-    want = tok.encode(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
-                      add_special_tokens=False)
-    got = (np.asarray(pt[:pn]).tolist() + tok.encode(answer, add_special_tokens=False) + [fb.end_of_turn_id]
-           + np.asarray(ft[:fn]).tolist())
-    assert got == want
+# ---- the conversation's pieces with the turns-left count ------------------------------------
 
 
 @pytest.mark.parametrize("env_name", ["Sokoban-Standard", "Taxi-v3"])

@@ -1,7 +1,8 @@
 """A batch of multi-turn episodes as one jitted program: prompt, generation, parsing, env steps,
 feedback tokens, next turn, all on device.
 
-Per episode, the token buffer `[S]` and the KV cache share positions: the prompt is prefilled,
+Per episode, the token buffer `[S]` and the KV cache share positions: the prompt is prefilled (its
+common head, the chat template and system prompt, once for the batch and copied to every episode),
 each turn the model decodes up to `max_turn_tokens` (stopping on its answer's end), the answer is
 parsed in-graph into up to K actions, the actions run in the vmapped environment, and the
 environment's reply (reward line + [turns left] + new grid + generation prompt) is prefilled at the row's own

@@ -66,14 +66,11 @@ class HostLoopRollout:
                                        last_values if self.has_values else None)
             return ll, cache, (last_values if lv is None else lv)
 
-        def _prefill0(params, tokens, lengths, cache):
-            ll, cache, lv = prefill_fn(with_params(params), tokens, lengths, cache)
-            return ll, cache, (jnp.zeros((tokens.shape[0],), jnp.float32) if lv is None else lv)
+        # As in-graph: with share_prompt_head the common head is prefilled once (what a prefix cache does).
+        self.head = np.asarray(self.conv.prompt_head if c.share_prompt_head else self.conv.prompt_head[:0], np.int32)
 
-        head = np.asarray(self.conv.prompt_head, np.int32)
-
-        def _prefill0_shared(params, tokens, lengths):  # the common head once, as a prefix cache would
-            ll, cache, lv = prefill_shared_head_fn(with_params(params), head, tokens, lengths, init_cache,
+        def _prefill0(params, tokens, lengths):  # tokens: each prompt after the head
+            ll, cache, lv = prefill_shared_head_fn(with_params(params), self.head, tokens, lengths, init_cache,
                                                    c.context_len)
             return ll, cache, (jnp.zeros((tokens.shape[0],), jnp.float32) if lv is None else lv)
 
@@ -92,8 +89,7 @@ class HostLoopRollout:
 
         self.has_values = None  # found on the first run (as in-graph: does the policy return values?)
         self._prefill = jax.jit(_prefill, donate_argnums=3)
-        self._prefill0 = jax.jit(_prefill0, donate_argnums=3)
-        self._prefill0_shared = jax.jit(_prefill0_shared)
+        self._prefill0 = jax.jit(_prefill0)
         self._decode = jax.jit(_decode, donate_argnums=1)
         env, ep = self.env, self.ep
         # Single-episode env functions, jitted: what a host loop calls per episode / per action.
@@ -165,15 +161,10 @@ class HostLoopRollout:
                                                              jnp.zeros((E,), jnp.int32)), params,
                                    jax.eval_shape(lambda: self.init_cache(E, S)))
             self.has_values = probe.values is not None
-        H = len(conv.prompt_head)
-        if c.share_prompt_head and 0 < H < ptok.shape[1]:  # as in-graph: the shared head prefilled once
-            if not np.all(ptok[:, :H] == conv.prompt_head[None]):
-                raise ValueError("a host prompt does not start with the conversation's prompt head")
-            last_logits, cache, last_values = self._prefill0_shared(params, jnp.asarray(ptok[:, H:]),
-                                                                    jnp.asarray(plen - H))
-        else:
-            last_logits, cache, last_values = self._prefill0(params, jnp.asarray(ptok), jnp.asarray(plen),
-                                                             self.init_cache(E, S))
+        H = self.head.size
+        if not np.all(ptok[:, :H] == self.head[None]):
+            raise ValueError("a host prompt does not start with the conversation's prompt head")
+        last_logits, cache, last_values = self._prefill0(params, jnp.asarray(ptok[:, H:]), jnp.asarray(plen - H))
         jax.block_until_ready(last_logits)
         tm["device_prefill"] += time.perf_counter() - t1
 

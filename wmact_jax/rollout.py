@@ -149,13 +149,10 @@ class Rollout:
         probe = jax.eval_shape(lambda c: apply(jnp.zeros((E, 1), jnp.int32), c, jnp.zeros((E,), jnp.int32)),
                                jax.eval_shape(lambda: self.init_cache(E, S)))
         has_values = probe.values is not None
-        H = len(conv.prompt_head)  # every prompt starts with these tokens (Conversation.initial_prompt)
-        if c.share_prompt_head and 0 < H < prompt.shape[1]:
-            last_logits, cache, last_values = prefill_shared_head_fn(
-                apply, conv.prompt_head, prompt[:, H:], plen - H, self.init_cache, S, shard=self.shard_batch)
-        else:
-            cache = self.shard_batch(self.init_cache(E, S))
-            last_logits, cache, last_values = prefill_fn(apply, prompt, plen, cache)
+        # Every prompt starts with conv.prompt_head (Conversation.initial_prompt): shared, it is prefilled once.
+        H = len(conv.prompt_head) if c.share_prompt_head else 0
+        last_logits, cache, last_values = prefill_shared_head_fn(
+            apply, conv.prompt_head[:H], prompt[:, H:], plen - H, self.init_cache, S, shard=self.shard_batch)
         if last_values is None:
             last_values = jnp.zeros((E,), jnp.float32)
         zeros_es = jnp.zeros((E, S), jnp.int32)

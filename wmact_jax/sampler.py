@@ -258,21 +258,20 @@ def prefill_shared_head_fn(apply_fn: ApplyFn, head, tokens, lengths, init_cache:
     tokens [B, T] (right-padded, lengths [B]) are prefilled after it. Equal to prefilling
     `concat(head, tokens[b, :lengths[b]])` per row (up to float round-off of a batch-1 against a batch-B
     matmul), for H x (B - 1) fewer tokens through the model: with a rules prompt of a few hundred tokens
-    and short per-row states, most of a rollout's first prefill. `init_cache(batch, max_len)` -> empty
-    cache; `shard` (optional) constrains the broadcast cache (e.g. to a mesh's data axes).
+    and short per-row states, most of a rollout's first prefill. An empty head is a plain prefill.
+    `init_cache(batch, max_len)` -> empty cache; `shard` (optional) constrains the batch-B cache (e.g. to
+    a mesh's data axes).
     -> (last_logits [B, V], cache with lengths H + lengths, last_values [B] or None).
     """
     head = jnp.asarray(head, jnp.int32).reshape(1, -1)  # [1, H]
     tokens = jnp.asarray(tokens, jnp.int32)
     B, H = tokens.shape[0], head.shape[1]
-    if H == 0:
-        return prefill_fn(apply_fn, tokens, lengths, init_cache(B, max_len), attend_buckets=attend_buckets)
+    shard = shard or (lambda tree: tree)
+    if H == 0:  # nothing shared: a plain prefill into an empty cache
+        return prefill_fn(apply_fn, tokens, lengths, shard(init_cache(B, max_len)), attend_buckets=attend_buckets)
     _, cache, _ = prefill_fn(apply_fn, head, jnp.full((1,), H, jnp.int32), init_cache(1, max_len),
                              attend_buckets=attend_buckets)
-    cache = broadcast_cache(cache, B)
-    if shard is not None:
-        cache = shard(cache)
-    return prefill_fn(apply_fn, tokens, lengths, cache, attend_buckets=attend_buckets)
+    return prefill_fn(apply_fn, tokens, lengths, shard(broadcast_cache(cache, B)), attend_buckets=attend_buckets)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "attend_buckets"), donate_argnames=("cache",))

@@ -393,8 +393,9 @@ def run_warmstart(trainer, params, log=None, callback=None):
         (p, s), (loss, acc) = jax.lax.scan(one, (p, s), (jax.random.split(key, chunk), steps_n))
         return p, s, loss.mean(), acc.mean()
 
-    key = jax.random.PRNGKey(warmstart_seed(trainer.config) + 17)
-    rng = np.random.default_rng(warmstart_seed(trainer.config) + 17)
+    seed = warmstart_seed(trainer.config) + 17
+    key = jax.random.PRNGKey(seed)
+    rng = np.random.default_rng(seed)
     def bucket_weights(d):  # draw buckets in proportion to how many tokens of training signal they hold
         widths = sorted(d)
         weight = np.array([float((np.asarray(d[w][1]) == ANSWER).sum()) for w in widths])

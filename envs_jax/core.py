@@ -81,6 +81,16 @@ class Environment(Generic[TEnvState, TEnvParams]):
         """int32 [rows, cols] glyph indices (jittable)."""
         raise NotImplementedError
 
+    def enumerate_grids(self) -> np.ndarray | None:
+        """Every grid this environment can render (int32 [n, rows, cols]), or None when there are
+        too many to list (the default).
+
+        A text codec verifies its per-cell token tables on these instead of on random glyph grids:
+        a glyph pair that never stands side by side in a real grid (Taxi's two walls `||`, which a
+        tokenizer may hold as one token) then does not force a separator between cells.
+        """
+        return None
+
     # ---- provided -----------------------------------------------------------------------------
     @property
     def num_actions(self) -> int:

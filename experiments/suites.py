@@ -39,7 +39,7 @@ EXPERIMENTS = {
         "rollout.context_len": 768, "rollout.max_actions": 30, "rollout.max_actions_per_turn": 16,
         "anneal.l0": 6}),
     "taxi": dict(env="Taxi-v3", transfer=("Taxi-7x7",), overrides={
-        # Taxi's rendered map is ~370 tokens: fewer, longer turns.
+        # Taxi's map is 83 tokens (one per glyph; 153 before its codec checked real grids): long turns.
         "rollout.context_len": 1664, "rollout.max_actions": 20, "anneal.l0": 3,
         "rollout.max_actions_per_turn": 18}),
 }

@@ -16,10 +16,12 @@ Why it is exact: BPE output is not a concatenation of per-glyph tokens in genera
 each grid cell *owns* the separator before it, and a table holds the tokens of (separator + glyph)
 for each position class (first cell with the prefix, row start, inner cell, last cell with the
 suffix). This is compositional when the pre-tokenizer cuts the text before every separator; the
-build VERIFIES it on hundreds of random grids and raises `CodecError` otherwise. Default cell
-separator (`cell_sep=None`): the first of '' and ' ' that verifies. In practice: scratch tokenizer
--> '' (one token per cell), except Taxi ('||' of adjacent '|' glyphs would fuse into the separator
-token) -> ' '; SmolLM2 -> ' ' (the ByteLevel pre-tokenizer isolates ' #' pieces; ' √' is 2 tokens).
+build VERIFIES it and raises `CodecError` otherwise: on every grid the environment can render when
+it lists them (`env.enumerate_grids()`: Taxi), else on hundreds of random glyph grids holding every
+glyph pair. Default cell separator (`cell_sep=None`): the first of '' and ' ' that verifies. In
+practice: scratch tokenizer -> '' (one token per cell; Taxi too, whose two walls `||`, which would
+fuse into the action-separator token, never stand side by side in a real grid); SmolLM2 -> ' ' (the
+ByteLevel pre-tokenizer isolates ' #' pieces; ' √' is 2 tokens).
 """
 
 from __future__ import annotations
@@ -173,7 +175,9 @@ class GridCodec:
             suffix=suffix,
             glyphs=glyphs,
         )
-        codec._verify(env, tokenizer, _check_grids(n_g, rows, cols, num_checks, seed))
+        real = env.enumerate_grids() if hasattr(env, "enumerate_grids") else None
+        codec._verify(env, tokenizer, list(real) if real is not None
+                      else _check_grids(n_g, rows, cols, num_checks, seed))
         return codec
 
     # ---- host side ------------------------------------------------------------------------------

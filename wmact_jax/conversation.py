@@ -26,6 +26,16 @@ class ConversationError(ValueError):
     """The tokenizer or its chat template cannot express the conversation in-graph."""
 
 
+def _grid_sampler(env):
+    """rng, n -> n grids to check the pieces on: the environment's own grids when it lists them
+    (`enumerate_grids`, the set the grid codec was verified on), else random glyph grids."""
+    real = env.enumerate_grids() if hasattr(env, "enumerate_grids") else None
+    if real is not None:
+        return lambda rng, n: list(real[rng.integers(0, len(real), n)])
+    rows, cols = env.grid_shape
+    return lambda rng, n: [rng.integers(0, len(env.glyphs), (rows, cols)) for _ in range(n)]
+
+
 def _ids(tokenizer, text: str) -> List[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
@@ -192,10 +202,10 @@ class Conversation:
     def _check(self, samples: int, seed: int) -> None:
         """The pieces concatenated equal the tokenized chat-template text (else in-graph is wrong)."""
         rng = np.random.default_rng(seed)
-        rows, cols = self.env.grid_shape
+        grids_of = _grid_sampler(self.env)
         for s in range(samples):
             n = 1 + s % 3
-            grids = [rng.integers(0, len(self.env.glyphs), (rows, cols)) for _ in range(n + 1)]
+            grids = grids_of(rng, n + 1)
             answers = [prompts.answer_text([self.env.action_names[int(a)] for a in rng.integers(0, self.env.num_actions, 2)],
                                            "thinking") for _ in range(n)]
             rewards = [float(rng.integers(-30, 30)) / 10 for _ in range(n)]

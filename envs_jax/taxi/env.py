@@ -242,6 +242,12 @@ class Taxi(Environment[TaxiState, TaxiParams]):
         middle = jnp.concatenate([self._base[1:-1, :1], inner], axis=1)
         return jnp.concatenate([self._base[:1], middle, self._base[-1:]], axis=0).astype(jnp.int32)
 
+    def enumerate_grids(self) -> np.ndarray:
+        """The rendering of every state index (int32 [num_states, rows + 2, 2 * cols + 1]): every
+        grid Taxi shows (the delivered `W` included: passenger and destination on one site)."""
+        states = jax.vmap(self.state_from_index)(jnp.arange(self.num_states, dtype=jnp.int32))
+        return np.asarray(jax.jit(jax.vmap(self.render_glyphs))(states))
+
     # ---- host helpers ----------------------------------------------------------------------
     def _host_distances(self) -> np.ndarray:
         """Host BFS: steps to finish from every state (int [S]); used for static bounds/tests."""

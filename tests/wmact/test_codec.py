@@ -81,15 +81,19 @@ def test_grid_encode_matches_host(env_name, tok_name, toks, grid_codecs):
     if tok_name not in toks:
         pytest.skip("no GGUF")
     env, tok, codec = ENVS[env_name], toks[tok_name], grid_codecs[(env_name, tok_name)]
-    if tok_name == "scratch" and "|" not in env.glyphs:
+    real = env.enumerate_grids() if hasattr(env, "enumerate_grids") else None
+    if tok_name == "scratch" and ("|" not in env.glyphs or real is not None):
         assert codec.cell_sep == "" and codec.max_len == codec.rows * codec.cols + codec.rows - 1
     if tok_name == "smollm2":
         assert codec.cell_sep == " "
     enc = jax.jit(codec.encode)
     rows, cols = codec.rows, codec.cols
+    # The grids the codec was verified on: the env's own when it lists them (Taxi), else any glyphs.
+    cells_st = (st.sampled_from(range(len(real))).map(lambda i: real[i].reshape(-1).tolist()) if real is not None
+                else st.lists(st.integers(0, len(env.glyphs) - 1), min_size=rows * cols, max_size=rows * cols))
 
     @SETTINGS
-    @given(st.lists(st.integers(0, len(env.glyphs) - 1), min_size=rows * cols, max_size=rows * cols))
+    @given(cells_st)
     def check(cells):
         grid = np.array(cells, np.int32).reshape(rows, cols)
         t, n = enc(grid)
@@ -113,6 +117,22 @@ def test_real_env_observations(toks, grid_codecs):
                 want = toks[t].encode(env.glyphs_to_text(np.asarray(obs[i]), sep=codec.cell_sep),
                                       add_special_tokens=False)
                 assert np.asarray(tt[i, : nn[i]]).tolist() == want
+
+
+def test_taxi_grid_without_separator_only_on_real_grids(toks):
+    """Taxi's scratch encoding needs no separator because its walls never touch: one token per glyph
+    (83 for Taxi-v3, against 153 with ' '). On random glyph grids `||` would be the action-separator
+    token, so the same build without the env's grid list must fail."""
+    if "Taxi-v3" not in ENVS:
+        pytest.skip("no environments")
+    env = ENVS["Taxi-v3"]
+    assert GridCodec.build(env, toks["scratch"]).max_len == 83
+
+    class RandomGridsOnly:
+        glyphs, grid_shape, glyphs_to_text = env.glyphs, env.grid_shape, env.glyphs_to_text
+
+    with pytest.raises(CodecError, match="not compositional"):
+        GridCodec.build(RandomGridsOnly(), toks["scratch"], cell_sep="")
 
 
 def test_grid_not_compositional_raises(toks):
@@ -161,8 +181,10 @@ def test_conversation_turns_left_in_graph_matches_host(env_name, tok_name, toks,
     rows, cols = env.grid_shape
     rng = np.random.default_rng(0)
     answer = tok.encode("<think>go</think><answer>" + env.action_names[0] + "</answer>", add_special_tokens=False)
+    real = env.enumerate_grids()  # Taxi's grids (its codec is verified on these), else None
     for cap in (1, 2, 7, 12):
-        g0, g1 = (rng.integers(0, len(env.glyphs), (rows, cols), dtype=np.int32) for _ in range(2))
+        g0, g1 = (real[rng.integers(len(real))] if real is not None
+                  else rng.integers(0, len(env.glyphs), (rows, cols), dtype=np.int32) for _ in range(2))
         only_prompt, _ = conv.host_tokens([g0], [], [], [], turn_cap=cap)
         t, n = prompt(g0, jnp.int32(cap))
         assert np.asarray(t[:n]).tolist() == only_prompt

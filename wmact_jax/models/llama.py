@@ -380,6 +380,7 @@ class Transformer(nnx.Module):
         cos_h, sin_h = rope_cos_sin(c, jnp.arange(H, dtype=jnp.int32)[None])  # [1, H, Dh]
         cos_r, sin_r = rope_cos_sin(c, H + jnp.arange(R, dtype=jnp.int32)[None])  # [1, R, Dh]
         head_mask = jnp.tril(jnp.ones((H, H), bool))[None]
+        rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])  # [1, ...] -> [B, ...]: the head to every row
 
         def layer(xs, w):
             x_h, x_r = xs
@@ -392,7 +393,6 @@ class Transformer(nnx.Module):
                 return attention(q, k, v, head_mask), None
 
             def attn_rows(q, k, v):
-                rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])
                 k_all = jnp.concatenate([rows(kv["k"]), k], axis=1)  # [B, H + R, KV, Dh]
                 v_all = jnp.concatenate([rows(kv["v"]), v], axis=1)
                 return causal_attention_chunked(q, k_all, v_all, ATTENTION_CHUNK, offset=H), None
@@ -405,7 +405,6 @@ class Transformer(nnx.Module):
         (x_h, x_r), _ = jax.lax.scan(layer, (x_h, x_r), self.stacked_layer_weights(), unroll=unroll)
         logits_h, values_h = self._heads(x_h, detach_value_head)  # [1, H, V]: once for every row
         logits_r, values_r = self._heads(x_r, detach_value_head)
-        rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])
         logits = jnp.concatenate([rows(logits_h), logits_r], axis=1)
         values = None if values_h is None else jnp.concatenate([rows(values_h), values_r], axis=1)
         return ModelOutput(logits, values, None)

@@ -6,7 +6,7 @@
     python experiments/probes.py plateau --experiment maze5 --steps 300 --lr 1e-3 [--state-loss 0.5] [--seed 1]
     python experiments/probes.py critic --warmstart W [--iterations 20] [--critics shared,head,separate]
     python experiments/probes.py levels (--warmstart W | --run DIR) [--eval-levels 256]
-    python experiments/probes.py caps --run DIR[,DIR...] [--caps 1,2,3]
+    python experiments/probes.py caps --run DIR[,DIR...] [--caps 1,2,3] [--env Taxi-7x7]
 
 `init`: 42 random tokens from {10..13} with one P (=20) at a random position; the label is the
 token right after P. Trained by Adam(1e-3), batch 32, on the scratch model's shape (4 layers,
@@ -321,20 +321,23 @@ def _run_trainer(run: str, eval_levels: int | None = None):
     return tr, state, f"{run}, iteration {step}"
 
 
-def probe_caps(runs: list[str], caps: list[int]) -> None:
+def probe_caps(runs: list[str], caps: list[int], env_name: str | None = None) -> None:
     """Greedy play of each run's latest policy under several turn caps: whether its first answer
     depends on the budget. Without `rollout.turns_left` the prompt is the same under every cap, so
-    the first answers are too; with it, a policy that reads the count may plan more when it has less."""
-    print("run | turns_left | cap | success (%) | mean turns | first-turn actions | solved in the first turn (%)")
+    the first answers are too; with it, a policy that reads the count may plan more when it has less.
+    env_name: play another environment with the same actions instead (transfer, e.g. Taxi-7x7), on
+    the run's held-out level count."""
+    print("run | env | turns_left | cap | success (%) | mean turns | first-turn actions | solved in the first turn (%)")
     for run in runs:
         tr, state, where = _run_trainer(run)
+        env = env_name or tr.config.env.name
         for cap in caps:
             if not 1 <= cap <= tr.max_turns:
                 raise SystemExit(f"--caps: {cap} is outside 1..{tr.max_turns} (the run's static turn bound)")
-            b = jax.device_get(tr.eval_batch(state.ppo.params, cap, 0.0))
+            b = jax.device_get(tr.eval_batch(state.ppo.params, cap, 0.0, env))
             first = np.asarray(b.turn_actions[:, 0], float)
             solved_first = np.asarray(b.success & (b.turns == 1), float)
-            print(f"{where} | {bool(tr.config.rollout.turns_left)} | {cap} | {100 * b.success.mean():.1f} | "
+            print(f"{where} | {env} | {bool(tr.config.rollout.turns_left)} | {cap} | {100 * b.success.mean():.1f} | "
                   f"{b.turns.mean():.2f} | {first.mean():.2f} | {100 * solved_first.mean():.1f}", flush=True)
 
 
@@ -382,7 +385,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("probe", choices=("init", "first-move", "ceiling", "plateau", "critic", "levels", "caps"))
     ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--env", default="Maze-5x5")
+    ap.add_argument("--env", help="first-move: the puzzle (default Maze-5x5); caps: play this environment "
+                    "instead of the run's own (transfer)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--levels", type=int, default=3000)
@@ -412,9 +416,9 @@ def main() -> None:
     elif a.probe == "caps":
         if not a.run:
             ap.error("caps needs --run DIR[,DIR...]")
-        probe_caps(a.run.split(","), [int(x) for x in a.caps.split(",")])
+        probe_caps(a.run.split(","), [int(x) for x in a.caps.split(",")], a.env)
     else:
-        probe_first_move(a.env, a.steps, a.batch, a.lr, a.levels)
+        probe_first_move(a.env or "Maze-5x5", a.steps, a.batch, a.lr, a.levels)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmstart.single_turn_fraction = 0.0  # share of demos in the one-turn whole-plan (entire_plan) format
     c.warmstart.length_bucket = 128  # demos are batched by length, in widths of this multiple (0 = one width)
     c.warmstart.path = ""  # start from this warm-started policy (`python -m wmact_jax.warmstart` output)
+    # The warm start itself trains from this saved warm start's policy instead of a fresh model: it
+    # extends one (e.g. `warmstart.curriculum=0` for more steps on the mixed phase alone).
+    c.warmstart.init = ""
 
     c.train = ml_collections.ConfigDict()
     c.train.iterations = 60

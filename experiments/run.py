@@ -124,19 +124,17 @@ def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0):
 def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict, bool]:
     """The experiment's shared warm start (trained once, then reused): -> (folder, metrics, reused)."""
     from wmact_jax.train import Trainer
-    from wmact_jax.warmstart import METRICS_FILE, run_warmstart, save_warmstart, warmstart_seed
+    from wmact_jax.warmstart import METRICS_FILE, initial_params, run_warmstart, save_warmstart
 
     folder = os.path.join(exp_dir, "warmstart")
     info_path = os.path.join(folder, METRICS_FILE)
     if os.path.exists(info_path):
         with open(info_path) as f:
             return folder, json.load(f)["metrics"], True
-    import jax
-
     c = config_check.prepare_config(warmstart_config(exp, suite, sets), explicit=sets.keys())
     print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps", flush=True)
     trainer = Trainer(c)
-    params, metrics = run_warmstart(trainer, trainer.init_state(jax.random.key(warmstart_seed(c))).ppo.params)
+    params, metrics = run_warmstart(trainer, initial_params(trainer))
     save_warmstart(folder, trainer, params, metrics, overwrite=True)
     return folder, metrics, False
 

@@ -259,6 +259,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
              "warmstart.enabled=False)")
     if w.path:
         need(os.path.exists(w.path), f"'warmstart.path' {w.path!r} does not exist")
+    if w.init:
+        need(os.path.exists(os.path.join(w.init, "warmstart.json")),
+             f"'warmstart.init' {w.init!r} is not a saved warm start (no warmstart.json in it)")
 
     # Training loop.
     nonneg("train.iterations", "train.eval_every", "train.transcripts", "ppo.width_bucket")

@@ -52,6 +52,15 @@ def warmstart_seed(config) -> int:
     return int(config.seed) if s < 0 else s
 
 
+def initial_params(trainer):
+    """The params a warm start trains from: the fresh model's (seeded by `warmstart_seed`), with the
+    policy of the saved warm start `warmstart.init` when it is set (extending that warm start)."""
+    params = trainer.init_state(jax.random.key(warmstart_seed(trainer.config))).ppo.params
+    if trainer.config.warmstart.init:
+        params, _ = load_warmstart(trainer.config.warmstart.init, trainer, params)
+    return params
+
+
 def demo_level_keys(seed: int, level_offset: int, num_levels: int) -> jax.Array:
     """Reset keys of the demo levels: a stream disjoint from RL's and from held-out evaluation's;
     `level_offset` separates the demo sets of one warm start (step-style, one-turn, plan-style)."""
@@ -566,8 +575,7 @@ def main(argv=None) -> None:
         from wmact_jax.train import Trainer
 
         trainer = Trainer(config)
-        state = trainer.init_state(jax.random.key(warmstart_seed(config)))
-        params, metrics = run_warmstart(trainer, state.ppo.params)
+        params, metrics = run_warmstart(trainer, initial_params(trainer))
         out = save_warmstart(flags.FLAGS.out, trainer, params, metrics, overwrite=flags.FLAGS.overwrite)
         print(f"warm start saved to {out}: " + ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items()))
 

@@ -224,3 +224,30 @@ def test_warmstart_seed_picks_the_demos_and_defaults_to_the_run_seed(trainer):
     finally:
         c.warmstart.seed, c.warmstart.num_levels = -1, default.get_config().warmstart.num_levels
     assert other != base
+
+
+def test_warmstart_init_extends_a_saved_warm_start(trainer, tmp_path):
+    """warmstart.init: the warm start trains from a saved warm start's policy, not from a fresh model
+    (the config check names a folder that is not one)."""
+    import numpy as np
+
+    from wmact_jax.warmstart import initial_params, save_warmstart
+
+    fresh = initial_params(trainer)
+    saved = dict(fresh, policy=jax.tree.map(lambda x: x + 0.5, fresh["policy"]))
+    save_warmstart(str(tmp_path / "ws"), trainer, saved, {"warmstart/steps": 1.0})
+    c = trainer.config
+    c.warmstart.init = str(tmp_path / "ws")
+    try:
+        got = initial_params(trainer)
+    finally:
+        c.warmstart.init = ""
+    flat = lambda p: {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+                      jax.tree_util.tree_leaves_with_path(p["policy"].to_pure_dict())}
+    want, have, before = flat(saved), flat(got), flat(fresh)
+    assert all(np.allclose(have[k], want[k]) for k in want if "value_head" not in k)
+    assert not all(np.allclose(have[k], before[k]) for k in want if "value_head" not in k)
+    bad = default.get_config()
+    bad.warmstart.init = str(tmp_path)
+    with pytest.raises(config_check.ConfigError, match="warmstart.init"):
+        config_check.prepare_config(bad, explicit=())

@@ -40,7 +40,9 @@ EXPERIMENTS = {
         "anneal.l0": 6}),
     "taxi": dict(env="Taxi-v3", transfer=("Taxi-7x7",), overrides={
         # Taxi's map is 83 tokens (one per glyph; 153 before its codec checked real grids): long turns.
-        "rollout.context_len": 1664, "rollout.max_actions": 20, "anneal.l0": 3,
+        # 40 actions (optimal plans are up to 18; configs/taxi_scratch.py has 40): at 20 the plan warm start's
+        # greedy episodes ended on the action cap 88% of the time (2026-12-05).
+        "rollout.context_len": 1664, "rollout.max_actions": 40, "anneal.l0": 3,
         "rollout.max_actions_per_turn": 18}),
 }
 

@@ -40,6 +40,7 @@ __all__ = [
     "GridCodec",
     "AnswerCodec",
     "parse_answer_text",
+    "listed_grids",
     "token_bytes",
     "decode_text",
 ]
@@ -175,7 +176,7 @@ class GridCodec:
             suffix=suffix,
             glyphs=glyphs,
         )
-        real = env.enumerate_grids() if hasattr(env, "enumerate_grids") else None
+        real = listed_grids(env)
         codec._verify(env, tokenizer, list(real) if real is not None
                       else _check_grids(n_g, rows, cols, num_checks, seed))
         return codec
@@ -212,6 +213,12 @@ class GridCodec:
         """grid int32 [rows, cols] -> (tokens int32 [max_len] padded with pad_id, length int32)."""
         toks, lens = self.cell_tokens(grid)
         return _compact(toks, lens, self.max_len, self.pad_id)
+
+
+def listed_grids(env) -> Optional[np.ndarray]:
+    """Every grid `env` can show ([n, rows, cols]) when it lists them (`enumerate_grids`), else None
+    (also for duck-typed envs without the method): what the codec and conversation checks run on."""
+    return env.enumerate_grids() if hasattr(env, "enumerate_grids") else None
 
 
 def _check_grids(n_glyphs: int, rows: int, cols: int, n: int, seed: int) -> List[np.ndarray]:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmact_jax import prompts
+from wmact_jax.codec import listed_grids
 
 _PH = ["QQSYSQQ", "QQUSERQQ", "QQASSTQQ", "QQUSER2QQ"]  # placeholders: plain letters, no template syntax
 
@@ -29,7 +30,7 @@ class ConversationError(ValueError):
 def _grid_sampler(env):
     """rng, n -> n grids to check the pieces on: the environment's own grids when it lists them
     (`enumerate_grids`, the set the grid codec was verified on), else random glyph grids."""
-    real = env.enumerate_grids() if hasattr(env, "enumerate_grids") else None
+    real = listed_grids(env)
     if real is not None:
         return lambda rng, n: list(real[rng.integers(0, len(real), n)])
     rows, cols = env.grid_shape

@@ -244,9 +244,14 @@ class Taxi(Environment[TaxiState, TaxiParams]):
 
     def enumerate_grids(self) -> np.ndarray:
         """The rendering of every state index (int32 [num_states, rows + 2, 2 * cols + 1]): every
-        grid Taxi shows (the delivered `W` included: passenger and destination on one site)."""
-        states = jax.vmap(self.state_from_index)(jnp.arange(self.num_states, dtype=jnp.int32))
-        return np.asarray(jax.jit(jax.vmap(self.render_glyphs))(states))
+        grid Taxi shows (the delivered `W` included: passenger and destination on one site).
+        Rendered once per instance (read-only): the codec and the conversation checks both ask."""
+        if getattr(self, "_all_grids", None) is None:
+            states = jax.vmap(self.state_from_index)(jnp.arange(self.num_states, dtype=jnp.int32))
+            grids = np.array(jax.jit(jax.vmap(self.render_glyphs))(states))
+            grids.flags.writeable = False
+            self._all_grids = grids
+        return self._all_grids
 
     # ---- host helpers ----------------------------------------------------------------------
     def _host_distances(self) -> np.ndarray:

@@ -116,7 +116,7 @@ def main() -> None:
         tok = lambda s: f"{B * T / s / 1e3:.1f}k/s"
         t = torch_step_seconds(B, T, args.reps) if not args.no_torch else float("nan")
         print(f"{B:>5} x {T:<5} | {tok(blocks):>12} {tok(full):>10} {tok(t) if t == t else '-':>10} | "
-              f"{full / blocks:>10.2f}x {blocks / t if t == t else float('nan'):>11.2f}x")
+              f"{full / blocks:>10.2f}x {f'{blocks / t:.2f}x' if t == t else '-':>12}")
     print("# tokens/s of training (higher is better); blocks/full > 1: the block attention is faster; "
           "torch/blocks > 1: torch is faster")
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from wmact_jax.models import (HFTensorError, KVCache, ModelConfig, Transformer, apply, from_hf_tensors,
                               hf_shapes, load_model, to_hf_tensors)
-from wmact_jax.models.llama import layer_weights
+from wmact_jax.models.llama import layer_weights, rope_cos_sin
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -297,6 +297,29 @@ def test_decode_step_does_not_recompile():
     for _ in range(6):
         tok, cache = step(state, tok, cache)
     np.testing.assert_array_equal(np.asarray(cache.lengths), [6, 6])
+
+
+def _computations_with(hlo: str, op: str) -> int:
+    """How many computations of compiled HLO text contain an `op(` instruction."""
+    import re
+    return sum(f" {op}(" in body for body in re.findall(r"^%\S+ .*?\{\n(.*?)^\}", hlo, re.M | re.S))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rope_table_equals_direct_rope_and_is_computed_once(case):
+    _, config, tensors = hf_case(case)
+    pos = jnp.asarray(np.random.default_rng(0).integers(0, 40, (3, 7)), jnp.int32)
+    for a, b in zip(rope_cos_sin(config, pos), rope_cos_sin(config, pos, num_positions=40)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same float ops, then a gather
+    # XLA:CPU fuses a directly computed cos into every layer's RoPE multiply (per head, per layer); the
+    # table is computed in one place, however many layers read it (2 layers x q, k would give 4).
+    graphdef, state = split_of(config, tensors)
+    tok = jnp.ones((2, 8), jnp.int32)
+    forward = jax.jit(lambda s, t: apply(graphdef, s, t).logits).lower(state, tok).compile().as_text()
+    cached = jax.jit(lambda s, t, c: apply(graphdef, s, t, c).logits).lower(
+        state, tok, KVCache.init(config, 2, 16)).compile().as_text()
+    for hlo in (forward, cached):
+        assert _computations_with(hlo, "cosine") == 1 and _computations_with(hlo, "sine") == 1
 
 
 def test_training_path_grad_and_mask():

@@ -29,6 +29,7 @@ bench: install
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/kv_cache_storage.py
 	$(PY) benchmarks/profile_decode.py
+	$(PY) benchmarks/decode_dots.py
 	$(PY) benchmarks/fused_projections.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_iteration.py

@@ -1,13 +1,15 @@
-"""Where a decode step's time goes: a jax.profiler trace of sampler.decode, summed per XLA op.
+"""Where a decode step's (or a prefill's) time goes: a jax.profiler trace, summed per XLA op.
 
     python benchmarks/profile_decode.py                     # small model, batch 64, 8 steps
     python benchmarks/profile_decode.py --model smollm --steps 4
     python benchmarks/profile_decode.py --model smollm --steps 4 --stacked   # the stacked cache + layer scan
+    python benchmarks/profile_decode.py --model smollm --prefill             # the prefill instead (ms per call)
 
 Prefill runs untraced; then `--steps` greedy decode steps run under `jax.profiler` and every XLA:CPU
 op of the trace is summed per step and grouped by what it computes (the HLO op's output shape and the
 jax op it came from, e.g. `f32[64,3,3,128] bkmd,bkds->bkms/dot_general`). Times are per step; ops on
-two threads may overlap, so the rows can add up to more than the step.
+two threads may overlap, so the rows can add up to more than the step. With `--prefill`, one prefill
+of the prompts is traced instead and the times are per call.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--stacked", action="store_true", help="stacked [layers, ...] cache instead of the default")
     ap.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"), help="default: the model's")
+    ap.add_argument("--prefill", action="store_true", help="profile one prefill of the prompts (ms per call)")
     args = ap.parse_args(argv)
     label, cfg, model = (small_model if args.model == "small" else smollm_model)()
     split = nnx.split(model)
@@ -64,24 +67,34 @@ def main(argv=None):
                              attend_buckets=(S,))
         return out.tokens.block_until_ready()
 
-    decode(*prefilled())  # compile
-    ll, cache = prefilled()
-    t = time.perf_counter()
-    decode(ll, cache)
-    step_ms = (time.perf_counter() - t) / N * 1e3
-    # The compiled decode's HLO names each fused op; its metadata says which jax op it came from.
-    ll, cache = prefilled()
-    params = greedy.as_arrays(B)
-    hlo = sampler._decode_split.lower(
-        split[0], split[1], cache, ll, jax.random.key(0), params, jnp.full((8,), -1, jnp.int32), None, None,
-        jnp.ones((B,), bool), None, max_new_tokens=N, pad_id=0, attend_buckets=(S,)).compile().as_text()
+    if args.prefill:  # one call: the per-op times are per prefill, not per step
+        N = 1
+        prefilled()  # compile
+        t = time.perf_counter()
+        prefilled()
+        step_ms = (time.perf_counter() - t) * 1e3
+        empty = KVCache.init(cfg, B, S, args.cache_dtype, per_layer=False if args.stacked else None)
+        hlo = sampler._prefill_split.lower(split[0], split[1], prompts, lengths, empty, None, None,
+                                           (S,)).compile().as_text()
+    else:
+        decode(*prefilled())  # compile
+        ll, cache = prefilled()
+        t = time.perf_counter()
+        decode(ll, cache)
+        step_ms = (time.perf_counter() - t) / N * 1e3
+        # The compiled decode's HLO names each fused op; its metadata says which jax op it came from.
+        ll, cache = prefilled()
+        params = greedy.as_arrays(B)
+        hlo = sampler._decode_split.lower(
+            split[0], split[1], cache, ll, jax.random.key(0), params, jnp.full((8,), -1, jnp.int32), None, None,
+            jnp.ones((B,), bool), None, max_new_tokens=N, pad_id=0, attend_buckets=(S,)).compile().as_text()
     what = {}
     for m in re.finditer(r"^\s*%?([\w.\-]+) = (\S+) [^\n]*?op_name=\"([^\"]*)\"", hlo, re.M):
         what[m.group(1)] = f"{m.group(2).split('{')[0]} {m.group(3).split('/')[-2:][0][-28:]}/{m.group(3).split('/')[-1]}"
-    ll, cache = prefilled()
+    ll, cache = (None, None) if args.prefill else prefilled()
     with tempfile.TemporaryDirectory() as d:
         jax.profiler.start_trace(d)
-        decode(ll, cache)
+        prefilled() if args.prefill else decode(ll, cache)
         jax.profiler.stop_trace()
         trace = json.load(gzip.open(sorted(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True))[-1]))
     per = collections.Counter()
@@ -96,12 +109,14 @@ def main(argv=None):
     print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()}")
     c1 = KVCache.init(cfg, 1, 1, args.cache_dtype, per_layer=False if args.stacked else None)
     print(f"# {label}: {cfg.num_layers} layers, batch {B}, prompt {P}, cache {S} ({c1.layout}, "
-          f"{'per layer' if c1.per_layer else 'stacked'}), {N} greedy decode steps; "
-          f"untraced step {step_ms:.1f} ms")
-    print(f"{'ms/step':>8} {'x/step':>7}  op kind / output / jax op")
+          f"{'per layer' if c1.per_layer else 'stacked'}), "
+          + (f"one prefill of {B} x {P} tokens; untraced {step_ms:.1f} ms" if args.prefill else
+             f"{N} greedy decode steps; untraced step {step_ms:.1f} ms"))
+    print(f"{'ms/call' if args.prefill else 'ms/step':>8} {'x/call' if args.prefill else 'x/step':>7}  op kind / output / jax op")
     for (kind, w), ms in per.most_common(args.top):
         print(f"{ms:8.2f} {count[(kind, w)]:7.1f}  {kind:28s} {w}")
-    print(f"# sum of all traced ops: {sum(per.values()):.1f} ms/step (ops on two threads overlap)")
+    print(f"# sum of all traced ops: {sum(per.values()):.1f} ms/{'call' if args.prefill else 'step'} "
+          "(ops on two threads overlap)")
 
 
 if __name__ == "__main__":

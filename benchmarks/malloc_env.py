@@ -12,9 +12,9 @@ the page; on a virtual machine an exit to the hypervisor as well). Modes, each i
   (large blocks come from the heap and stay there when freed: their pages are reused);
 - `mallopt`: the same asked at run time with `mallopt` (what a library could do after start-up; the
   thresholds alone did not help there, so also M_MMAP_MAX=0: no block from mmap).
-Workloads (seconds, best of the child's repetitions; the child's peak RSS beside): `slice`, a 45 MB
+Workloads (seconds, the best or mean of the child's repetitions; its peak RSS beside): `slice`, a 45 MB
 slice copy (the one-token shift of a [16, 512, 1376] logits array, as in the training loss); `train`,
-one supervised step of the scratch model of benchmarks/train_step.py at 16 x 512; `generate`, greedy
+one supervised step of the scratch model of benchmarks/train_step.py at 16 x 512 (mean of 5); `generate`, greedy
 sampling of the small model at batch 64 as in benchmarks/generate.py (prompt 64, 64 new tokens);
 `generate_smollm`, the same with SmolLM2-135M (not in the default list: a minute per child).
 
@@ -31,22 +31,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 # glibc's M_TRIM_THRESHOLD (2 GiB - 1: the value is a C int), M_MMAP_THRESHOLD, M_MMAP_MAX (malloc.h).
 MALLOPT = ((-1, (1 << 31) - 1), (-3, 1 << 30), (-4, 0))
-
-
-def _best(fn, reps: int) -> float:
-    fn()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def child(workload: str, mode: str) -> float:
@@ -61,40 +50,17 @@ def child(workload: str, mode: str) -> float:
     import jax.numpy as jnp
     import numpy as np
 
+    from benchmarks.decode_dots import best_seconds
+
     if workload == "slice":
         x = jnp.asarray(np.random.default_rng(0).standard_normal((8192, 1376), np.float32))
         f = jax.jit(lambda x: x.reshape(16, 512, 1376)[:, 1:] * 1.0)
-        return _best(lambda: f(x).block_until_ready(), 20)
+        return best_seconds(lambda: f(x).block_until_ready(), 20)
     if workload == "train":
-        import optax
-        from flax import nnx
+        from benchmarks.train_step import jax_step_seconds
+        from wmact_jax.models import llama
 
-        from benchmarks.train_step import MODEL
-        from wmact_jax import ppo
-        from wmact_jax.models import ModelConfig, Transformer, llama
-
-        mc = ModelConfig(**MODEL, tie_word_embeddings=True, max_position_embeddings=2048)
-        gd, p = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
-        opt = optax.adam(1e-3)
-        x = jnp.asarray(np.random.default_rng(0).integers(0, MODEL["vocab_size"], (16, 512)), jnp.int32)
-
-        def loss(p):
-            lp, _, _ = ppo.token_logprobs_and_values(llama.apply(gd, p, x).logits, jnp.zeros(x.shape), x)
-            return -jnp.mean(lp[:, 1:])
-
-        @jax.jit
-        def step(p, s):
-            l, g = jax.value_and_grad(loss)(p)
-            u, s = opt.update(g, s, p)
-            return optax.apply_updates(p, u), s, l
-
-        state = [p, opt.init(p)]
-
-        def run():
-            state[0], state[1], l = step(*state)
-            l.block_until_ready()
-
-        return _best(run, 5)
+        return jax_step_seconds(16, 512, llama.ATTENTION_CHUNK, 5)
     if workload in ("generate", "generate_smollm"):
         from flax import nnx
 
@@ -124,7 +90,7 @@ def main(argv=None) -> None:
     import jax
 
     print(f"# jax {jax.__version__} cpus={os.cpu_count()} python {platform.python_version()} "
-          f"glibc {platform.libc_ver()[1]}; seconds, best of each child's repetitions; modes alternated per round")
+          f"glibc {platform.libc_ver()[1]}; seconds per the child's repetitions (best, or mean for train); modes alternated per round")
     modes = args.modes.split(",")
     for w in args.workloads.split(","):
         best = {m: float("inf") for m in modes}

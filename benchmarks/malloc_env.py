@@ -90,7 +90,8 @@ def main(argv=None) -> None:
     import jax
 
     print(f"# jax {jax.__version__} cpus={os.cpu_count()} python {platform.python_version()} "
-          f"glibc {platform.libc_ver()[1]}; seconds per the child's repetitions (best, or mean for train); modes alternated per round")
+          f"glibc {platform.libc_ver()[1]}; seconds per the child's repetitions (best, or mean for train); "
+          "modes alternated per round")
     modes = args.modes.split(",")
     for w in args.workloads.split(","):
         best = {m: float("inf") for m in modes}

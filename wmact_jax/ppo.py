@@ -256,13 +256,17 @@ def token_logprobs_and_values(logits: Array, values: Array, tokens: Array) -> tu
     ``logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t])``, ``values[:, t] = value_head[:, t - 1]``
     and ``entropy[:, t]`` the entropy of the distribution token t was drawn from.
     """
-    logp_all = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [M, S-1, V]
-    nxt = tokens[:, 1:]
+    # Every position's distribution, the last one's too (it predicts nothing and is dropped after the
+    # reductions): slicing the [M, S, V] logits to S - 1 positions first made XLA copy them, and pad
+    # their gradient back (a profile of the scratch model's training step: the copy was its largest
+    # single element-wise op).
+    logp_all = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [M, S, V]
+    nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [M, S]; last column a placeholder
     # The target's log-prob by a one-hot select, not a gather: a gather's gradient is a scatter into
-    # [M, S-1, V], which XLA:CPU runs slowly (~5% of a scratch model's training step).
-    pick = nxt[..., None] == jnp.arange(logp_all.shape[-1], dtype=nxt.dtype)  # [M, S-1, V]
-    lp = jnp.sum(jnp.where(pick, logp_all, 0.0), axis=-1)  # [M, S-1]
-    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [M, S-1]
+    # [M, S, V], which XLA:CPU runs slowly (~5% of a scratch model's training step).
+    pick = nxt[..., None] == jnp.arange(logp_all.shape[-1], dtype=nxt.dtype)  # [M, S, V]
+    lp = jnp.sum(jnp.where(pick, logp_all, 0.0), axis=-1)[:, :-1]  # [M, S-1]
+    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)[:, :-1]  # [M, S-1]
     pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
     v = values[:, :-1].astype(jnp.float32)
     return (

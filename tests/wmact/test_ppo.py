@@ -134,6 +134,32 @@ def test_token_alignment():
     np.testing.assert_allclose(ent[0, 1:], [0.0, 0.0], atol=1e-6)
 
 
+def test_token_logprobs_equal_a_gather_on_sliced_logits_with_gradients():
+    # The function computes every position's distribution and drops the last after the reductions; the
+    # textbook form slices the logits first and gathers the targets. Same values, same gradients.
+    k1, k2 = jax.random.split(jax.random.key(0))
+    logits = 3.0 * jax.random.normal(k1, (3, 7, 11))
+    tokens = jax.random.randint(k2, (3, 7), 0, 11)
+
+    def ours(lo):
+        lp, _, ent = P.token_logprobs_and_values(lo, jnp.zeros(tokens.shape), tokens)
+        return lp, ent
+
+    def textbook(lo):
+        logp = jax.nn.log_softmax(lo[:, :-1], axis=-1)
+        lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+        ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        pad = jnp.zeros((3, 1))
+        return jnp.concatenate([pad, lp], 1), jnp.concatenate([pad, ent], 1)
+
+    w = jax.random.normal(jax.random.key(1), (2, 3, 7))  # an arbitrary scalar of both outputs
+    scalar = lambda f: lambda lo: jnp.sum(w[0] * f(lo)[0] + w[1] * f(lo)[1])
+    for a, b in zip(ours(logits), textbook(logits)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.grad(scalar(ours))(logits), jax.grad(scalar(textbook))(logits), rtol=1e-5,
+                               atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Toy bandit: prompt token 0, then one model token in {1, 2, 3}; token 2 earns reward 1.
 

@@ -278,6 +278,11 @@ class Transformer(nnx.Module):
             old_mask = jnp.arange(S, dtype=jnp.int32)[None, :] < starts[:, None]  # [B, S]
             new_mask = jnp.tril(jnp.ones((T, T), bool))  # [T, T]
             has_old = jnp.any(starts > 0)  # some row attends to keys already in the cache
+        # The table costs num_positions cos/sin rows; computing them directly costs B x T rows for each
+        # head's RoPE in every layer (XLA recomputes them there): take the cheaper (a batch-1 decode step
+        # over a long cache computes them directly).
+        if num_positions is not None and num_positions > B * T * (c.num_heads + c.num_kv_heads) * c.num_layers:
+            num_positions = None
         cos, sin = rope_cos_sin(c, positions, num_positions)  # [B, T, Dh] f32
         unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
 

@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,6 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.generate import _timed, small_model  # noqa: E402
 from wmact_jax.models import ModelConfig  # noqa: E402
 
 
@@ -39,19 +39,13 @@ def shapes(c: ModelConfig) -> list[tuple[str, int, int, int]]:
 
 
 def best_seconds(fn, reps: int) -> float:
+    """Best of `reps` timed calls after one untimed (compile / warm-up)."""
     fn()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
+    return min(_timed(fn) for _ in range(reps))
 
 
 def main(argv=None) -> None:
     import torch
-
-    from benchmarks.generate import small_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="small,smollm")

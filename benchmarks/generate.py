@@ -141,7 +141,7 @@ def main(argv=None):
     ap.add_argument("--bucket", type=int, default=256, help="attention window bucket base (0 = off)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per side and shape; the best counts "
-                    "(torch's figure varied by up to 1.2x between runs on a quiet machine, ours by 1%%)")
+                    "(torch's figure varied by up to 1.25x between runs on a quiet machine, ours by 1%%)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="our params/compute/cache dtype (torch stays float32)")
     ap.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"),

@@ -1,6 +1,7 @@
 """Model tests: parity with transformers' PyTorch Llama/Qwen2, KV-cache correctness, HF names, configs."""
 
 import functools
+import re
 
 import chex
 import jax
@@ -301,7 +302,6 @@ def test_decode_step_does_not_recompile():
 
 def _computations_with(hlo: str, op: str) -> int:
     """How many computations of compiled HLO text contain an `op(` instruction."""
-    import re
     return sum(f" {op}(" in body for body in re.findall(r"^%\S+ .*?\{\n(.*?)^\}", hlo, re.M | re.S))
 
 

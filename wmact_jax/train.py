@@ -266,15 +266,19 @@ class Trainer:
     def init_state(self, key) -> TrainState:
         # A copy: `iteration` donates the state's buffers, the initial params must survive it.
         params = jax.tree.map(jnp.copy, self._init_params)
-        ref = params["policy"] if self.ppo_cfg.kl_coef > 0 else None
+        ref = self._reference(params)
         return TrainState(ppo=ppo_lib.TrainState.create(params, self.optimizer), ref_params=ref,
                           anneal=anneal_lib.anneal_init(self.anneal_cfg), key=jnp.asarray(key),
                           iteration=jnp.zeros((), jnp.int32))
 
     def with_params(self, state: TrainState, params) -> TrainState:
         """A state whose policy (and reference) start from `params` (e.g. after the warm start)."""
-        ref = params["policy"] if self.ppo_cfg.kl_coef > 0 else None
-        return state.replace(ppo=ppo_lib.TrainState.create(params, self.optimizer), ref_params=ref)
+        return state.replace(ppo=ppo_lib.TrainState.create(params, self.optimizer), ref_params=self._reference(params))
+
+    def _reference(self, params):
+        """The frozen starting policy of the KL term (None without one): its own buffers, since
+        `iteration` donates the state and one buffer may not be donated twice (policy and reference)."""
+        return jax.tree.map(jnp.copy, params["policy"]) if self.ppo_cfg.kl_coef > 0 else None
 
     def _committed(self, tree):
         """Every array of `tree` (a state, or its params) committed to its device(s), as `iteration`'s

@@ -336,3 +336,20 @@ def test_trains_from_a_pretrained_folder_and_rebinds_seeds_without_reloading(tra
     rebound = tr.rebind(prepare_config(c), "")
     assert calls == [] and rebound._init_params is tr._init_params
     assert isinstance(nnx.merge(rebound.graphdef, rebound._init_params["policy"]), Transformer)
+
+
+def test_kl_to_the_starting_policy_trains_from_a_warm_started_state():
+    """`ppo.kl_coef > 0` keeps a frozen copy of the starting policy: an iteration runs from a state whose
+    params are committed (as after the warm start: the reference once shared the policy's buffers, and
+    donating them twice failed), the reference stays where it started and the policy moves."""
+    c = tiny_config()
+    c.ppo.kl_coef = 0.1
+    tr = Trainer(c, "")
+    st = tr.init_state(jax.random.PRNGKey(0))
+    st, _ = tr.iteration(st)
+    st = tr.with_params(st, st.ppo.params)  # committed params, as `Trainer.warmstart` hands them over
+    ref0 = [np.asarray(x) for x in jax.tree.leaves(st.ref_params)]
+    st, m = tr.iteration(st)
+    assert np.isfinite(float(m["ppo/kl_ref"]))
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ref_params)))
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ppo.params["policy"])))

@@ -78,21 +78,28 @@ def experiment_config(exp: str, suite: str, sets: dict, method: str = "interacti
     c.env.eval_names = tuple(spec["transfer"])
     apply(c, suites.COMMON)
     apply(c, spec["overrides"])
-    c.rollout.max_turn_tokens = suites.turn_tokens(c.rollout.max_actions_per_turn)
     apply(c, suites.SUITES[suite]["overrides"])
     c.method, c.seed = method, int(seed)
-    if method == "entire_plan":
-        apply(c, suites.entire_plan_overrides(c.rollout.max_actions))
     apply(c, method_sets(sets, method))
+    # An answer's room in tokens follows the actions it may hold, after every override: `--set
+    # rollout.max_actions=40` gives entire_plan's one answer room for 40 (it kept the experiment's 20
+    # until 2026-12-05); `--set rollout.max_turn_tokens` (or a suite's) is kept as given.
+    if "rollout.max_turn_tokens" not in {**suites.SUITES[suite]["overrides"], **sets}:
+        if method == "entire_plan":
+            apply(c, suites.entire_plan_overrides(c.rollout.max_actions))
+        else:
+            c.rollout.max_turn_tokens = suites.turn_tokens(c.rollout.max_actions_per_turn)
     return c
 
 
 def recorded_overrides(exp: str, suite: str, sets: dict) -> dict:
     """The settings an experiment's runs share beyond the defaults, as experiment.json records them."""
     sample = experiment_config(exp, suite, sets)
+    extend = warmstart_stages(suite)[1:]
     return _as_json({**suites.COMMON, **suites.EXPERIMENTS[exp]["overrides"],
                      "rollout.max_turn_tokens": int(sample.rollout.max_turn_tokens),
-                     **suites.SUITES[suite]["overrides"], **sets})
+                     **suites.SUITES[suite]["overrides"], **sets,
+                     **({"warmstart_extend": extend} if extend else {})})
 
 
 def _as_json(x):
@@ -113,30 +120,57 @@ def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
             "write these runs to another --out")
 
 
-def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0):
-    """The config of an experiment's shared warm start: its demos include the one-turn whole plans
-    entire_plan starts from."""
+def warmstart_stages(suite: str) -> list[dict]:
+    """The overrides of each stage of a suite's warm start: the first stage has none; each further
+    stage (`warmstart_extend` in the suite) trains from the previous stage's policy (`warmstart.init`)
+    with its own optimizer and schedule, the two-command recipe of a warm start extended as one."""
+    return [{}] + [dict(s) for s in suites.SUITES[suite].get("warmstart_extend", ())]
+
+
+def warmstart_folders(exp_dir: str, suite: str) -> list[str]:
+    """Where each stage is saved: the last in `warmstart/` (what the runs start from), earlier ones
+    in `warmstart_stage1/`, `warmstart_stage2/`, ..."""
+    n = len(warmstart_stages(suite))
+    return [os.path.join(exp_dir, "warmstart" if i == n - 1 else f"warmstart_stage{i + 1}") for i in range(n)]
+
+
+def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0, stage: int = 0, init: str = ""):
+    """The config of (a stage of) an experiment's shared warm start: its demos include the one-turn
+    whole plans entire_plan starts from. A later stage's overrides win over --set (they define it)."""
     c = experiment_config(exp, suite, sets, method="interactive", seed=seed)
     c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
+    if stage:
+        apply(c, warmstart_stages(suite)[stage])
+        c.warmstart.init = init
     return c
 
 
 def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict, bool]:
-    """The experiment's shared warm start (trained once, then reused): -> (folder, metrics, reused)."""
+    """The experiment's shared warm start (trained once, then reused; stage by stage when the suite
+    extends it): -> (folder of the last stage, its metrics, reused). The metrics' `warmstart/seconds`
+    is the time of every stage."""
     from wmact_jax.train import Trainer
     from wmact_jax.warmstart import METRICS_FILE, initial_params, run_warmstart, save_warmstart
 
-    folder = os.path.join(exp_dir, "warmstart")
-    info_path = os.path.join(folder, METRICS_FILE)
-    if os.path.exists(info_path):
-        with open(info_path) as f:
-            return folder, json.load(f)["metrics"], True
-    c = config_check.prepare_config(warmstart_config(exp, suite, sets), explicit=sets.keys())
-    print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps", flush=True)
-    trainer = Trainer(c)
-    params, metrics = run_warmstart(trainer, initial_params(trainer))
-    save_warmstart(folder, trainer, params, metrics, overwrite=True)
-    return folder, metrics, False
+    seconds, reused, prev = 0.0, True, None
+    for stage, folder in enumerate(warmstart_folders(exp_dir, suite)):
+        info_path = os.path.join(folder, METRICS_FILE)
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                metrics = json.load(f)["metrics"]
+        else:
+            reused = False
+            explicit = set(sets) | set(warmstart_stages(suite)[stage]) | ({"warmstart.init"} if stage else set())
+            c = config_check.prepare_config(warmstart_config(exp, suite, sets, stage=stage, init=prev),
+                                            explicit=explicit)
+            what = f"stage {stage + 1}, from {prev}" if stage else "stage 1" if len(warmstart_stages(suite)) > 1 else ""
+            print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps {what}".rstrip(), flush=True)
+            trainer = Trainer(c)
+            params, metrics = run_warmstart(trainer, initial_params(trainer))
+            save_warmstart(folder, trainer, params, metrics, overwrite=True)
+        seconds += float(metrics.get("warmstart/seconds", 0.0))
+        prev = folder
+    return folder, {**metrics, "warmstart/seconds": seconds}, reused
 
 
 class TrainerPool:
@@ -218,6 +252,13 @@ def main(argv=None) -> int:
             except config_check.ConfigError as e:
                 print(f"error: {exp}/{m}: {e}", file=sys.stderr)
                 return 2
+        for stage, extra in enumerate(warmstart_stages(args.suite)[1:], start=1):
+            try:
+                config_check.prepare_config(warmstart_config(exp, args.suite, sets, stage=stage),
+                                            set(sets) | set(extra))
+            except config_check.ConfigError as e:
+                print(f"error: {exp}/warm start stage {stage + 1}: {e}", file=sys.stderr)
+                return 2
     for exp in exps:
         if why := settings_conflict(os.path.join(out, exp), recorded_overrides(exp, args.suite, sets)):
             print(f"error: {exp}: {why}", file=sys.stderr)
@@ -266,8 +307,12 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
         prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
         prev = prev if isinstance(prev, dict) else {}
         # A reused warm start keeps the time it took when it was trained (not the second it took to find).
-        seconds = (wmetrics.get("warmstart/seconds", prev.get("warmstart_seconds")) if reused
-                   else time.time() - t0)
+        if reused:
+            seconds = wmetrics.get("warmstart/seconds", prev.get("warmstart_seconds"))
+        elif len(warmstart_stages(args.suite)) > 1:  # the stages' own times (an earlier one may be reused)
+            seconds = wmetrics["warmstart/seconds"]
+        else:
+            seconds = time.time() - t0
         exp_info = {"env": sample.env.name, "transfer": list(sample.env.eval_names), "methods": methods,
                     "seeds": seeds, "iterations": int(sample.train.iterations),
                     "episodes_per_iteration": int(sample.rollout.levels_per_iteration * sample.rollout.group_size),

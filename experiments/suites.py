@@ -75,6 +75,22 @@ FULL_WARMSTART = {"warmstart.curriculum_exit": 0.9, "warmstart.curriculum_max_st
 RL = {"rollout.levels_per_iteration": 8, "rollout.group_size": 4, "ppo.lr": 1e-4, "ppo.minibatches": 2,
       "train.eval_modes": ("greedy", "sampled", "single_turn"), "train.transcripts": 2}
 
+QUICK = {**WARMSTART, **RL, "train.iterations": 10, "train.eval_levels": 48, "train.eval_every": 0,
+         "train.checkpoint_every": 10, "anneal.tau": 2, "model.critic": "head", "env.eval_names": ()}
+
+# Taxi-v3's recipe (experiments/results/taxi_plan_warmstart_extended, 2026-12-05: greedy success 87.5% after
+# the warm start; 73.6 +- 8.7% WMAct, 44.4 +- 7.3% PPO-EntirePlan over 3 seeds). The warm start writes plans
+# three moves per turn with no one-action share in the mix, after a one-action phase that lasts until
+# the model leaves its plateau; 1200 steps of it reach 8.3% greedy, and 1200 more plan-only steps from
+# that policy (a second stage, a fresh schedule) 87.5%. The prompt states the turns left; RL runs 100
+# iterations from a cap of 10 turns. On the quick suite's budget per iteration (its value head, no
+# transfer evaluation), as the published runs were made: ~66 minutes of warm start and ~24 minutes
+# per multi-turn run on 2 CPU cores.
+TAXI_PLAN = {"warmstart.mixed_one_action_share": 0.0, "warmstart.plan_actions": 3, "warmstart.steps": 1200,
+             "warmstart.curriculum": 0.25, "warmstart.curriculum_exit": 0.9, "warmstart.curriculum_max_steps": 1500,
+             "rollout.turns_left": True, "anneal.l0": 10, "anneal.tau": 10, "train.iterations": 100,
+             "train.eval_every": 25}
+
 SUITES = {
     # One environment, few iterations: the whole pipeline (warm start + 5 methods x 3 seeds); 14.3 minutes
     # measured on 2 CPU cores (a 5.8-minute warm start, 15 runs of 9-64 s; 19.9 minutes before the methods
@@ -82,9 +98,7 @@ SUITES = {
     # For its time budget it trades the separate critic (a second model: ~2x the update) for a value head
     # on a stop-gradient of the trunk ("head": it cannot disturb the policy, but barely learns), and skips
     # the transfer evaluations.
-    "quick": dict(experiments=("maze5",), seeds=(0, 1, 2), overrides={
-        **WARMSTART, **RL, "train.iterations": 10, "train.eval_levels": 48, "train.eval_every": 0,
-        "train.checkpoint_every": 10, "anneal.tau": 2, "model.critic": "head", "env.eval_names": ()}),
+    "quick": dict(experiments=("maze5",), seeds=(0, 1, 2), overrides=QUICK),
     # Every environment: maze5 took 63 minutes on 2 CPU cores (a 15-minute warm start under load, 15 runs in
     # 48 minutes, shared critic), sokoban6 87 minutes (15-minute warm start, separate critic). sokoban_std's
     # warm start (10.5 minutes) did not leave its plateau (0% success; its runs then see no reward: stopped
@@ -92,4 +106,8 @@ SUITES = {
     "full": dict(experiments=("maze5", "sokoban6", "sokoban_std", "taxi"), seeds=(0, 1, 2), overrides={
         **WARMSTART, **FULL_WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48,
         "train.eval_every": 25, "train.checkpoint_every": 25, "anneal.tau": 5}),
+    # Taxi with the recipe that learns it (TAXI_PLAN), one command for what took two: the warm start's
+    # second stage (`warmstart_extend`) trains from the first stage's policy.
+    "taxi": dict(experiments=("taxi",), seeds=(0, 1, 2), overrides={**QUICK, **TAXI_PLAN},
+                 warmstart_extend=({"warmstart.curriculum": 0.0, "warmstart.curriculum_exit": 0.0},)),
 }

@@ -173,3 +173,86 @@ def test_a_suite_wide_override_does_not_undo_entire_plan():
         c = config_check.prepare_config(runner.experiment_config("maze5", "quick", sets, m),
                                         runner.method_sets(sets, m).keys())
         assert (c.anneal.l0, c.rollout.max_actions_per_turn, c.ppo.lr) == (10, 3, 3e-4), m
+
+
+def test_an_answer_has_room_for_the_actions_an_override_allows():
+    """`--set rollout.max_actions=40` gives entire_plan's one answer room for 40 actions (it used to keep
+    the experiment's 20: 68 tokens), `--set rollout.max_actions_per_turn=12` a multi-turn answer room
+    for 12; an explicit `rollout.max_turn_tokens` is kept."""
+    from configs._scratch import turn_tokens
+
+    plan = runner.experiment_config("taxi", "quick", {"rollout.max_actions": 60}, "entire_plan")
+    assert plan.rollout.max_turn_tokens == turn_tokens(60)
+    turns = runner.experiment_config("maze5", "quick", {"rollout.max_actions_per_turn": 12}, "wmact")
+    assert turns.rollout.max_turn_tokens == turn_tokens(12)
+    for m in ("entire_plan", "wmact"):
+        c = runner.experiment_config("maze5", "quick", {"rollout.max_actions": 60, "rollout.max_turn_tokens": 50}, m)
+        assert c.rollout.max_turn_tokens == 50, m
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _differences(config, recorded: dict) -> dict:
+    a, b = _flat(json.loads(config.to_json())), _flat(recorded)
+    return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+
+
+def test_taxi_suite_is_the_published_two_command_recipe():
+    """`--suite taxi` trains what experiments/results/taxi_plan_warmstart_extended was made with by two
+    commands: the same settings for both warm-start stages and for the runs, except what is listed."""
+    from wmact_jax import config_check
+
+    published = os.path.join(ROOT, "experiments", "results", "taxi_plan_warmstart_extended")
+    first = json.load(open(os.path.join(published, "first_warmstart", "warmstart.json")))["config"]
+    second = json.load(open(os.path.join(published, "taxi", "warmstart.json")))["config"]
+    stage1 = config_check.prepare_config(runner.warmstart_config("taxi", "taxi", {}, stage=0))
+    # The first stage ran when the suite's Taxi action cap was 20 (40 since); `init` is newer than it.
+    assert _differences(stage1, first) == {"rollout.max_actions": (40, 20), "warmstart.init": ("", None)}
+    c = runner.warmstart_config("taxi", "taxi", {}, stage=1, init="S1")
+    c.warmstart.init = ""  # prepare_config checks that the folder holds a warm start
+    stage2 = config_check.prepare_config(c)
+    assert _differences(stage2, second) == {"warmstart.init": ("", "FIRST/taxi/warmstart")}
+    for m, known in (("wmact", {}), ("entire_plan", {"rollout.max_turn_tokens": (128, 68)})):
+        run = config_check.prepare_config(runner.experiment_config("taxi", "taxi", {}, m, 0))
+        recorded = json.load(open(os.path.join(published, "taxi", m, "seed0", "config.json")))
+        diff = {k: v for k, v in _differences(run, recorded).items() if not k.startswith("warmstart.")}
+        assert diff == known, m  # entire_plan's answer: room for 40 actions now (see the test above)
+    assert runner.recorded_overrides("taxi", "taxi", {})["warmstart_extend"] == [
+        {"warmstart.curriculum": 0.0, "warmstart.curriculum_exit": 0.0}]
+
+
+def test_a_staged_warm_start_trains_each_stage_from_the_last(tmp_path, monkeypatch):
+    """A suite's `warmstart_extend` trains a second stage from the first stage's policy, in one command;
+    a rerun reuses both, and a lost last stage is retrained from the kept first one."""
+    from experiments import suites
+
+    monkeypatch.setitem(suites.SUITES, "staged", dict(
+        suites.SUITES["quick"], warmstart_extend=({"warmstart.steps": 4, "warmstart.curriculum": 0.0},)))
+    out = str(tmp_path)
+    argv = ["--suite", "staged", "--out", out, "--methods", "interactive", "--seeds", "0"] + TINY
+    assert runner.main(argv) == 0
+    exp = os.path.join(out, "maze5")
+    s1 = json.load(open(os.path.join(exp, "warmstart_stage1", "warmstart.json")))
+    s2 = json.load(open(os.path.join(exp, "warmstart", "warmstart.json")))
+    assert (s1["config"]["warmstart"]["steps"], s1["config"]["warmstart"]["init"]) == (10, "")
+    assert s2["config"]["warmstart"]["steps"] == 4 and s2["config"]["warmstart"]["curriculum"] == 0.0
+    assert s2["config"]["warmstart"]["init"] == os.path.join(exp, "warmstart_stage1")
+    info = json.load(open(os.path.join(exp, "experiment.json")))
+    total = s1["metrics"]["warmstart/seconds"] + s2["metrics"]["warmstart/seconds"]
+    assert info["warmstart_seconds"] == pytest.approx(total) and info["warmstart_reused"] is False
+    run_cfg = json.load(open(os.path.join(exp, "interactive", "seed0", "config.json")))
+    assert run_cfg["warmstart"]["path"] == os.path.join(exp, "warmstart")
+    # Lose the last stage and the run: the rerun keeps stage 1 and trains stage 2 from it again.
+    import shutil
+
+    stamp = os.path.getmtime(os.path.join(exp, "warmstart_stage1", "warmstart.json"))
+    shutil.rmtree(os.path.join(exp, "warmstart"))
+    shutil.rmtree(os.path.join(exp, "interactive"))
+    assert runner.main(argv) == 0
+    assert os.path.getmtime(os.path.join(exp, "warmstart_stage1", "warmstart.json")) == stamp
+    assert json.load(open(os.path.join(exp, "warmstart", "warmstart.json")))["config"]["warmstart"]["steps"] == 4

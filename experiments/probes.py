@@ -341,6 +341,18 @@ def probe_caps(runs: list[str], caps: list[int], env_name: str | None = None) ->
                   f"{b.turns.mean():.2f} | {first.mean():.2f} | {100 * solved_first.mean():.1f}", flush=True)
 
 
+def loops(transcript: str) -> tuple[bool, bool]:
+    """-> (stuck, revisits) of an episode's transcript. stuck: it repeats an answer from the state that
+    answer left unchanged (a turn whose feedback shows the state it started from, then the same answer
+    again: greedy decoding loops there until the turn cap, the context differing only by the turns-left
+    count). revisits: a state shown twice (a cycle of any length)."""
+    states = [part.split("<|im_end|>")[0] for part in transcript.split("Current state:\n")[1:]]
+    answers = [part.split("</answer>")[0] for part in transcript.split("<answer>")[1:]]
+    stuck = any(states[t] == states[t + 1] and answers[t] == answers[t + 1]
+                for t in range(min(len(states), len(answers)) - 1))
+    return stuck, len(set(states)) < len(states)
+
+
 def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
     import collections
     import json
@@ -359,6 +371,10 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
     greedy = tr.eval_batch(state.ppo.params, cap, 0.0)
     sampled = tr.eval_batch(state.ppo.params, cap, tr.config.rollout.temperature)
     levels = collections.OrderedDict()  # grid text -> [episodes, greedy solved, sampled solved, N_opt, transcript]
+    # How failures loop: an answer repeated from the state it left unchanged; a state seen twice.
+    failed = {name: np.array([loops(tr.transcript(b, i)) for i in range(rollout.cfg.num_episodes)
+                              if not b.success[i]], bool).reshape(-1, 2)
+              for name, b in (("greedy", greedy), ("sampled", sampled))}
     for i in range(rollout.cfg.num_episodes):
         s = jax.tree.map(lambda x: x[i], states)
         e = levels.setdefault(tr.env.render_text(s), [0, 0, 0, None, ""])
@@ -379,6 +395,12 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
     print("\noptimal plan | levels | episodes | greedy success | sampled success")
     for opt, (d, n, g, smp) in sorted(by_len.items()):
         print(f"{opt:12} | {d:6d} | {n:8d} | {g / n * 100:13.1f}% | {smp / n * 100:14.1f}%")
+    d, n, g, smp = sum(by_len.values())
+    half = lambda k: 196 * np.sqrt(k / n * (1 - k / n) / n)  # noqa: E731  (95% normal interval, in %)
+    print(f"{'all':>12} | {d:6d} | {n:8d} | {g / n * 100:5.1f} ± {half(g):4.1f}% | {smp / n * 100:6.1f} ± {half(smp):4.1f}%")
+    for name, f in failed.items():
+        print(f"{name} failures: {len(f)}; repeating an answer from the state it left unchanged: {f[:, 0].sum()}; "
+              f"showing a state twice: {f[:, 1].sum()}")
 
 
 def main() -> None:

@@ -200,6 +200,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
              "rollout.temperature")
     nonneg("rollout.top_k")
     need(0 < r.top_p <= 1, f"'rollout.top_p' must be in (0, 1], got {r.top_p!r}")
+    need(r.temperature == 1 or (r.top_k == 0 and r.top_p == 1),
+         f"'rollout.temperature' {r.temperature!r} trains the tempered policy softmax(logits / temperature); "
+         "with 'rollout.top_k' or 'rollout.top_p' the tokens come from a filtered distribution PPO's ratio "
+         "does not model: use one or the other")
     need(r.max_actions_per_turn <= r.max_actions,
          f"'rollout.max_actions_per_turn' ({r.max_actions_per_turn}) exceeds 'rollout.max_actions' "
          f"({r.max_actions})")

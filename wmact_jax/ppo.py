@@ -36,7 +36,9 @@ class PPOConfig:
 
     ``clip_low``/``clip_high`` give the asymmetric ratio range ``[1 - clip_low, 1 + clip_high]``
     (clip-higher keeps exploration alive). ``value_clip=None`` disables value clipping.
-    ``kl_coef > 0`` requires ``ref_logprobs`` in the batch. ``loss_agg``: ``'token-mean'`` (every
+    ``kl_coef > 0`` requires ``ref_logprobs`` in the batch. ``temperature``: the policy trained is
+    softmax(logits / temperature), the distribution the rollout drew its tokens from (its ``logprobs``
+    must be that distribution's), so that the ratio compares like with like. ``loss_agg``: ``'token-mean'`` (every
     model token weighs the same across the minibatch) or ``'seq-mean-token-sum'`` (sum over an
     episode's tokens, mean over episodes: long answers weigh more, as in the original PPO-for-LLM
     recipes).
@@ -50,6 +52,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     kl_coef: float = 0.0
+    temperature: float = 1.0
     epochs: int = 1
     minibatches: int = 1
     max_grad_norm: float = 1.0
@@ -249,10 +252,12 @@ def compute_advantages(cfg: PPOConfig, batch: Mapping[str, Array]) -> tuple[Arra
 # Per-token quantities and losses
 
 
-def token_logprobs_and_values(logits: Array, values: Array, tokens: Array) -> tuple[Array, Array, Array]:
+def token_logprobs_and_values(logits: Array, values: Array, tokens: Array,
+                              temperature: float = 1.0) -> tuple[Array, Array, Array]:
     """Shift raw model outputs to the module's alignment. All outputs ``[M, S]``, position 0 is 0.
 
-    ``logits [M, S, V]`` at position t predict ``tokens[:, t + 1]``; returned
+    ``logits [M, S, V]`` (divided by ``temperature``: the tempered policy) at position t predict
+    ``tokens[:, t + 1]``; returned
     ``logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t])``, ``values[:, t] = value_head[:, t - 1]``
     and ``entropy[:, t]`` the entropy of the distribution token t was drawn from.
     """
@@ -260,7 +265,10 @@ def token_logprobs_and_values(logits: Array, values: Array, tokens: Array) -> tu
     # reductions): slicing the [M, S, V] logits to S - 1 positions first made XLA copy them, and pad
     # their gradient back (a profile of the scratch model's training step: the copy was its largest
     # single element-wise op).
-    logp_all = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [M, S, V]
+    logits = logits.astype(jnp.float32)
+    if temperature != 1.0:  # static: the default path traces no division
+        logits = logits / temperature
+    logp_all = jax.nn.log_softmax(logits, axis=-1)  # [M, S, V]
     nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [M, S]; last column a placeholder
     # The target's log-prob by a one-hot select, not a gather: a gather's gradient is a scatter into
     # [M, S, V], which XLA:CPU runs slowly (~5% of a scratch model's training step).
@@ -405,7 +413,7 @@ def make_update(
 
     def loss_fn(params, mb):
         logits, vals = apply_fn(params, mb["tokens"])
-        lp, v, ent = token_logprobs_and_values(logits, vals, mb["tokens"])
+        lp, v, ent = token_logprobs_and_values(logits, vals, mb["tokens"], cfg.temperature)
         return ppo_loss(cfg, lp, v, ent, mb)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

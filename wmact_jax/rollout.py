@@ -46,6 +46,10 @@ class RolloutConfig:
     # Prefill the prompt's fixed head (chat template + system prompt, the same for every episode) once at
     # batch 1 and copy its keys/values to every row, instead of running it through the model E times.
     share_prompt_head: bool = True
+    # Record the log-probs of the distribution each token was drawn from (temperature, top-k and top-p
+    # applied) instead of the temperature-1 policy's: PPO's "old" log-probs when it trains the tempered
+    # policy (rollout.temperature != 1).
+    sampled_logprobs: bool = False
 
     @property
     def num_episodes(self) -> int:
@@ -180,7 +184,8 @@ class Rollout:
             n_gen = jnp.where(active, out.num_generated, 0)
             pos = cr["pos"]
             tokens = _scatter_rows(cr["tokens"], out.tokens, pos, n_gen)
-            logprobs = _scatter_rows(cr["logprobs"], out.logprobs, pos, n_gen)
+            logprobs = _scatter_rows(cr["logprobs"], out.sample_logprobs if c.sampled_logprobs else out.logprobs,
+                                     pos, n_gen)
             values = cr["values"] if not has_values else _scatter_rows(cr["values"], out.values, pos, n_gen)
             loss_mask = _scatter_rows(cr["loss_mask"], jnp.ones((E, T), bool), pos, n_gen)
             turn_id = _scatter_rows(cr["turn_id"], jnp.full((E, T), t, jnp.int32), pos, n_gen)

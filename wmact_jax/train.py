@@ -80,8 +80,10 @@ class Trainer:
             num_levels=c.rollout.levels_per_iteration, group_size=c.rollout.group_size,
             max_turns=self.max_turns, max_turn_tokens=c.rollout.max_turn_tokens, max_actions_per_turn=K,
             max_actions=c.rollout.max_actions, context_len=c.rollout.context_len,
-            share_prompt_head=bool(c.rollout.share_prompt_head))
-        self.eval_cfg = dataclasses.replace(self.rollout_cfg, num_levels=c.train.eval_levels, group_size=1)
+            share_prompt_head=bool(c.rollout.share_prompt_head),
+            sampled_logprobs=float(c.rollout.temperature) != 1.0)
+        self.eval_cfg = dataclasses.replace(self.rollout_cfg, num_levels=c.train.eval_levels, group_size=1,
+                                            sampled_logprobs=False)
         mc = self.model_config
         cache_dtype = c.model.kv_cache_dtype or None
         init_cache = self._init_cache = lambda b, s: KVCache.init(mc, b, s, cache_dtype)
@@ -106,6 +108,7 @@ class Trainer:
             gamma=float(c.ppo.gamma), lam=float(c.ppo.lam), clip_low=float(c.ppo.clip_low),
             clip_high=float(c.ppo.clip_high), value_clip=float(c.ppo.value_clip) if c.ppo.value_clip > 0 else None,
             vf_coef=float(c.ppo.vf_coef), ent_coef=float(c.ppo.ent_coef), kl_coef=float(c.ppo.kl_coef),
+            temperature=float(c.rollout.temperature),
             epochs=int(c.ppo.epochs), minibatches=int(c.ppo.minibatches), max_grad_norm=float(c.ppo.max_grad_norm),
             advantage=c.ppo.advantage, normalise_advantages=bool(c.ppo.normalise_advantages),
             width_buckets=(ppo_lib.width_buckets(c.rollout.context_len, int(c.ppo.width_bucket))
@@ -333,7 +336,7 @@ class Trainer:
         if self.config.ppo.recompute_old:
             # One forward pass over the episodes instead of the sampler's cached-path numbers.
             logits, values = self._train_apply(params, tokens)
-            lp, v, _ = ppo_lib.token_logprobs_and_values(logits, values, tokens)
+            lp, v, _ = ppo_lib.token_logprobs_and_values(logits, values, tokens, self.ppo_cfg.temperature)
         else:
             lp, v = b.logprobs, b.values
             if "critic" in params:  # a separate critic was not run during the rollout
@@ -364,7 +367,8 @@ class Trainer:
                     episode_rewards=parts["total"], group_ids=b.level_id)
         if ref_params is not None:
             ref_logits = model_apply(self.graphdef, ref_params, tokens, shared_head=self.shared_head).logits
-            data["ref_logprobs"] = ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tokens.shape), tokens)[0]
+            data["ref_logprobs"] = ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tokens.shape), tokens,
+                                                                     self.ppo_cfg.temperature)[0]
         return data, parts
 
     # ------------------------------------------------------------------ evaluation

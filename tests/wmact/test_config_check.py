@@ -214,3 +214,16 @@ def test_config_from_saved_fills_new_fields_and_names_unknown_ones():
     saved["rollout"]["turn_left"] = True
     with pytest.raises(ConfigError, match="rollout.turn_left"):
         config_from_saved(saved)
+
+
+def test_tempered_training_excludes_top_k_and_top_p():
+    """rollout.temperature != 1 trains softmax(logits / T); a top-k / top-p filter would make the tokens
+    come from a distribution PPO's ratio does not model."""
+    for field, value in (("rollout.top_k", 5), ("rollout.top_p", 0.9)):
+        c = base.get_config()
+        c.rollout.temperature = 0.5
+        c.rollout.__setattr__(field.split(".")[1], value)
+        assert "tempered policy" in _err(c)
+    c = base.get_config()
+    c.rollout.temperature, c.rollout.top_k = 1.0, 5  # untempered: as before
+    check_config(c)

@@ -160,6 +160,19 @@ def test_token_logprobs_equal_a_gather_on_sliced_logits_with_gradients():
                                atol=1e-6)
 
 
+def test_token_logprobs_of_the_tempered_policy():
+    """temperature T: the log-probs and entropy of softmax(logits / T), the distribution a rollout at
+    temperature T draws from."""
+    k1, k2 = jax.random.split(jax.random.key(2))
+    logits = 3.0 * jax.random.normal(k1, (2, 5, 9))
+    tokens = jax.random.randint(k2, (2, 5), 0, 9)
+    lp, _, ent = P.token_logprobs_and_values(logits, jnp.zeros(tokens.shape), tokens, 0.5)
+    logp = jax.nn.log_softmax(logits[:, :-1] / 0.5, axis=-1)
+    np.testing.assert_allclose(lp[:, 1:], jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0], rtol=1e-5)
+    np.testing.assert_allclose(ent[:, 1:], -jnp.sum(jnp.exp(logp) * logp, axis=-1), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(lp, P.token_logprobs_and_values(logits, jnp.zeros(tokens.shape), tokens)[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Toy bandit: prompt token 0, then one model token in {1, 2, 3}; token 2 earns reward 1.
 

@@ -78,11 +78,11 @@ def fake_cache(batch, max_len):
 
 
 def make_rollout(setup, apply_fn, init_cache, levels=6, group=2, turns=4, context=640, max_actions=8,
-                 prepare_params=None, share_prompt_head=True):
+                 prepare_params=None, share_prompt_head=True, sampled_logprobs=False):
     env, params, tok, grid, conv, answer = setup
     cfg = RolloutConfig(num_levels=levels, group_size=group, max_turns=turns, max_turn_tokens=16,
                         max_actions_per_turn=K, max_actions=max_actions, context_len=context,
-                        share_prompt_head=share_prompt_head)
+                        share_prompt_head=share_prompt_head, sampled_logprobs=sampled_logprobs)
     return Rollout(env, params, conv, answer, apply_fn, cfg, init_cache, [tok.convert_tokens_to_ids("</answer>")],
                    tok.eos_token_id, tok.pad_token_id, prepare_params=prepare_params)
 
@@ -246,3 +246,24 @@ def test_cached_decoding_matches_full_recomputation(setup, share_prompt_head):
         np.testing.assert_allclose(np.asarray(b.values[e, pos]), np.asarray(v[e, pos]), atol=1e-4)
         assert np.abs(np.asarray(v[e, pos])).max() > 1e-3  # a random value head: the check is not vacuous
     assert not np.asarray(b.logprobs)[~np.asarray(b.loss_mask)].any()
+
+
+def test_sampled_logprobs_are_the_tempered_policy_s(setup):
+    """At temperature 0.5 with `sampled_logprobs`, the rollout records log softmax(logits / 0.5) of each
+    model token, from a full forward: PPO's "old" log-probs of the tempered policy it trains."""
+    env, params, tok, *_ = setup
+    mc = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                     num_kv_heads=1, max_position_embeddings=1024)
+    graphdef, state = nnx.split(Transformer(mc))
+    apply_fn = lambda p, t, c, n: model_apply(graphdef, p, t, c, n)
+    roll = make_rollout(setup, apply_fn, lambda b, s: KVCache.init(mc, b, s), levels=2, group=2, turns=2,
+                        context=512, sampled_logprobs=True)
+    run = jax.jit(lambda p, k: roll.run(p, k, jnp.int32(2), SamplingParams(temperature=jnp.float32(0.5)))[0])
+    b = jax.device_get(run(state, jax.random.PRNGKey(3)))
+    full = model_apply(graphdef, state, jnp.asarray(b.tokens))
+    tempered, _, _ = token_logprobs_and_values(full.logits, jnp.zeros(b.tokens.shape), jnp.asarray(b.tokens), 0.5)
+    raw, _, _ = token_logprobs_and_values(full.logits, jnp.zeros(b.tokens.shape), jnp.asarray(b.tokens))
+    mask = np.asarray(b.loss_mask)
+    assert mask.sum() > 0
+    np.testing.assert_allclose(np.asarray(b.logprobs)[mask], np.asarray(tempered)[mask], atol=1e-4)
+    assert np.abs(np.asarray(raw)[mask] - np.asarray(tempered)[mask]).max() > 1e-2  # not the raw policy's

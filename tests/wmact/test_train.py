@@ -353,3 +353,17 @@ def test_kl_to_the_starting_policy_trains_from_a_warm_started_state():
     assert np.isfinite(float(m["ppo/kl_ref"]))
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ref_params)))
     assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ppo.params["policy"])))
+
+
+def test_a_tempered_rollout_trains_the_tempered_policy():
+    """rollout.temperature 0.5: the training rollout records the tempered log-probs (evaluation keeps the
+    raw ones), PPO computes its ratio under the same temperature, so one epoch of one minibatch starts
+    from a ratio of 1."""
+    c = tiny_config()
+    c.rollout.temperature = 0.5
+    c.ppo.minibatches, c.ppo.epochs = 1, 1
+    tr = Trainer(c, "")
+    assert tr.rollout_cfg.sampled_logprobs and not tr.eval_cfg.sampled_logprobs and tr.ppo_cfg.temperature == 0.5
+    st, m = tr.iteration(tr.init_state(jax.random.PRNGKey(0)))
+    m = jax.device_get(m)
+    assert abs(float(m["ppo/ratio_mean"]) - 1.0) < 1e-4 and abs(float(m["ppo/approx_kl"])) < 1e-5

@@ -397,7 +397,8 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
         print(f"{opt:12} | {d:6d} | {n:8d} | {g / n * 100:13.1f}% | {smp / n * 100:14.1f}%")
     d, n, g, smp = sum(by_len.values())
     half = lambda k: 196 * np.sqrt(k / n * (1 - k / n) / n)  # noqa: E731  (95% normal interval, in %)
-    print(f"{'all':>12} | {d:6d} | {n:8d} | {g / n * 100:5.1f} ± {half(g):4.1f}% | {smp / n * 100:6.1f} ± {half(smp):4.1f}%")
+    print(f"{'all':>12} | {d:6d} | {n:8d} | {g / n * 100:5.1f} ± {half(g):4.1f}% | "
+          f"{smp / n * 100:6.1f} ± {half(smp):4.1f}%")
     for name, f in failed.items():
         print(f"{name} failures: {len(f)}; repeating an answer from the state it left unchanged: {f[:, 0].sum()}; "
               f"showing a state twice: {f[:, 1].sum()}")

@@ -371,10 +371,11 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
     greedy = tr.eval_batch(state.ppo.params, cap, 0.0)
     sampled = tr.eval_batch(state.ppo.params, cap, tr.config.rollout.temperature)
     levels = collections.OrderedDict()  # grid text -> [episodes, greedy solved, sampled solved, N_opt, transcript]
+    # Every failure's transcript (decoded once): how it loops, and the first greedy one of each level.
+    texts = {name: {i: tr.transcript(b, i) for i in range(rollout.cfg.num_episodes) if not b.success[i]}
+             for name, b in (("greedy", greedy), ("sampled", sampled))}
     # How failures loop: an answer repeated from the state it left unchanged; a state seen twice.
-    failed = {name: np.array([loops(tr.transcript(b, i)) for i in range(rollout.cfg.num_episodes)
-                              if not b.success[i]], bool).reshape(-1, 2)
-              for name, b in (("greedy", greedy), ("sampled", sampled))}
+    failed = {name: np.array([loops(t) for t in ts.values()], bool).reshape(-1, 2) for name, ts in texts.items()}
     for i in range(rollout.cfg.num_episodes):
         s = jax.tree.map(lambda x: x[i], states)
         e = levels.setdefault(tr.env.render_text(s), [0, 0, 0, None, ""])
@@ -384,7 +385,7 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
         if e[3] is None:
             e[3] = optimal_length(tr.env, s, tr.env_params)
         if not greedy.success[i] and not e[4]:
-            e[4] = tr.transcript(greedy, i)
+            e[4] = texts["greedy"][i]
     print(f"# {tr.config.env.name}: {rollout.cfg.num_episodes} held-out episodes, {len(levels)} distinct levels; "
           f"policy: {where}; turn cap {int(cap)}")
     by_len = collections.defaultdict(lambda: np.zeros(4, int))

@@ -152,18 +152,19 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     from wmact_jax.train import Trainer
     from wmact_jax.warmstart import METRICS_FILE, initial_params, run_warmstart, save_warmstart
 
+    stages = warmstart_stages(suite)
     seconds, reused, prev = 0.0, True, None
-    for stage, folder in enumerate(warmstart_folders(exp_dir, suite)):
+    for stage, (extra, folder) in enumerate(zip(stages, warmstart_folders(exp_dir, suite))):
         info_path = os.path.join(folder, METRICS_FILE)
         if os.path.exists(info_path):
             with open(info_path) as f:
                 metrics = json.load(f)["metrics"]
         else:
             reused = False
-            explicit = set(sets) | set(warmstart_stages(suite)[stage]) | ({"warmstart.init"} if stage else set())
+            explicit = set(sets) | set(extra) | ({"warmstart.init"} if stage else set())
             c = config_check.prepare_config(warmstart_config(exp, suite, sets, stage=stage, init=prev),
                                             explicit=explicit)
-            what = f"stage {stage + 1}, from {prev}" if stage else "stage 1" if len(warmstart_stages(suite)) > 1 else ""
+            what = f"stage {stage + 1}, from {prev}" if stage else "stage 1" if len(stages) > 1 else ""
             print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps {what}".rstrip(), flush=True)
             trainer = Trainer(c)
             params, metrics = run_warmstart(trainer, initial_params(trainer))

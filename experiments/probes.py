@@ -1,11 +1,11 @@
-"""Learnability probes behind the warm-start design (README: "What it takes for a model from scratch").
+"""Learnability probes behind the warm-start design (docs/EXPERIMENTS.md: "What it takes for a model from scratch").
 
     python experiments/probes.py init [--steps 800]          # the "token after P" task, three inits
     python experiments/probes.py first-move --env Maze-5x5 [--steps 800] [--batch 64]
     python experiments/probes.py ceiling --experiment maze5 [--suite full]
     python experiments/probes.py plateau --experiment maze5 --steps 300 --lr 1e-3 [--state-loss 0.5] [--seed 1]
     python experiments/probes.py critic --warmstart W [--iterations 20] [--critics shared,head,separate]
-    python experiments/probes.py levels (--warmstart W | --run DIR) [--eval-levels 256]
+    python experiments/probes.py levels (--warmstart W | --run DIR) [--eval-levels 256] [--cap N]
     python experiments/probes.py caps --run DIR[,DIR...] [--caps 1,2,3] [--env Taxi-7x7]
 
 `init`: 42 random tokens from {10..13} with one P (=20) at a random position; the label is the
@@ -34,7 +34,8 @@ is (a critic must not move the policy) and the explained variance should rise (t
 `levels`: greedy and sampled success per distinct held-out level of configs/default.py (Maze-5x5 has
 48 distinct levels), grouped by optimal plan length, for the warm start W or the latest checkpoint of a
 run directory (`--run`, evaluated with that run's config); prints the failing levels' grids and one
-greedy transcript of each.
+greedy transcript of each. The turn cap: `--cap N`, or by default the run's own cap at that checkpoint
+(an annealed run's final cap; the static bound for a warm start).
 
 `caps`: the latest policy of each run directory, greedy on its held-out levels under each turn cap
 of `--caps`: success, mean turns, the actions of the first answer and the share solved in the first
@@ -353,7 +354,16 @@ def loops(transcript: str) -> tuple[bool, bool]:
     return stuck, len(set(states)) < len(states)
 
 
-def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
+def levels_cap(requested: int | None, current: int, bound: int) -> int:
+    """The turn cap `levels` plays at: `requested` (1..bound), else the policy's own `current` cap."""
+    if requested is None:
+        return min(current, bound)
+    if not 1 <= requested <= bound:
+        raise SystemExit(f"--cap: {requested} is outside 1..{bound} (the run's static turn bound)")
+    return requested
+
+
+def probe_levels(warmstart: str, run: str | None, eval_levels: int, cap: int | None = None) -> None:
     import collections
     import json
 
@@ -361,13 +371,15 @@ def probe_levels(warmstart: str, run: str | None, eval_levels: int) -> None:
 
     if run:  # the run's own config and its latest checkpoint
         tr, state, where = _run_trainer(run, eval_levels)
+        current = tr.turn_cap(state)
     else:
         tr, state = _default_trainer(warmstart, **{"train.eval_levels": eval_levels})
         where = f"warm start {warmstart}"
+        current = tr.max_turns
     key = tr.eval_key()
     rollout = tr.eval_rollout
     states = jax.device_get(rollout.reset_levels(jax.random.split(key)[0]))
-    cap = jnp.int32(tr.max_turns)
+    cap = jnp.int32(levels_cap(cap, current, tr.max_turns))
     greedy = tr.eval_batch(state.ppo.params, cap, 0.0)
     sampled = tr.eval_batch(state.ppo.params, cap, tr.config.rollout.temperature)
     levels = collections.OrderedDict()  # grid text -> [episodes, greedy solved, sampled solved, N_opt, transcript]
@@ -424,6 +436,8 @@ def main() -> None:
     ap.add_argument("--run", help="a run directory: its latest checkpoint (levels; caps: comma-separated runs)")
     ap.add_argument("--caps", default="1,2,3", help="turn caps to evaluate at (caps)")
     ap.add_argument("--eval-levels", type=int, default=256)
+    ap.add_argument("--cap", type=int, help="levels: the turn cap (default: the run's own cap at its latest "
+                    "checkpoint; a warm start's static bound)")
     a = ap.parse_args()
     if (a.probe == "critic" or a.probe == "levels" and not a.run) and not a.warmstart:
         ap.error(f"{a.probe} needs --warmstart (python -m wmact_jax.warmstart --config=configs/default.py --out=W)")
@@ -436,7 +450,7 @@ def main() -> None:
     elif a.probe == "critic":
         probe_critic(a.warmstart, a.iterations, a.critics.split(","))
     elif a.probe == "levels":
-        probe_levels(a.warmstart, a.run, a.eval_levels)
+        probe_levels(a.warmstart, a.run, a.eval_levels, a.cap)
     elif a.probe == "caps":
         if not a.run:
             ap.error("caps needs --run DIR[,DIR...]")

@@ -1,4 +1,4 @@
-"""The transcript analysis behind the README's account of greedy failures (experiments/probes.py)."""
+"""The transcript analysis behind the account of greedy failures in docs/EXPERIMENTS.md (experiments/probes.py)."""
 
 import os
 import sys
@@ -6,7 +6,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from experiments.probes import loops  # noqa: E402
+import pytest  # noqa: E402
+
+from experiments.probes import levels_cap, loops  # noqa: E402
 from wmact_jax import prompts  # noqa: E402
 
 A, B, C = "+--+\n|T:|\n+--+", "+--+\n|:T|\n+--+", "+--+\n|F:|\n+--+"
@@ -31,3 +33,12 @@ def test_loops_tells_a_repeated_no_op_answer_from_a_cycle_and_from_progress():
     assert loops(_episode([A, B, A], [["East"], ["West"]])) == (False, True)
     # Progress every turn: neither.
     assert loops(_episode([A, B, C], [["East"], ["Pickup"]])) == (False, False)
+
+
+def test_levels_cap_defaults_to_the_policy_s_own_cap_and_rejects_caps_outside_the_bound():
+    assert levels_cap(None, 6, 10) == 6  # an annealed run evaluated where its training ended
+    assert levels_cap(None, 12, 10) == 10  # never past the static bound the rollout was traced with
+    assert levels_cap(3, 6, 10) == 3
+    for bad in (0, 11):
+        with pytest.raises(SystemExit, match="--cap: .* outside 1..10"):
+            levels_cap(bad, 6, 10)

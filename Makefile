@@ -37,7 +37,7 @@ bench: install
 demo: install
 	$(PY) -m envs_jax.demo
 
-# The paper's comparison at small scale (experiments/README section in README.md).
+# The paper's comparison at small scale (README, "Reproducing the paper's comparison"; results in docs/EXPERIMENTS.md).
 experiments-quick: install
 	$(PY) experiments/run.py --suite quick
 

@@ -151,7 +151,8 @@ class HostLoopRollout:
         level_keys = jnp.repeat(jax.random.split(k_level, c.num_levels), c.group_size, axis=0)
         states = [self._reset1(level_keys[e]) for e in range(E)]
         step_key = jax.random.PRNGKey(0)  # the environments here are deterministic (key unused)
-        prompts_ids = [self._prompt_ids(self._grid_text(s), turn_cap) for s in states]
+        shown = [[self._grid_text(s)] for s in states]  # per episode: the grids it has been in (revisits)
+        prompts_ids = [self._prompt_ids(g[0], turn_cap) for g in shown]
         tm["host_reset_prompt"] += time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -180,6 +181,7 @@ class HostLoopRollout:
         turn_rewards = np.zeros((E, L), np.float32)
         turn_valid = np.zeros((E, L), bool)
         turn_actions = np.zeros((E, L), np.int32)
+        turn_revisit = np.zeros((E, L), bool)
         success = np.zeros((E,), bool)
         env_return = np.zeros((E,), np.float32)
         turns = np.zeros((E,), np.int32)
@@ -236,6 +238,11 @@ class HostLoopRollout:
                 turn_rewards[e, t] = r_turn
                 turn_valid[e, t] = valid
                 turn_actions[e, t] = executed
+                t2 = time.perf_counter()
+                grid = self._grid_text(states[e])
+                turn_revisit[e, t] = valid and grid in shown[e]
+                shown[e].append(grid)
+                tm["host_render_tokenize"] += time.perf_counter() - t2
                 turns[e] += 1
                 format_errors[e] += not valid
                 # -- who stops (same precedence as in-graph: solved > env limit > turn cap > action cap > context)
@@ -257,7 +264,7 @@ class HostLoopRollout:
                 # -- feedback text -> tokens
                 t2 = time.perf_counter()
                 last = int(out_tok[e, max(ng - 1, 0)])
-                fb_rows[e] = self._feedback_ids(r_turn, valid, self._grid_text(states[e]), last, turn_cap, t + 1)
+                fb_rows[e] = self._feedback_ids(r_turn, valid, grid, last, turn_cap, t + 1)
                 tm["host_render_tokenize"] += time.perf_counter() - t2
                 ids = fb_rows[e]
                 tokens[e, pos[e]: pos[e] + len(ids)] = ids
@@ -274,7 +281,7 @@ class HostLoopRollout:
         level_id = np.repeat(np.arange(c.num_levels, dtype=np.int32), c.group_size)
         tm["total"] += time.perf_counter() - t0
         return RolloutBatch(tokens=tokens, loss_mask=loss_mask, turn_id=turn_id, length=pos.astype(np.int32),
-                            turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions,
+                            turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions, turn_revisit=turn_revisit,
                             success=success, env_return=env_return, turns=turns, n_actions=n_actions,
                             n_effective=n_eff, format_errors=format_errors, end_reason=end_reason,
                             level_id=level_id, generated=generated, logprobs=logprobs, values=values)

@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.reward.format_penalty = 0.1  # per malformed answer
     c.reward.step_penalty = 0.0  # flat penalty (the "step penalty instead of annealing" ablation)
     c.reward.step_penalty_unit = "turn"  # turn | action
+    # Per turn that leaves the environment in a state the episode was in before (not in the paper; 0: off).
+    c.reward.revisit_penalty = 0.0
     c.reward.placement = "turn"  # turn (at each turn's last token) | episode
 
     c.anneal = ml_collections.ConfigDict()

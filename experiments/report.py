@@ -210,6 +210,9 @@ def _columns(transfer: list[str]) -> list[dict]:
          "kind": "number"},
         {"id": "efficacy", "key": "greedy/efficacy", "header": "N_eff/N (%)", "kind": "rate"},
         {"id": "gap", "key": "greedy/optimality_gap", "header": "optimality gap", "kind": "number"},
+        # Greedy episodes that came back to a state they had been in (recorded since 2026-12-05: shown only
+        # where some run has it).
+        {"id": "cycled", "key": "greedy/cycled", "header": "greedy, cycling (%)", "kind": "rate", "optional": True},
     ]
     for env in transfer:
         cols.append({"id": f"transfer:{env}", "key": f"transfer/{env}/success_rate",
@@ -311,6 +314,8 @@ def aggregate(exp_dir: str) -> dict:
     multi, one = befores(False), befores(True)
     warm = {"cells": _cells(multi, cols), "n": len(multi),
             "one_turn": {"cells": _cells(one, cols, True), "n": len(one)}}
+    cols = [c for c in cols if not c.get("optional")
+            or any(r["cells"][c["id"]]["n"] for r in (*rows.values(), warm, warm["one_turn"]))]
 
     last_steps = [r["last_step"] for m in methods for r in runs[m] if r["last_step"]]
     iterations = meta.get("iterations")
@@ -416,6 +421,10 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
               "episodes (`greedy/efficacy`).",
               "- **optimality gap**: mean (N - N_opt) / N_opt over solved levels, 0 = optimal "
               "(`greedy/optimality_gap`; a ratio, not a percentage)."]
+    if any(c["id"] == "cycled" for c in agg["columns"]):
+        lines.append("- **greedy, cycling**: greedy episodes that came back to a state they had been in, a "
+                     "turn whose actions changed nothing included (`greedy/cycled`; greedy decoding shown the "
+                     "same grid again tends to answer as before).")
     for env_name in agg["transfer"]:
         lines.append(f"- **{env_name} success**: greedy success on {env_name} without training on it "
                      f"(`transfer/{env_name}/success_rate`).")

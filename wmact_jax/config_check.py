@@ -212,7 +212,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
          f"({r.max_turn_tokens}): the prompt and at least one turn must fit")
 
     # Reward.
-    nonneg("reward.format_penalty", "reward.step_penalty")
+    nonneg("reward.format_penalty", "reward.step_penalty", "reward.revisit_penalty")
 
     # Annealing.
     a = c.anneal

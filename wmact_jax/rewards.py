@@ -10,7 +10,10 @@ The pieces, composed by :func:`episode_rewards`:
   (an action is *effective* when it changed the environment state);
 * a penalty per malformed answer (the policy wrote text the codec could not parse);
 * a flat per-step penalty (per action or per turn), used by the paper's ablation that replaces
-  turn-budget annealing with a ``-0.1`` step penalty.
+  turn-budget annealing with a ``-0.1`` step penalty;
+* a penalty per revisiting turn (a turn that left the environment in a state the episode had already
+  been in: a cycle closed, or a move that changed nothing), not in the paper: greedy failures of the
+  trained policies here are nearly all such cycles (docs/EXPERIMENTS.md, Taxi).
 
 :func:`rewards_to_tokens` then places per-turn and episode rewards on the ``[E, S]`` token grid
 that PPO consumes.
@@ -37,8 +40,9 @@ class RewardConfig:
       format_penalty: magnitude subtracted per malformed answer (>= 0; 0 disables).
       step_penalty: magnitude subtracted per step (>= 0; 0 disables). The paper's ablation uses 0.1.
       step_penalty_unit: ``'action'`` (per executed action) or ``'turn'`` (per model turn).
+      revisit_penalty: magnitude subtracted per revisiting turn (>= 0; 0 disables).
 
-    ``rescale``, ``format_penalty`` and ``step_penalty`` may also be (traced) JAX scalars: the
+    ``rescale``, ``format_penalty``, ``step_penalty`` and ``revisit_penalty`` may also be (traced) JAX scalars: the
     trainer passes them as arguments of its jitted iteration, so that methods differing only in
     them (interactive, rescale, wmact, step_penalty) run one compiled program.
     """
@@ -48,6 +52,7 @@ class RewardConfig:
     format_penalty: float = 0.0
     step_penalty: float = 0.0
     step_penalty_unit: StepUnit = "action"
+    revisit_penalty: float = 0.0
 
     def __post_init__(self):
         if self.outcome not in ("success", "env_return"):
@@ -112,6 +117,12 @@ def step_penalty(penalty: float | jax.Array, unit: StepUnit, n_actions: jax.Arra
     return -jnp.asarray(penalty, jnp.float32) * jnp.asarray(steps, jnp.float32)
 
 
+def revisit_penalty(penalty: float | jax.Array, revisits: jax.Array) -> jax.Array:
+    """``-penalty * revisits``, elementwise (per episode ``[E]`` counts, or per turn ``[E, L]`` flags): a
+    turn that brings the environment back to a state of the episode's past made no progress."""
+    return -jnp.asarray(penalty, jnp.float32) * jnp.asarray(revisits, jnp.float32)
+
+
 def episode_rewards(
     cfg: RewardConfig,
     *,
@@ -121,11 +132,12 @@ def episode_rewards(
     n_effective: jax.Array,  # [E] int, N_eff
     format_errors: jax.Array,  # [E] int
     turns: jax.Array,  # [E] int
+    revisits: jax.Array | None = None,  # [E] int: revisiting turns (None: none counted)
 ) -> dict[str, jax.Array]:
     """Compose the episode reward from its parts; every value is float32 ``[E]``.
 
     Returns a dict with ``outcome`` (raw), ``efficacy`` (N_eff/N), ``scaled`` (outcome after
-    optional rescaling), ``format`` and ``step`` (penalties, <= 0) and ``total`` (their sum),
+    optional rescaling), ``format``, ``step`` and ``revisit`` (penalties, <= 0) and ``total`` (their sum),
     so that each component can be logged separately.
     """
     out = outcome_reward(cfg.outcome, success, env_return)
@@ -133,13 +145,15 @@ def episode_rewards(
     scaled = jnp.where(jnp.asarray(cfg.rescale, bool), out * eff, out)
     fmt = format_penalty(cfg.format_penalty, format_errors)
     stp = step_penalty(cfg.step_penalty, cfg.step_penalty_unit, n_actions, turns)
+    rev = revisit_penalty(cfg.revisit_penalty, jnp.zeros_like(turns) if revisits is None else revisits)
     return {
         "outcome": out,
         "efficacy": eff,
         "scaled": scaled,
         "format": fmt,
         "step": stp,
-        "total": scaled + fmt + stp,
+        "revisit": rev,
+        "total": scaled + fmt + stp + rev,
     }
 
 

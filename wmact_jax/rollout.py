@@ -65,6 +65,9 @@ class RolloutBatch:
     turn_rewards: jax.Array  # [E, L] f32: environment reward summed over each turn's actions
     turn_valid: jax.Array  # [E, L] bool: the turn's answer parsed
     turn_actions: jax.Array  # [E, L] int32: actions executed in the turn
+    # [E, L] bool: the turn's (parsed) answer left the environment in a state the episode had been in before
+    # (its grid equal to one shown earlier): a cycle closed, or actions that changed nothing.
+    turn_revisit: jax.Array
     success: jax.Array  # [E] bool
     env_return: jax.Array  # [E] f32: sum of environment rewards
     turns: jax.Array  # [E] int32: turns used
@@ -161,14 +164,16 @@ class Rollout:
             last_values = jnp.zeros((E,), jnp.float32)
         zeros_es = jnp.zeros((E, S), jnp.int32)
         tokens = _scatter_rows(zeros_es, prompt, jnp.zeros((E,), jnp.int32), plen)
+        # The grid the episode started from and the one after each turn: what a revisit is compared with.
+        shown = jnp.zeros((E, L + 1, grids[0].size), grids.dtype).at[:, 0].set(grids.reshape(E, -1))  # [E, L+1, G]
 
         carry = dict(
             t=jnp.zeros((), jnp.int32), key=k_loop, cache=cache, last_logits=last_logits, last_values=last_values,
             logprobs=jnp.zeros((E, S), jnp.float32), values=jnp.zeros((E, S), jnp.float32), pos=plen, tokens=tokens, loss_mask=jnp.zeros((E, S), bool), turn_id=jnp.full((E, S), -1, jnp.int32),
             env_state=env_state, active=jnp.ones((E,), bool),
             turn_rewards=jnp.zeros((E, L), jnp.float32), turn_valid=jnp.zeros((E, L), bool),
-            turn_actions=jnp.zeros((E, L), jnp.int32), success=jnp.zeros((E,), bool),
-            env_return=jnp.zeros((E,), jnp.float32), turns=jnp.zeros((E,), jnp.int32),
+            turn_actions=jnp.zeros((E, L), jnp.int32), turn_revisit=jnp.zeros((E, L), bool), shown=shown,
+            success=jnp.zeros((E,), bool), env_return=jnp.zeros((E,), jnp.float32), turns=jnp.zeros((E,), jnp.int32),
             n_actions=jnp.zeros((E,), jnp.int32), n_effective=jnp.zeros((E,), jnp.int32),
             format_errors=jnp.zeros((E,), jnp.int32), end_reason=jnp.full((E,), END_RUNNING, jnp.int32),
             generated=jnp.zeros((E,), jnp.int32),
@@ -222,6 +227,12 @@ class Rollout:
             turn_rewards = jnp.where(onehot, r_turn[:, None], cr["turn_rewards"])
             turn_valid = jnp.where(onehot, valid[:, None], cr["turn_valid"])
             turn_actions = jnp.where(onehot, executed[:, None], cr["turn_actions"])
+            grids = jax.vmap(env.render_glyphs)(env_state)
+            flat = grids.reshape(E, -1)  # [E, G]
+            earlier = (jnp.arange(L + 1) <= t)[None, :]  # the first grid and those after turns 0..t-1
+            revisit = valid & jnp.any(jnp.all(cr["shown"] == flat[:, None, :], axis=-1) & earlier, axis=1)
+            turn_revisit = jnp.where(onehot, revisit[:, None], cr["turn_revisit"])
+            shown = jax.lax.dynamic_update_slice_in_dim(cr["shown"], flat[:, None, :], t + 1, axis=1)
             turns = cr["turns"] + active
             format_errors = cr["format_errors"] + (active & ~valid)
 
@@ -239,7 +250,6 @@ class Rollout:
 
             # The environment's reply for episodes that go on.
             last_tok = jnp.take_along_axis(out.tokens, jnp.maximum(n_gen - 1, 0)[:, None], axis=1)[:, 0]
-            grids = jax.vmap(env.render_glyphs)(env_state)
             fb, fb_len = jax.vmap(conv.feedback, in_axes=(0, 0, 0, 0, None))(
                 r_turn, valid, grids, last_tok, turn_cap - (t + 1))
             fb_len = jnp.where(still, fb_len, 0)
@@ -254,7 +264,7 @@ class Rollout:
                         logprobs=logprobs, values=values, pos=pos, tokens=tokens,
                         loss_mask=loss_mask, turn_id=turn_id, env_state=env_state, active=still,
                         turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions,
-                        success=success, env_return=env_return, turns=turns, n_actions=n_actions,
+                        turn_revisit=turn_revisit, shown=shown, success=success, env_return=env_return, turns=turns, n_actions=n_actions,
                         n_effective=n_eff, format_errors=format_errors, end_reason=reason,
                         generated=cr["generated"] + n_gen)
 
@@ -264,7 +274,7 @@ class Rollout:
         batch = RolloutBatch(
             tokens=cr["tokens"], loss_mask=cr["loss_mask"], turn_id=cr["turn_id"], length=cr["pos"],
             turn_rewards=cr["turn_rewards"], turn_valid=cr["turn_valid"], turn_actions=cr["turn_actions"],
-            success=cr["success"], env_return=cr["env_return"], turns=cr["turns"], n_actions=cr["n_actions"],
+            turn_revisit=cr["turn_revisit"], success=cr["success"], env_return=cr["env_return"], turns=cr["turns"], n_actions=cr["n_actions"],
             n_effective=cr["n_effective"], format_errors=cr["format_errors"], end_reason=end_reason,
             level_id=level_id, generated=cr["generated"], logprobs=cr["logprobs"], values=cr["values"])
         chex.assert_shape(batch.tokens, (E, S))
@@ -285,6 +295,8 @@ def rollout_metrics(b: RolloutBatch) -> dict:
         "env_return": jnp.mean(b.env_return),
         "generated_tokens": jnp.sum(f(b.generated)),
         "mean_length": jnp.mean(f(b.length)),
+        # Episodes that came back to a state they had been in (a turn whose answer changed nothing included).
+        "cycled": jnp.mean(f(jnp.any(b.turn_revisit, axis=1))),
     }
     for i, name in enumerate(END_REASONS[:-1]):
         m[f"end/{name}"] = jnp.mean(f(b.end_reason == i))

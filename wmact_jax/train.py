@@ -137,7 +137,8 @@ class Trainer:
         single_turn = c.method == "entire_plan"
         self.reward_cfg = rewards_lib.RewardConfig(
             outcome=c.reward.outcome, rescale=bool(c.reward.rescale), format_penalty=float(c.reward.format_penalty),
-            step_penalty=float(c.reward.step_penalty), step_penalty_unit=c.reward.step_penalty_unit)
+            step_penalty=float(c.reward.step_penalty), step_penalty_unit=c.reward.step_penalty_unit,
+            revisit_penalty=float(c.reward.revisit_penalty))
         kind = "fixed" if single_turn else c.anneal.kind
         self.anneal_cfg = anneal_lib.AnnealConfig(
             kind=kind, l0=float(self.max_turns if single_turn else c.anneal.l0), tau=int(c.anneal.tau),
@@ -150,6 +151,7 @@ class Trainer:
         self.switches = {"rescale": np.bool_(self.reward_cfg.rescale),
                          "format_penalty": np.float32(self.reward_cfg.format_penalty),
                          "step_penalty": np.float32(self.reward_cfg.step_penalty),
+                         "revisit_penalty": np.float32(self.reward_cfg.revisit_penalty),
                          "anneal_adaptive": np.bool_(kind == "wmact")}
         self._switches_on_device = None
 
@@ -164,7 +166,7 @@ class Trainer:
              if not any(k == p or k.startswith(p + ".") for p in _REBINDABLE)}
         d["_program"] = {"single_turn": self.config.method == "entire_plan", "anneal": str(self._anneal_program),
                          "reward": str(dataclasses.replace(self._reward_program, rescale=False, format_penalty=0.0,
-                                                           step_penalty=0.0))}
+                                                           step_penalty=0.0, revisit_penalty=0.0))}
         return json.dumps(d, sort_keys=True, default=str)
 
     def rebind(self, config: ml_collections.ConfigDict, workdir: str = "") -> "Trainer":
@@ -350,16 +352,19 @@ class Trainer:
                 v = ppo_lib.at_width_bucket(mask, self.ppo_cfg.width_buckets, critic_values) * mask
         lp, v = jax.lax.stop_gradient(lp), jax.lax.stop_gradient(v)
         rcfg = dataclasses.replace(self._reward_program, rescale=switches["rescale"],
-                                   format_penalty=switches["format_penalty"], step_penalty=switches["step_penalty"])
+                                   format_penalty=switches["format_penalty"], step_penalty=switches["step_penalty"],
+                                   revisit_penalty=switches["revisit_penalty"])
         parts = rewards_lib.episode_rewards(
             rcfg, success=b.success, env_return=b.env_return, n_actions=b.n_actions,
-            n_effective=b.n_effective, format_errors=b.format_errors, turns=b.turns)
+            n_effective=b.n_effective, format_errors=b.format_errors, turns=b.turns,
+            revisits=jnp.sum(b.turn_revisit, axis=1))
         if self.config.reward.placement == "turn":
             # Penalties at the turn that earned them, the (rescaled) outcome at the episode's end.
             L = b.turn_valid.shape[1]
             took = jnp.arange(L)[None, :] < b.turns[:, None]  # [E, L]
             per_turn = (rewards_lib.format_penalty(rcfg.format_penalty, took & ~b.turn_valid)
-                        + rewards_lib.step_penalty(rcfg.step_penalty, rcfg.step_penalty_unit, b.turn_actions, took))
+                        + rewards_lib.step_penalty(rcfg.step_penalty, rcfg.step_penalty_unit, b.turn_actions, took)
+                        + rewards_lib.revisit_penalty(rcfg.revisit_penalty, took & b.turn_revisit))
             tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, per_turn.astype(jnp.float32), parts["scaled"], "turn")
         else:
             tok_r = rewards_lib.rewards_to_tokens(b.turn_id, mask, None, parts["total"], "episode")
@@ -539,7 +544,7 @@ class Trainer:
 # Config fields `Trainer.rebind` may change: none is read by a traced program (the method's switches
 # are traced arguments; program_key keeps the static forms of the method).
 _REBINDABLE = ("seed", "method", "reward.rescale", "reward.format_penalty", "reward.step_penalty",
-               "reward.step_penalty_unit", "anneal.kind", "warmstart", "train.eval_before", "train.eval_every",
+               "reward.step_penalty_unit", "reward.revisit_penalty", "anneal.kind", "warmstart", "train.eval_before", "train.eval_every",
                "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.transcripts")
 
 

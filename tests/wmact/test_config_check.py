@@ -97,6 +97,7 @@ def test_types():
     ("rollout.max_actions_per_turn", 100, "max_actions_per_turn"),
     ("warmstart.budget_aware", True, "set rollout.turns_left=True"),
     ("warmstart.seed", -2, "warmstart.seed"),
+    ("reward.revisit_penalty", -0.1, "reward.revisit_penalty"),
 ])
 def test_values(path, value, needle):
     c = base.get_config()

@@ -29,7 +29,7 @@ def _load_module():
 report = _load_module()
 
 
-def _eval(prefix, success, turns=3.0, gap=0.5, transfer=(), single=None):
+def _eval(prefix, success, turns=3.0, gap=0.5, transfer=(), single=None, cycled=None):
     m = {f"{prefix}greedy/success_rate": success, f"{prefix}greedy/mean_turns": turns,
          f"{prefix}greedy/mean_actions": 1.5 * turns,
          f"{prefix}greedy/efficacy": 0.8, f"{prefix}greedy/format_error_rate": 0.0,
@@ -39,10 +39,12 @@ def _eval(prefix, success, turns=3.0, gap=0.5, transfer=(), single=None):
         m[f"{prefix}greedy/optimality_gap"] = gap
     for env in transfer:
         m[f"{prefix}transfer/{env}/success_rate"] = success / 4
+    if cycled is not None:
+        m[f"{prefix}greedy/cycled"] = cycled
     return m
 
 
-def _write_run(run_dir, final_success, *, transfer=(), gap=0.5, complete=True, seed=0, steps=ITERS):
+def _write_run(run_dir, final_success, *, transfer=(), gap=0.5, complete=True, seed=0, steps=ITERS, cycled=None):
     os.makedirs(run_dir)
     rng = np.random.default_rng(seed)
     lines = [{"step": 0, "time": 0.0, "warmstart/loss": 1.2},
@@ -61,7 +63,8 @@ def _write_run(run_dir, final_success, *, transfer=(), gap=0.5, complete=True, s
             f.write('{"step": %d, "time": 99.0, "success_ra' % (steps + 1))  # killed mid-write
     if complete:
         final = {"before": {"step": 0, "metrics": _eval("", 0.25, transfer=transfer)},
-                 "after": {"step": ITERS, "metrics": _eval("", final_success, gap=gap, transfer=transfer)},
+                 "after": {"step": ITERS, "metrics": _eval("", final_success, gap=gap, transfer=transfer,
+                                                           cycled=cycled)},
                  "seconds": 12.5}
         with open(os.path.join(run_dir, "final.json"), "w") as f:
             json.dump(final, f)
@@ -95,7 +98,8 @@ def results(tmp_path_factory):
     soko = os.path.join(root, "sokoban6")
     for method, vals in (("wmact", [0.3, 0.5]), ("interactive", [0.2, 0.2]), ("entire_plan", [0.1, 0.3])):
         for seed, s in enumerate(vals):
-            _write_run(os.path.join(soko, method, f"seed{seed}"), s, seed=seed)
+            # Runs that record greedy cycling (recorded since 2026-12-05; maze7's runs predate it).
+            _write_run(os.path.join(soko, method, f"seed{seed}"), s, seed=seed, cycled=0.1 * (seed + 1))
     os.makedirs(os.path.join(root, "not_an_experiment"))  # ignored: no experiment.json, no seed dirs
     summary = report.write_report(root)
     return root, summary
@@ -165,6 +169,9 @@ def test_fixed_order_and_entire_plan_single_turn(results):
     assert "† entire_plan" in table
     assert _row(table, "wmact")[col["success, 1 turn (%)"]] == "20.0 ± 7.1"  # its own single_turn (s/2)
     assert _row(table, "wmact")[col["n seeds"]] == "2"  # no experiment.json: planned count unknown
+    # Greedy cycling: a column where runs record it (seed0 10%, seed1 20%), none where no run does.
+    assert _row(table, "wmact")[col["greedy, cycling (%)"]] == "15.0 ± 7.1"
+    assert "greedy, cycling (%)" not in _header(open(os.path.join(root, "maze7", "table.md")).read())
 
 
 def test_pngs_are_valid(results):

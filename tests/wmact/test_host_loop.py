@@ -25,7 +25,7 @@ from tests.wmact.test_rollout import (K, bigram_apply, bigram_table, fake_cache,
 from wmact_jax.models.kv_cache import KVCache  # noqa: E402
 from tests.wmact.test_rollout import setup  # noqa: E402,F401  (pytest fixture)
 
-FIELDS = ("tokens", "loss_mask", "turn_id", "length", "turn_valid", "turn_actions", "success", "turns",
+FIELDS = ("tokens", "loss_mask", "turn_id", "length", "turn_valid", "turn_actions", "turn_revisit", "success", "turns",
           "n_actions", "n_effective", "format_errors", "end_reason", "level_id", "generated")
 
 

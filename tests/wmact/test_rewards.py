@@ -44,6 +44,16 @@ def test_episode_rewards_env_return_per_turn_penalty_no_rescale():
     np.testing.assert_allclose(out["total"], [9.3, 9.8, -2.3], rtol=1e-5)
 
 
+def test_revisit_penalty_counts_revisiting_turns():
+    cfg = R.RewardConfig(outcome="success", rescale=False, revisit_penalty=0.2)
+    out = jax.jit(lambda kw: R.episode_rewards(cfg, revisits=jnp.array([0, 2, 1]), **kw))(_episodes())
+    np.testing.assert_allclose(out["revisit"], [0.0, -0.4, -0.2], rtol=1e-6)
+    np.testing.assert_allclose(out["total"], [1.0, 0.6, -0.2], rtol=1e-6)
+    # Not counted (the default): no penalty, whatever its size.
+    np.testing.assert_allclose(R.episode_rewards(cfg, **_episodes())["revisit"], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(R.revisit_penalty(0.2, jnp.array([[True, False]])), [[-0.2, 0.0]])
+
+
 def test_traced_switches_match_static_config():
     """rescale and the penalties as traced arguments (what the trainer's jitted iteration receives)
     give the static configs' rewards; one compiled function serves both settings."""

@@ -111,6 +111,7 @@ def host_replay(setup, roll: Rollout, batch, key, cap):
         state = jax.tree.map(lambda x: x[e], states)
         grids = [np.asarray(render(state))]
         rewards, valid, n_act, n_eff, fmt, success, done = [], [], 0, 0, 0, False, False
+        been, revisit = [grids[0]], []  # the grids the episode has been in; per turn: back to one of them
         for t, a_ids in enumerate(runs):
             acts, ok = parse_answer_text(decode_text(tok, a_ids), env.action_names, K)
             r_turn = 0.0
@@ -128,11 +129,14 @@ def host_replay(setup, roll: Rollout, batch, key, cap):
                 fmt += 1
             rewards.append(r_turn)
             valid.append(ok)
+            now = np.asarray(render(state))
+            revisit.append(ok and any(np.array_equal(now, g) for g in been))
+            been.append(now)
             if t + 1 < len(runs):
                 grids.append(np.asarray(render(state)))
         ids, m = conv.host_tokens(grids, runs, rewards, valid, turn_cap=cap)
         out.append(dict(ids=ids, mask=m, turns=len(runs), n_act=n_act, n_eff=n_eff, fmt=fmt, success=success,
-                        rewards=rewards, valid=valid))
+                        rewards=rewards, valid=valid, revisit=revisit))
     return out
 
 
@@ -155,7 +159,7 @@ def test_rollout_equals_host_replay(setup, cap, turns_left):
     batch = jax.device_get(run(jnp.asarray(table), key, jnp.int32(cap)))
     want = host_replay(setup, roll, batch, key, cap)
     S = roll.cfg.context_len
-    saw_valid = saw_invalid = False
+    saw_valid = saw_invalid = saw_revisit = saw_new = False
     for e, w in enumerate(want):
         n = int(batch.length[e])
         assert n <= S
@@ -170,14 +174,20 @@ def test_rollout_equals_host_replay(setup, cap, turns_left):
         assert int(batch.format_errors[e]) == w["fmt"]
         assert bool(batch.success[e]) == w["success"]
         np.testing.assert_allclose(np.asarray(batch.turn_rewards[e, : w["turns"]]), w["rewards"], atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(batch.turn_revisit[e, : w["turns"]]), w["revisit"])
+        assert not np.asarray(batch.turn_revisit[e, w["turns"]:]).any()
         saw_valid |= any(w["valid"])
         saw_invalid |= not all(w["valid"])
+        saw_revisit |= any(w["revisit"])
+        saw_new |= any(v and not r for v, r in zip(w["valid"], w["revisit"]))
         reason = END_REASONS[int(batch.end_reason[e])]
         if w["success"]:
             assert reason == "solved"
         elif w["turns"] == cap:
             assert reason in ("turn_cap", "action_cap", "env_step_limit", "context_full")
     assert saw_valid and saw_invalid  # the script exercised both paths
+    if cap > 1:  # random moves in a maze: some turns come back to a state, some reach a new one
+        assert saw_revisit and saw_new
     # Episodes of one group share their level: identical first prompt.
     first_len = [int(np.argmax(np.asarray(batch.loss_mask[e]))) for e in range(len(want))]
     assert first_len[0] == first_len[1]

@@ -85,9 +85,10 @@ def test_multi_turn_methods_lower_to_one_program():
     from wmact_jax.config_check import prepare_config
 
     texts, switches = {}, {}
-    for method in ("interactive", "rescale", "wmact", "step_penalty"):
+    for method in ("interactive", "rescale", "wmact", "step_penalty", "wmact+revisit"):
         c = tiny_config()
-        c.method = method
+        c.method = method.split("+")[0]
+        c.reward.revisit_penalty = 0.2 if "+revisit" in method else 0.0
         tr = Trainer(prepare_config(c), "")
         st = jax.eval_shape(tr.init_state, jax.random.PRNGKey(0))
         texts[method] = tr._iteration_jit.lower(st, tr.switches).as_text()
@@ -99,6 +100,8 @@ def test_multi_turn_methods_lower_to_one_program():
     assert switches["wmact"]["rescale"] and switches["wmact"]["anneal_adaptive"]
     assert switches["step_penalty"]["step_penalty"] == pytest.approx(0.1)
     assert not switches["step_penalty"]["anneal_adaptive"]
+    assert switches["wmact+revisit"]["revisit_penalty"] == pytest.approx(0.2)
+    assert switches["wmact"]["revisit_penalty"] == 0.0
 
 
 @pytest.mark.parametrize("unit", ["action", "turn"])
@@ -115,10 +118,11 @@ def test_turn_placed_rewards_sum_to_the_episode_reward(trainer, unit):
     took = jnp.arange(L)[None, :] < b.turns[:, None]
     acts = (took * (1 + jnp.arange(L) % 2)).astype(jnp.int32)
     valid = ~took | (jnp.arange(L) % 2 == 1)
-    b = b.replace(turn_actions=acts, n_actions=acts.sum(1), turn_valid=valid,
+    revisit = took & valid & (jnp.arange(L) % 4 == 1)  # some valid turns came back to an earlier state
+    b = b.replace(turn_actions=acts, n_actions=acts.sum(1), turn_valid=valid, turn_revisit=revisit,
                   format_errors=(took & ~valid).sum(1).astype(jnp.int32))
     switches = dict(trainer.switches, rescale=np.bool_(True), format_penalty=np.float32(0.25),
-                    step_penalty=np.float32(0.1))
+                    step_penalty=np.float32(0.1), revisit_penalty=np.float32(0.5))
     saved = trainer._reward_program
     trainer._reward_program = dataclasses.replace(saved, step_penalty_unit=unit)
     try:
@@ -128,8 +132,10 @@ def test_turn_placed_rewards_sum_to_the_episode_reward(trainer, unit):
     assert trainer.config.reward.placement == "turn"
     steps = b.n_actions if unit == "action" else b.turns
     np.testing.assert_allclose(parts["step"], -0.1 * np.asarray(steps), rtol=1e-6)
+    np.testing.assert_allclose(parts["revisit"], -0.5 * np.asarray(revisit).sum(1), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(data["rewards"]).sum(axis=1), parts["total"], rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(parts["step"]).sum()) > 0 and float(jnp.abs(parts["format"]).sum()) > 0
+    assert float(jnp.abs(parts["revisit"]).sum()) > 0
 
 
 def test_bfloat16_kv_cache_rollout_stays_close_to_float32(trainer):

@@ -42,9 +42,9 @@ class RewardConfig:
       step_penalty_unit: ``'action'`` (per executed action) or ``'turn'`` (per model turn).
       revisit_penalty: magnitude subtracted per revisiting turn (>= 0; 0 disables).
 
-    ``rescale``, ``format_penalty``, ``step_penalty`` and ``revisit_penalty`` may also be (traced) JAX scalars: the
-    trainer passes them as arguments of its jitted iteration, so that methods differing only in
-    them (interactive, rescale, wmact, step_penalty) run one compiled program.
+    ``rescale``, ``format_penalty``, ``step_penalty`` and ``revisit_penalty`` may also be (traced) JAX
+    scalars: the trainer passes them as arguments of its jitted iteration, so that methods differing only
+    in them (interactive, rescale, wmact, step_penalty) run one compiled program.
     """
 
     outcome: OutcomeKind = "success"

@@ -173,7 +173,8 @@ class Rollout:
             env_state=env_state, active=jnp.ones((E,), bool),
             turn_rewards=jnp.zeros((E, L), jnp.float32), turn_valid=jnp.zeros((E, L), bool),
             turn_actions=jnp.zeros((E, L), jnp.int32), turn_revisit=jnp.zeros((E, L), bool), shown=shown,
-            success=jnp.zeros((E,), bool), env_return=jnp.zeros((E,), jnp.float32), turns=jnp.zeros((E,), jnp.int32),
+            success=jnp.zeros((E,), bool), env_return=jnp.zeros((E,), jnp.float32),
+            turns=jnp.zeros((E,), jnp.int32),
             n_actions=jnp.zeros((E,), jnp.int32), n_effective=jnp.zeros((E,), jnp.int32),
             format_errors=jnp.zeros((E,), jnp.int32), end_reason=jnp.full((E,), END_RUNNING, jnp.int32),
             generated=jnp.zeros((E,), jnp.int32),
@@ -264,7 +265,8 @@ class Rollout:
                         logprobs=logprobs, values=values, pos=pos, tokens=tokens,
                         loss_mask=loss_mask, turn_id=turn_id, env_state=env_state, active=still,
                         turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions,
-                        turn_revisit=turn_revisit, shown=shown, success=success, env_return=env_return, turns=turns, n_actions=n_actions,
+                        turn_revisit=turn_revisit, shown=shown, success=success, env_return=env_return,
+                        turns=turns, n_actions=n_actions,
                         n_effective=n_eff, format_errors=format_errors, end_reason=reason,
                         generated=cr["generated"] + n_gen)
 
@@ -274,7 +276,8 @@ class Rollout:
         batch = RolloutBatch(
             tokens=cr["tokens"], loss_mask=cr["loss_mask"], turn_id=cr["turn_id"], length=cr["pos"],
             turn_rewards=cr["turn_rewards"], turn_valid=cr["turn_valid"], turn_actions=cr["turn_actions"],
-            turn_revisit=cr["turn_revisit"], success=cr["success"], env_return=cr["env_return"], turns=cr["turns"], n_actions=cr["n_actions"],
+            turn_revisit=cr["turn_revisit"], success=cr["success"], env_return=cr["env_return"], turns=cr["turns"],
+            n_actions=cr["n_actions"],
             n_effective=cr["n_effective"], format_errors=cr["format_errors"], end_reason=end_reason,
             level_id=level_id, generated=cr["generated"], logprobs=cr["logprobs"], values=cr["values"])
         chex.assert_shape(batch.tokens, (E, S))

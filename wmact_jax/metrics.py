@@ -173,10 +173,11 @@ def summary_markdown(before: Mapping[str, Any], after: Mapping[str, Any], before
                      after_step: int) -> str:
     """A before/after table of the headline evaluation metrics (markdown), e.g. iteration 0 vs final.
 
-    Only success, turns, efficacy, optimality gap and format errors of each evaluation mode are shown
-    (everything else is in metrics.jsonl), sorted by mode.
+    Only success, turns, efficacy, optimality gap, format errors and cycling of each evaluation mode are
+    shown (everything else is in metrics.jsonl), sorted by mode.
     """
-    headline = ("success_rate", "mean_turns", "efficacy", "optimality_gap", "format_error_rate", "turn_cap")
+    headline = ("success_rate", "mean_turns", "efficacy", "optimality_gap", "format_error_rate", "cycled",
+                "turn_cap")
     keys = [k for k in before if _num(before[k]) is not None or _num(after.get(k)) is not None]
     keys += [k for k in after if k not in before and _num(after[k]) is not None]
     picked = [k for k in keys if k.rsplit("/", 1)[-1] in headline]

@@ -200,10 +200,11 @@ def test_metrics_helpers(tmp_path):
     assert format_postfix({"success_rate": 0.4567, "mean_turns": 3.21, "tokens_per_s": 12345.0}) \
         == "success 45.7% | turns 3.21 | 12.3k tok/s"
     assert format_postfix({"loss": 1.0}) == ""
-    table = summary_markdown({"greedy/success_rate": 0.1, "x": "text"},
-                             {"greedy/success_rate": 0.6, "greedy/mean_turns": 2.0}, 0, 100)
+    table = summary_markdown({"greedy/success_rate": 0.1, "x": "text", "greedy/cycled": 0.5, "greedy/generated": 9},
+                             {"greedy/success_rate": 0.6, "greedy/mean_turns": 2.0, "greedy/cycled": 0.25}, 0, 100)
     assert "| greedy/success_rate | 0.1 | 0.6 | +0.5 |" in table
     assert "| greedy/mean_turns | - | 2 | - |" in table
+    assert "| greedy/cycled | 0.5 | 0.25 | -0.25 |" in table and "generated" not in table
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "cut')
     truncate_jsonl(str(path), 2)

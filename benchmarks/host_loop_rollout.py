@@ -281,7 +281,8 @@ class HostLoopRollout:
         level_id = np.repeat(np.arange(c.num_levels, dtype=np.int32), c.group_size)
         tm["total"] += time.perf_counter() - t0
         return RolloutBatch(tokens=tokens, loss_mask=loss_mask, turn_id=turn_id, length=pos.astype(np.int32),
-                            turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions, turn_revisit=turn_revisit,
+                            turn_rewards=turn_rewards, turn_valid=turn_valid, turn_actions=turn_actions,
+                            turn_revisit=turn_revisit,
                             success=success, env_return=env_return, turns=turns, n_actions=n_actions,
                             n_effective=n_eff, format_errors=format_errors, end_reason=end_reason,
                             level_id=level_id, generated=generated, logprobs=logprobs, values=values)

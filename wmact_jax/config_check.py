@@ -249,7 +249,11 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     need(0 <= w.recover < 1, f"'warmstart.recover' must be in [0, 1), got {w.recover!r}")
     need(0 <= w.curriculum < 1, f"'warmstart.curriculum' must be in [0, 1), got {w.curriculum!r}")
     need(0 <= w.curriculum_exit < 1, f"'warmstart.curriculum_exit' must be in [0, 1), got {w.curriculum_exit!r}")
-    nonneg("warmstart.curriculum_max_steps", "warmstart.plan_actions")
+    nonneg("warmstart.curriculum_max_steps", "warmstart.plan_actions", "warmstart.target_loss")
+    need(w.max_cycles >= 1, f"'warmstart.max_cycles' must be >= 1, got {w.max_cycles!r}")
+    if w.target_loss:
+        need(w.max_cycles >= 2, "'warmstart.target_loss' adds cycles while the loss is above it: it needs "
+             f"'warmstart.max_cycles' >= 2, got {w.max_cycles!r}")
     need(not w.budget_aware or bool(c.rollout.turns_left),
          "'warmstart.budget_aware' shapes the demos' play by the stated turns left: set rollout.turns_left=True")
     need(w.seed >= -1, f"'warmstart.seed' must be >= 0, or -1 for the run's seed; got {w.seed!r}")

@@ -426,9 +426,14 @@ def run_warmstart(trainer, params, log=None, callback=None):
     in_phase1 = phase1_steps > 0
     phase1_loss = None  # the answer loss at the end of the one-action phase
     mixed_chunks = [0] * len(phase2)  # chunks of the mixed phase drawn from each source
+    # Cycles: while the answer loss at the end of a cycle of `steps` is above `target_loss`, another cycle
+    # of `steps` mixed steps follows with a fresh optimizer and the schedule restarted (a warm restart),
+    # up to `max_cycles` in all: what a further stage trained from the saved policy does, where needed.
+    target, max_cycles = float(c.target_loss), max(int(c.max_cycles), 1)
+    cycles, cycle_losses = 1, []
     t1 = time.perf_counter()
     i = 0
-    while i < steps + extra:
+    while i < steps * cycles + extra:
         if in_phase1 and i >= phase1_steps:
             recent = [h[0] for h in hist[-window:]]
             left = exit_ratio and len(recent) == window and np.mean(recent) < exit_ratio * chance
@@ -448,14 +453,22 @@ def run_warmstart(trainer, params, log=None, callback=None):
             d, widths, weight = phase2[src]
             mixed_chunks[src] += 1
         w = widths[int(rng.choice(len(widths), p=weight))]
-        sched_step = min(i, phase1_steps) if in_phase1 else i - extra
+        sched_step = min(i, phase1_steps) if in_phase1 else i - extra - steps * (cycles - 1)
         policy, opt_state, loss, acc = train_chunk(policy, opt_state, sub, jnp.int32(sched_step), *d[w])
         hist.append((float(loss), float(acc)))
         if callback is not None:
             callback(i + chunk, dict(params, policy=policy))
-        if (i // chunk) % 5 == 0 or i + chunk >= steps + extra:
-            log(f"warm start step {i + chunk}/{steps + extra}: loss {hist[-1][0]:.4f}, token accuracy {hist[-1][1]:.3f}")
+        if (i // chunk) % 5 == 0 or i + chunk >= steps * cycles + extra:
+            log(f"warm start step {i + chunk}/{steps * cycles + extra}: loss {hist[-1][0]:.4f}, "
+                f"token accuracy {hist[-1][1]:.3f}")
         i += chunk
+        if i >= steps * cycles + extra:  # the end of a cycle
+            cycle_losses.append(float(np.mean([h[0] for h in hist[-window:]])))
+            if target and cycle_losses[-1] > target and cycles < max_cycles:
+                log(f"warm start: answer loss {cycle_losses[-1]:.4f} after cycle {cycles} is above "
+                    f"warmstart.target_loss={target:g}: cycle {cycles + 1} (of at most {max_cycles}), {steps} more "
+                    "mixed steps with a fresh optimizer and the learning rate schedule restarted")
+                cycles, in_phase1, opt_state = cycles + 1, False, opt.init(policy)
     params = dict(params, policy=policy)
     last = hist[-window:]  # average the last chunks: each is from one length bucket
     metrics = {"warmstart/loss": float(np.mean([h[0] for h in last])),
@@ -463,11 +476,14 @@ def run_warmstart(trainer, params, log=None, callback=None):
                "warmstart/demos": float(stats["kept"]), "warmstart/demo_turns": float(stats["turns"]),
                "warmstart/windows": float(stats["windows"]), "warmstart/recoveries": float(stats["recoveries"]),
                "warmstart/single_turn_demos": float(stats.get("single_turn_demos", 0)),
-               "warmstart/steps": float(steps + extra), "warmstart/one_action_steps": float(phase1_steps + extra),
+               "warmstart/steps": float(steps * cycles + extra),
+               "warmstart/one_action_steps": float(phase1_steps + extra), "warmstart/cycles": float(cycles),
                "warmstart/chance_loss": chance,
                "warmstart/seconds": time.perf_counter() - t0, "warmstart/train_seconds": time.perf_counter() - t1}
     if phase1_loss is not None:
         metrics["warmstart/one_action_loss"] = phase1_loss
+    if cycles > 1:  # the answer loss at the end of each cycle
+        metrics.update({f"warmstart/cycle{k + 1}_loss": v for k, v in enumerate(cycle_losses)})
     if mixed_split:
         metrics["warmstart/mixed_chunks"] = float(sum(mixed_chunks))
         metrics["warmstart/mixed_one_action_chunks"] = float(mixed_chunks[0])

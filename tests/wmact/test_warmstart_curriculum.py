@@ -1,4 +1,5 @@
-"""The warm start's one-action phase: its chance level, and its extension until the model leaves it."""
+"""The warm start's schedule: the one-action phase (its chance level, its extension until the model
+leaves it), the mixed phase's batches by style, and further cycles until a target loss."""
 
 import math
 
@@ -78,6 +79,38 @@ def test_curriculum_exit_is_checked():
         _config(curriculum_exit=1.5)
     with pytest.raises(config_check.ConfigError, match="needs 'warmstart.curriculum' > 0"):
         _config(curriculum=0.0, curriculum_exit=0.8)
+
+
+def test_cycles_follow_while_the_loss_is_above_the_target(trainer):
+    p_fixed, m_fixed, _ = _warm(trainer)
+    # A target every 20-step model reaches: one cycle, the fixed warm start exactly.
+    p_met, m_met, logs_met = _warm(trainer, target_loss=50.0, max_cycles=3)
+    assert m_met["warmstart/cycles"] == 1 and m_met["warmstart/steps"] == 20
+    assert "warmstart/cycle1_loss" not in m_met and not any("cycle 2" in m for m in logs_met)
+    for x, y in zip(jax.tree.leaves(p_fixed["policy"]), jax.tree.leaves(p_met["policy"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # A target none reaches: cycles up to the cap, each of 20 mixed steps from a fresh schedule.
+    p_cap, m_cap, logs = _warm(trainer, target_loss=1e-4, max_cycles=3)
+    assert m_cap["warmstart/cycles"] == 3 and m_cap["warmstart/steps"] == 60
+    assert m_cap["warmstart/one_action_steps"] == 10  # later cycles are mixed steps only
+    losses = [m_cap[f"warmstart/cycle{k}_loss"] for k in (1, 2, 3)]
+    assert all(v > 1e-4 for v in losses) and losses[-1] == m_cap["warmstart/loss"]
+    assert losses[0] == pytest.approx(m_fixed["warmstart/loss"])  # cycle 1 is the fixed warm start
+    restarts = [m for m in logs if "is above warmstart.target_loss=0.0001" in m]
+    assert len(restarts) == 2 and "cycle 2 (of at most 3)" in restarts[0] and "cycle 3" in restarts[1]
+    assert any("warm start step 60/60" in m for m in logs)
+    changed = [not np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(p_fixed["policy"]), jax.tree.leaves(p_cap["policy"]))]
+    assert any(changed)
+
+
+def test_target_loss_is_checked():
+    with pytest.raises(config_check.ConfigError, match="needs 'warmstart.max_cycles' >= 2"):
+        _config(target_loss=0.1)
+    with pytest.raises(config_check.ConfigError, match="max_cycles' must be >= 1"):
+        _config(max_cycles=0)
+    with pytest.raises(config_check.ConfigError, match="target_loss"):
+        _config(target_loss=-0.1, max_cycles=2)
 
 
 def test_the_mixed_phase_can_draw_its_batches_by_style(trainer):

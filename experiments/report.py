@@ -331,7 +331,7 @@ def aggregate(exp_dir: str) -> dict:
             "unfinished": sum(1 for r in rs if not r["complete"] and r["last_step"]),
         }
     return {"exp": os.path.basename(exp_dir), "dir": exp_dir, "env": meta.get("env"),
-            "transfer": transfer, "iterations": iterations if _num(iterations) else None,
+            "transfer": transfer, "iterations": iterations if _num(iterations) is not None else None,
             "experiment": meta, "methods": methods, "runs": runs, "columns": cols, "rows": rows,
             "warm_start": warm, "window": window, "curves": curves}
 

@@ -240,3 +240,14 @@ def test_cli_empty_or_missing_dir_exits_2(tmp_path, make):
     assert str(path) in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(report.ReportError, match="results"):
         report.write_report(str(path))
+
+
+def test_a_warm_start_only_experiment_reports_zero_rl_iterations(tmp_path):
+    """`--set train.iterations=0` (evaluate a warm start, no RL): 0 iterations, not an unknown number."""
+    exp = tmp_path / "maze5"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({"env": "Maze-5x5", "methods": ["wmact"], "seeds": [0],
+                                                      "iterations": 0}))
+    _write_run(str(exp / "wmact" / "seed0"), 0.5)
+    report.write_report(str(tmp_path))
+    assert "Environment **Maze-5x5**, 0 RL iterations per run." in (exp / "table.md").read_text()

@@ -215,14 +215,20 @@ def test_taxi_suite_is_the_published_two_command_recipe():
     assert _differences(stage1, first) == {"rollout.max_actions": (40, 20)}
     # No `init` folder here (prepare_config checks that it holds a warm start): the recorded one differs.
     stage2 = config_check.prepare_config(runner.warmstart_config("taxi", "taxi", {}, stage=1))
-    assert _differences(stage2, second) == {"warmstart.init": ("", "FIRST/taxi/warmstart")}
+    # Cycles while the loss is above 0.12 (added after): the published second stage ended at 0.0913, so
+    # with them it would have run as it did.
+    assert _differences(stage2, second) == {"warmstart.init": ("", "FIRST/taxi/warmstart"),
+                                            "warmstart.target_loss": (0.12, config_check.ABSENT),
+                                            "warmstart.max_cycles": (3, config_check.ABSENT)}
+    assert json.load(open(os.path.join(published, "taxi", "warmstart.json")))["metrics"]["warmstart/loss"] < 0.12
     for m, known in (("wmact", {}), ("entire_plan", {"rollout.max_turn_tokens": (128, 68)})):
         run = config_check.prepare_config(runner.experiment_config("taxi", "taxi", {}, m, 0))
         recorded = json.load(open(os.path.join(published, "taxi", m, "seed0", "config.json")))
         diff = {k: v for k, v in _differences(run, recorded).items() if not k.startswith("warmstart.")}
         assert diff == known, m  # entire_plan's answer: room for 40 actions now (see the test above)
     assert runner.recorded_overrides("taxi", "taxi", {})["warmstart_extend"] == [
-        {"warmstart.curriculum": 0.0, "warmstart.curriculum_exit": 0.0}]
+        {"warmstart.curriculum": 0.0, "warmstart.curriculum_exit": 0.0, "warmstart.target_loss": 0.12,
+         "warmstart.max_cycles": 3}]
 
 
 def test_a_staged_warm_start_trains_each_stage_from_the_last(tmp_path, monkeypatch):

@@ -152,13 +152,17 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     from wmact_jax.train import Trainer
     from wmact_jax.warmstart import METRICS_FILE, initial_params, run_warmstart, save_warmstart
 
-    stages = warmstart_stages(suite)
+    stages, folders = warmstart_stages(suite), warmstart_folders(exp_dir, suite)
+    # The runs start from the last stage: kept alone (e.g. copied from a results folder), it is used as is.
+    last_kept = os.path.exists(os.path.join(folders[-1], METRICS_FILE))
     seconds, reused, prev = 0.0, True, None
-    for stage, (extra, folder) in enumerate(zip(stages, warmstart_folders(exp_dir, suite))):
+    for stage, (extra, folder) in enumerate(zip(stages, folders)):
         info_path = os.path.join(folder, METRICS_FILE)
         if os.path.exists(info_path):
             with open(info_path) as f:
                 metrics = json.load(f)["metrics"]
+        elif last_kept:
+            continue
         else:
             reused = False
             explicit = set(sets) | set(extra) | ({"warmstart.init"} if stage else set())

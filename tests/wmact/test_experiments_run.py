@@ -233,7 +233,8 @@ def test_taxi_suite_is_the_published_two_command_recipe():
 
 def test_a_staged_warm_start_trains_each_stage_from_the_last(tmp_path, monkeypatch):
     """A suite's `warmstart_extend` trains a second stage from the first stage's policy, in one command;
-    a rerun reuses both, and a lost last stage is retrained from the kept first one."""
+    a rerun reuses both, a lost last stage is retrained from the kept first one, and a last stage kept
+    alone is used as it is."""
     from experiments import suites
 
     monkeypatch.setitem(suites.SUITES, "staged", dict(
@@ -261,3 +262,11 @@ def test_a_staged_warm_start_trains_each_stage_from_the_last(tmp_path, monkeypat
     assert runner.main(argv) == 0
     assert os.path.getmtime(os.path.join(exp, "warmstart_stage1", "warmstart.json")) == stamp
     assert json.load(open(os.path.join(exp, "warmstart", "warmstart.json")))["config"]["warmstart"]["steps"] == 4
+    # Keep only the last stage (as a results folder does): the rerun starts from it, no stage trained again.
+    stamp = os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json"))
+    shutil.rmtree(os.path.join(exp, "warmstart_stage1"))
+    shutil.rmtree(os.path.join(exp, "interactive"))
+    assert runner.main(argv) == 0
+    assert not os.path.exists(os.path.join(exp, "warmstart_stage1"))
+    assert os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json")) == stamp
+    assert json.load(open(os.path.join(exp, "experiment.json")))["warmstart_reused"] is True

@@ -311,6 +311,9 @@ def run_warmstart(trainer, params, log=None, callback=None):
 
     Demos are batched by length (`warmstart.length_bucket`): a batch is padded to its bucket's width,
     not to the longest demo, which roughly halves the cost on multi-turn demos of mixed length.
+    With `warmstart.target_loss`, the steps are a cycle repeated (fresh optimizer and schedule) until the
+    answer loss is below the target, up to `warmstart.max_cycles`: the outcome of a fixed step count
+    depends on the draw (docs/EXPERIMENTS.md, "Cycles until a target loss").
     """
     log = log or (lambda msg: print(msg, flush=True))
     c = trainer.config.warmstart

@@ -33,6 +33,7 @@ bench: install
 	$(PY) benchmarks/fused_projections.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_iteration.py
+	$(PY) benchmarks/train_memory.py
 
 demo: install
 	$(PY) -m envs_jax.demo

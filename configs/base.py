@@ -41,6 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
     # shared critic's loss took the policy from 62% to 16% training success in 8 iterations; the separate critic
     # reached an explained variance of 0.35-0.49 within 30 iterations, the shared and head ones stayed near 0.
     c.model.critic = "separate"
+    # Rematerialise each decoder layer in the backward pass of the PPO update and the warm start
+    # (jax.checkpoint): the same gradients, far less activation memory (the attention weights of every
+    # layer are no longer kept), for more compute. For long contexts or big batches on an accelerator;
+    # benchmarks/train_memory.py prints both sides.
+    c.model.remat = False
 
     # One multi-turn episode: what the model may write and how long it may go on.
     c.rollout = ml_collections.ConfigDict()

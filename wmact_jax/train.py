@@ -250,10 +250,12 @@ class Trainer:
     def _train_apply(self, params, tokens):
         """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head (its loss training the
         shared trunk, or with model.critic='head' the head alone) or its own model."""
-        out = model_apply(self.graphdef, params["policy"], tokens,
-                          detach_value_head=self.config.model.critic == "head", shared_head=self.shared_head)
+        remat = bool(self.config.model.remat)
+        out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=self.config.model.critic == "head",
+                          shared_head=self.shared_head, remat=remat)
         if "critic" in params:
-            values = model_apply(self.critic_graphdef, params["critic"], tokens, shared_head=self.shared_head).values
+            values = model_apply(self.critic_graphdef, params["critic"], tokens, shared_head=self.shared_head,
+                                 remat=remat).values
         else:
             values = out.values
         return out.logits, values

@@ -272,6 +272,28 @@ def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
     return float(-(p * np.log(p)).sum() * n / n_tokens)
 
 
+def demo_loss_fn(graphdef, state_loss: float = 0.0, remat: bool = False):
+    """The warm start's loss: loss(params, tokens [B, W], marks [B, W]) -> (answer NLL + state_loss x
+    feedback NLL, (answer NLL, answer token accuracy)); marks say which tokens are ANSWER / FEEDBACK.
+    remat: see `llama.apply` (model.remat)."""
+    from wmact_jax.models.llama import apply as model_apply
+
+    def loss_fn(p, tk, marks):
+        logits = model_apply(graphdef, p, tk, remat=remat).logits
+        lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
+        m = (marks == ANSWER).astype(jnp.float32)
+        nll = -jnp.sum(lp * m) / jnp.maximum(jnp.sum(m), 1.0)
+        total = nll
+        if state_loss:  # a world-model loss: predict the environment's answer to each action
+            fm = (marks == FEEDBACK).astype(jnp.float32)
+            total = nll + state_loss * (-jnp.sum(lp * fm) / jnp.maximum(jnp.sum(fm), 1.0))
+        pred = jnp.argmax(logits[:, :-1], axis=-1)
+        acc = jnp.sum((pred == tk[:, 1:]) * m[:, 1:]) / jnp.maximum(jnp.sum(m[:, 1:]), 1.0)
+        return total, (nll, acc)
+
+    return loss_fn
+
+
 def all_demos(trainer):
     """Demonstrations in the trainer's format -> (tokens, masks, stats, basic).
 
@@ -369,23 +391,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0))
     policy = params["policy"]
     opt_state = opt.init(policy)
-    graphdef = trainer.graphdef
-    from wmact_jax.models.llama import apply as model_apply
-
-    state_w = float(c.state_loss)
-
-    def loss_fn(p, tk, marks):  # -> (answer NLL + state_w * feedback NLL, (answer NLL, answer token acc.))
-        logits = model_apply(graphdef, p, tk).logits
-        lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
-        m = (marks == ANSWER).astype(jnp.float32)
-        nll = -jnp.sum(lp * m) / jnp.maximum(jnp.sum(m), 1.0)
-        total = nll
-        if state_w:  # a world-model loss: predict the environment's answer to each action
-            fm = (marks == FEEDBACK).astype(jnp.float32)
-            total = nll + state_w * (-jnp.sum(lp * fm) / jnp.maximum(jnp.sum(fm), 1.0))
-        pred = jnp.argmax(logits[:, :-1], axis=-1)
-        acc = jnp.sum((pred == tk[:, 1:]) * m[:, 1:]) / jnp.maximum(jnp.sum(m[:, 1:]), 1.0)
-        return total, (nll, acc)
+    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), bool(trainer.config.model.remat))
 
     chunk = 10
 

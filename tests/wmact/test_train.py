@@ -182,6 +182,24 @@ def test_shared_prompt_head_gives_the_same_iteration(trainer):
         np.testing.assert_allclose(x, y, atol=1e-3)
 
 
+def test_remat_reaches_the_update():
+    """model.remat reaches the PPO update's forwards (tests/wmact/test_remat.py: the same gradients): the
+    iteration's program holds rematerialised regions with it and none without."""
+    import re
+
+    from wmact_jax.config_check import prepare_config
+
+    def remat_regions(remat):
+        c = tiny_config()
+        c.model.remat = remat
+        t = Trainer(prepare_config(c), "")
+        jaxpr = str(jax.make_jaxpr(t.iteration)(t.init_state(jax.random.PRNGKey(0))))
+        return len(re.findall(r"\bremat\w*\[", jaxpr))
+
+    assert remat_regions(False) == 0
+    assert remat_regions(True) >= 2  # the policy's and the separate critic's forwards
+
+
 def test_rebind_runs_another_method_and_seed_on_the_same_programs():
     """A trainer rebound to another method and seed computes what a trainer built for that config
     does, without tracing its iteration again; a config that changes a program is refused."""

@@ -126,3 +126,16 @@ def test_the_mixed_phase_can_draw_its_batches_by_style(trainer):
     assert m_single["warmstart/mixed_one_action_chunks"] == 1 and m_single["warmstart/mixed_chunks"] == 1
     with pytest.raises(config_check.ConfigError, match="mixed_one_action_share"):
         _config(mixed_one_action_share=1.5)
+
+
+def test_remat_warm_start_fits_the_same_policy(trainer):
+    """model.remat reaches the warm start's loss: the same 20 steps give the same policy up to round-off."""
+    p0, m0, _ = _warm(trainer)
+    trainer.config.model.remat = True
+    try:
+        p1, m1, _ = _warm(trainer)
+    finally:
+        trainer.config.model.remat = False
+    assert m1["warmstart/loss"] == pytest.approx(m0["warmstart/loss"], rel=1e-4)
+    for x, y in zip(jax.tree.leaves(p0["policy"]), jax.tree.leaves(p1["policy"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)

@@ -225,7 +225,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
                  attention_mask=None, logits_at=None, layer_weights=None,
-                 detach_value_head: bool = False, shared_head: int = 0) -> ModelOutput:
+                 detach_value_head: bool = False, shared_head: int = 0, remat: bool = False) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -243,15 +243,22 @@ class Transformer(nnx.Module):
         and every row's later tokens attend to that one copy of their keys/values; the outputs over the head
         are broadcast to every row. Equal to the plain forward up to float round-off, gradients included
         (autodiff sums the rows' contributions to the shared head), for H x (B - 1) fewer token positions.
+        remat (static, cache-free forwards only): rematerialise each layer under autodiff (`jax.checkpoint`):
+        the backward pass keeps only each layer's input [B, T, D] and recomputes the rest, instead of every
+        layer's attention weights ([B, H, T, T/2] chunked) and MLP activations; the same numbers, more FLOPs
+        (benchmarks/train_memory.py measures both). Without autodiff it changes nothing.
         """
         c = self.config
         if shared_head and cache is None and 0 < shared_head < tokens.shape[1]:
             if positions is not None or attention_mask is not None or logits_at is not None:
                 raise ValueError("shared_head= takes a plain causal forward (no positions, attention_mask, logits_at)")
-            return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head)
+            return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head,
+                                             remat)
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
+        if remat and cache is not None:
+            raise ValueError("remat=True is for cache-free (training) forwards; a cached forward is not differentiated")
         if layer_weights is not None and (cache is None or not cache.per_layer):
             raise ValueError("layer_weights= is only read with a per-layer KV cache (KVCache.init(..., "
                              "per_layer=True)); pass None for a stacked cache or a cache-free forward")
@@ -299,6 +306,8 @@ class Transformer(nnx.Module):
                 x, _ = block(x, w, lambda q, k, v: (self_attn(q, k, v), None))
                 return x, None
 
+            if remat:  # a rolled loop: unrolled, XLA:CPU undid most of the recomputation's saving (a probe)
+                body, unroll = jax.checkpoint(body), 1
             x, _ = jax.lax.scan(body, x, lw, unroll=unroll)
             new_cache = None
         else:
@@ -385,7 +394,7 @@ class Transformer(nnx.Module):
                       + vh.bias[...].astype(jnp.float32))[..., 0]  # [B, T]
         return logits.astype(jnp.float32), values
 
-    def _forward_shared_head(self, tokens, H: int, detach_value_head: bool) -> ModelOutput:
+    def _forward_shared_head(self, tokens, H: int, detach_value_head: bool, remat: bool = False) -> ModelOutput:
         """The cache-free forward of rows sharing their first H tokens (see `__call__`'s shared_head)."""
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -419,6 +428,8 @@ class Transformer(nnx.Module):
             return (x_h, x_r), None
 
         unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
+        if remat:
+            layer, unroll = jax.checkpoint(layer), 1
         (x_h, x_r), _ = jax.lax.scan(layer, (x_h, x_r), self.stacked_layer_weights(), unroll=unroll)
         logits_h, values_h = self._heads(x_h, detach_value_head)  # [1, H, V]: once for every row
         logits_r, values_r = self._heads(x_r, detach_value_head)
@@ -628,11 +639,12 @@ def create(config: ModelConfig, seed: int = 0):
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
           attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False,
-          shared_head: int = 0) -> ModelOutput:
+          shared_head: int = 0, remat: bool = False) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
-                 layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head)
+                 layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head,
+                 remat=remat)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

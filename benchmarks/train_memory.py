@@ -1,0 +1,173 @@
+"""Memory and time of one training step (forward + backward + AdamW) of the scratch model, with and
+without `model.remat` (each decoder layer rematerialised in the backward pass), at the shapes the Taxi
+suite trains at: the warm start's batches of 32 demos at each length-bucket width, and a PPO minibatch
+(16 episodes of the full 1664-token context).
+
+    python benchmarks/train_memory.py            # widths 128 ... 1344, the PPO shape, a Taxi iteration
+    python benchmarks/train_memory.py --quick    # widths 256 and 1344 only
+
+Each shape runs in a child process of its own, so its peak RSS is its own. Figures per shape:
+- XLA temp: the compiled step's scratch buffers (`compiled.memory_analysis().temp_size_in_bytes`),
+  which is where the saved activations live; arguments (params, optimizer state, batch) come on top.
+  This is what XLA plans for; on an accelerator it is the number that has to fit in device memory.
+- peak RSS: the child's resident peak (jax, the compiler and the program included).
+- s/step: the mean over `--reps` steps after a warm-up (the step is the warm start's: the loss of
+  `warmstart.demo_loss_fn` on random tokens with a third of them marked as answers).
+The PPO update differs from this step by elementwise terms over the same logits (ratios, clipping,
+values) and, with a separate critic, a second model's forward and backward. So the last part times the
+real thing: whole Taxi WMAct iterations (`trainer.iteration`: 32 episodes rolled out, then the update,
+at the width buckets of those episodes) from the kept warm start, with their program's XLA temp.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# The Taxi suite's model (configs/base.py) and the scratch tokenizer's vocabulary on Taxi.
+MODEL = dict(vocab_size=1376, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2)
+WARM_ROWS, WIDTHS = 32, (128, 256, 512, 1024, 1344)  # warmstart.batch_size; the Taxi buckets' range
+PPO_ROWS, PPO_WIDTH = 16, 1664  # 8 levels x 4 rollouts / 2 minibatches; rollout.context_len
+
+
+def child(rows: int, width: int, remat: bool, reps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from wmact_jax.models import ModelConfig, Transformer
+    from wmact_jax.warmstart import ANSWER, demo_loss_fn
+
+    mc = ModelConfig(**MODEL, tie_word_embeddings=True, max_position_embeddings=2048, value_head=True)
+    graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    opt_state = opt.init(params)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, MODEL["vocab_size"], (rows, width)), jnp.int32)
+    marks = jnp.asarray(np.where(rng.random((rows, width)) < 1 / 3, ANSWER, 0), jnp.int8)
+    loss_fn = demo_loss_fn(graphdef, 0.0, remat)
+
+    def step(p, s, tk, mk):
+        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tk, mk)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(params, opt_state, tokens, marks).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    p, s, loss = compiled(params, opt_state, tokens, marks)  # warm-up
+    loss.block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        p, s, loss = compiled(p, s, tokens, marks)
+    loss.block_until_ready()
+    return dict(rows=rows, width=width, remat=remat, temp_mb=mem.temp_size_in_bytes / 2**20,
+                args_mb=mem.argument_size_in_bytes / 2**20, compile_s=compile_s,
+                step_s=(time.perf_counter() - t0) / reps, loss=float(loss),
+                rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def child_iteration(remat: bool, iters: int) -> dict:
+    """A whole Taxi WMAct iteration (rollout + PPO update, `trainer.iteration`) from the kept 95.8% warm
+    start (`experiments/results/taxi_suite_rerun/stage4_warmstart`): the real update, at the width
+    buckets of real episodes."""
+    import jax
+
+    from experiments.run import experiment_config
+    from wmact_jax.config_check import prepare_config
+    from wmact_jax.train import Trainer
+
+    c = experiment_config("taxi", "taxi", {}, method="wmact")
+    c.model.remat = remat
+    c.warmstart.enabled = False
+    c.warmstart.path = os.path.join(ROOT, "experiments/results/taxi_suite_rerun/stage4_warmstart")
+    trainer = Trainer(prepare_config(c, explicit=()), "")
+    state, _ = trainer.warmstart(trainer.init_state(jax.random.PRNGKey(0)))
+    t0 = time.perf_counter()
+    switches = trainer._committed(jax.tree.map(jax.numpy.asarray, trainer.switches))
+    compiled = trainer._iteration_jit.lower(trainer._committed(state), switches).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    state, m = trainer.iteration(state)  # warm-up
+    jax.block_until_ready(m)
+    secs, success = [], []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        state, m = trainer.iteration(state)
+        jax.block_until_ready(m)
+        secs.append(time.perf_counter() - t0)
+        success.append(float(m["success_rate"]))
+    return dict(rows=c.rollout.levels_per_iteration * c.rollout.group_size, width=c.rollout.context_len,
+                remat=remat, temp_mb=mem.temp_size_in_bytes / 2**20, args_mb=mem.argument_size_in_bytes / 2**20,
+                compile_s=compile_s, step_s=sum(secs) / iters, loss=sum(success) / iters,
+                rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="widths 256 and 1344 only, no PPO shape")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--iterations", type=int, default=3,
+                    help="timed Taxi iterations per side after a warm-up one (0 = skip that part)")
+    ap.add_argument("--child", nargs=3, type=int, metavar=("ROWS", "WIDTH", "REMAT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        rows, width, remat = args.child
+        res = child_iteration(bool(remat), args.iterations) if rows == 0 else child(rows, width, bool(remat), args.reps)
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+
+    import jax
+
+    shapes = [(WARM_ROWS, w) for w in ((256, 1344) if args.quick else WIDTHS)]
+    if not args.quick:
+        shapes.append((PPO_ROWS, PPO_WIDTH))
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+          f"backend {jax.default_backend()}; model {MODEL}, float32; {args.reps} timed steps per shape")
+    print(f"{'rows':>4} {'width':>5} {'remat':>5} | {'XLA temp MB':>11} {'args MB':>7} {'peak RSS MB':>11} "
+          f"{'compile s':>9} {'s/step':>7} | {'temp saved':>10} {'time cost':>9}")
+    def both(rows, width):  # -> {0: without remat, 1: with}, printed as they come
+        res = {}
+        for remat in (0, 1):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--reps", str(args.reps), "--iterations",
+                                  str(args.iterations), "--child", str(rows), str(width), str(remat)],
+                                 capture_output=True, text=True)
+            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            if out.returncode or not line:
+                raise SystemExit(f"child {rows}x{width} remat={remat} failed:\n{out.stderr[-2000:]}")
+            r = res[remat] = json.loads(line[0][7:])
+            ratio = ""
+            if remat:
+                ratio = (f" | {1 - r['temp_mb'] / res[0]['temp_mb']:>10.0%} "
+                         f"{r['step_s'] / res[0]['step_s']:>8.2f}x")
+            print(f"{r['rows']:>4} {r['width']:>5} {'on' if remat else 'off':>5} | {r['temp_mb']:>11.0f} "
+                  f"{r['args_mb']:>7.1f} {r['rss_mb']:>11.0f} {r['compile_s']:>9.1f} {r['step_s']:>7.3f}{ratio}",
+                  flush=True)
+        return res
+
+    for rows, width in shapes:
+        res = both(rows, width)
+        if abs(res[1]["loss"] - res[0]["loss"]) > 1e-4 * max(1.0, abs(res[0]["loss"])):
+            raise SystemExit(f"remat changed the loss at {rows}x{width}: {res[0]['loss']} vs {res[1]['loss']}")
+    print("# temp saved: 1 - XLA temp with remat / without; time cost: s/step with remat / without")
+    if args.iterations and not args.quick:
+        print(f"# a whole Taxi WMAct iteration (rollout of {PPO_ROWS * 2} episodes + PPO update, trainer.iteration) "
+              f"from the kept 95.8% warm start; s/step = s/iteration, mean of {args.iterations} after a warm-up")
+        res = both(0, 0)
+        print(f"# training success over those iterations: {res[0]['loss']:.1%} without remat, {res[1]['loss']:.1%} "
+              "with (the same keys; the episodes drift apart as the updates differ by float round-off)")
+
+
+if __name__ == "__main__":
+    main()

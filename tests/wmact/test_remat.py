@@ -1,0 +1,53 @@
+"""model.remat: rematerialised layers give the same forward and gradients. That the flag reaches the two
+training paths is tested beside them (test_warmstart_curriculum.py, test_train.py); what it saves is
+measured, not asserted: benchmarks/train_memory.py."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from wmact_jax.models import KVCache, ModelConfig, Transformer, apply
+
+
+def _model():
+    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64,
+                              value_head=True)
+    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
+    state = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), state)
+    return config, graphdef, state
+
+
+@pytest.mark.parametrize("shared", [0, 23])  # the plain forward and the shared-head one (its own layer scan)
+def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
+    from wmact_jax.models import llama
+
+    monkeypatch.setattr(llama, "ATTENTION_CHUNK", 16)  # 45 tokens: the block-causal attention, as in training
+    _, graphdef, state = _model()
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
+    tokens = tokens.at[:, :23].set(tokens[0, :23])
+    w = jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
+
+    def loss(st, remat):
+        out = apply(graphdef, st, tokens, shared_head=shared, remat=remat)
+        return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
+
+    grad = {r: jax.jit(jax.value_and_grad(lambda st, r=r: loss(st, r))) for r in (False, True)}
+    (l0, g0), (l1, g1) = grad[False](state), grad[True](state)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0)) > 1e-2  # not vacuous
+    # The backward really recomputes: the differentiated program holds a remat region (jax.checkpoint).
+    regions = lambda f: len(re.findall(r"\bremat\w*\[", str(jax.make_jaxpr(f)(state))))
+    assert regions(grad[True]) >= 1 and regions(grad[False]) == 0
+
+
+def test_remat_with_a_cache_is_an_error():
+    config, graphdef, state = _model()
+    cache = KVCache.init(config, 2, 16)
+    with pytest.raises(ValueError, match="remat=True is for cache-free"):
+        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat=True)

@@ -14,9 +14,11 @@ def smollm2_config(env_name: str, max_actions: int):
     c.model.source = "pretrained"
     c.model.path = "smollm2-135m-instruct"
     c.model.dtype = "bfloat16"
-    # Without it XLA plans 940 GB of activations for one PPO minibatch (32 x 4096 tokens), 58 GB with
-    # (benchmarks/train_memory.py --smollm2; most of what is left is the [32, 4096, 49152] vocabulary).
+    # Without these XLA plans 940 GB of activations for one PPO minibatch (32 x 4096 tokens), 58 GB with
+    # remat, 46 GB with the logits in chunks too (benchmarks/train_memory.py --smollm2): most of what is
+    # left is one layer's attention scores, recomputed in its backward pass.
     c.model.remat = True
+    c.model.logits_chunk = 256
     c.rollout.levels_per_iteration = 64
     c.rollout.group_size = 4  # 256 episodes per iteration, as in the paper
     c.rollout.max_turn_tokens = 256

@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
     # layer are no longer kept), for more compute. For long contexts or big batches on an accelerator;
     # benchmarks/train_memory.py prints both sides.
     c.model.remat = False
+    # > 0: the training losses (PPO, warm start) compute the logits this many positions at a time from the
+    # last hidden state, each chunk recomputed in the backward pass, never the whole [batch, tokens, vocab]
+    # (a large vocabulary's: SmolLM2's 49152). 0: all at once (the scratch model's small vocabulary).
+    c.model.logits_chunk = 0
 
     # One multi-turn episode: what the model may write and how long it may go on.
     c.rollout = ml_collections.ConfigDict()

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from wmact_jax.models.llama import LogitsHead
+
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], tuple[Array, Array]]  # (params, tokens [M,S]) -> (logits [M,S,V], values [M,S])
 
@@ -261,6 +263,10 @@ def token_logprobs_and_values(logits: Array, values: Array, tokens: Array,
     ``logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t])``, ``values[:, t] = value_head[:, t - 1]``
     and ``entropy[:, t]`` the entropy of the distribution token t was drawn from.
     """
+    if isinstance(logits, LogitsHead):  # the logits chunk by chunk, never all at once (model.logits_chunk)
+        lp, ent, _ = chunked_next_token_stats(logits, tokens, temperature)
+        v = values[:, :-1].astype(jnp.float32)
+        return lp, jnp.concatenate([jnp.zeros((tokens.shape[0], 1), jnp.float32), v], axis=1), ent
     # Every position's distribution, the last one's too (it predicts nothing and is dropped after the
     # reductions): slicing the [M, S, V] logits to S - 1 positions first made XLA copy them, and pad
     # their gradient back (a profile of the scratch model's training step: the copy was its largest
@@ -282,6 +288,39 @@ def token_logprobs_and_values(logits: Array, values: Array, tokens: Array,
         jnp.concatenate([pad, v], axis=1),
         jnp.concatenate([pad, ent], axis=1),
     )
+
+
+def chunked_next_token_stats(head: LogitsHead, tokens: Array, temperature: float = 1.0
+                             ) -> tuple[Array, Array, Array]:
+    """`token_logprobs_and_values`' log-probs and entropies, plus whether the argmax was the next token
+    (`hits`), all ``[M, S]`` aligned as there (position 0 is 0), from a LogitsHead: ``head.chunk``
+    positions at a time in a rolled loop, each chunk rematerialised in the backward pass, so neither the
+    forward nor the backward holds more than one chunk's ``[M, chunk, V]`` logits."""
+    h = head.hidden  # [M, S, D]
+    M, S, D = h.shape
+    C = max(1, min(int(head.chunk), S))
+    n = -(-S // C)
+    pad = n * C - S
+    nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [M, S]; last column a placeholder
+    hs = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(M, n, C, D).swapaxes(0, 1)  # [n, M, C, D]
+    ts = jnp.pad(nxt, ((0, 0), (0, pad))).reshape(M, n, C).swapaxes(0, 1)  # [n, M, C]
+
+    @jax.checkpoint
+    def chunk_stats(weight, hc, tc):  # -> 3 x [M, C]
+        logits = head.replace(weight=weight).logits(hc)  # [M, C, V] float32
+        if temperature != 1.0:
+            logits = logits / temperature
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        pick = tc[..., None] == jnp.arange(logp.shape[-1], dtype=tc.dtype)  # a select, as above
+        lp = jnp.sum(jnp.where(pick, logp, 0.0), axis=-1)
+        ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        return lp, ent, jnp.argmax(logits, axis=-1) == tc
+
+    _, stats = jax.lax.scan(lambda c, xs: (c, chunk_stats(head.weight, *xs)), None, (hs, ts))
+    pad0 = lambda a, fill: jnp.concatenate(  # [n, M, C] -> [M, S], shifted to the module's alignment
+        [jnp.full((M, 1), fill, a.dtype), a.swapaxes(0, 1).reshape(M, n * C)[:, :S - 1]], axis=1)
+    lp, ent, hits = stats
+    return pad0(lp, 0.0), pad0(ent, 0.0), pad0(hits, False)
 
 
 def entropy_from_logits(logits: Array) -> Array:

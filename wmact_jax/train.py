@@ -250,12 +250,12 @@ class Trainer:
     def _train_apply(self, params, tokens):
         """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head (its loss training the
         shared trunk, or with model.critic='head' the head alone) or its own model."""
-        remat = bool(self.config.model.remat)
+        remat, chunk = bool(self.config.model.remat), int(self.config.model.logits_chunk)
         out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=self.config.model.critic == "head",
-                          shared_head=self.shared_head, remat=remat)
-        if "critic" in params:
+                          shared_head=self.shared_head, remat=remat, logits_chunk=chunk)
+        if "critic" in params:  # its values only (with logits_chunk its logits are not even traced)
             values = model_apply(self.critic_graphdef, params["critic"], tokens, shared_head=self.shared_head,
-                                 remat=remat).values
+                                 remat=remat, logits_chunk=chunk).values
         else:
             values = out.values
         return out.logits, values
@@ -347,8 +347,8 @@ class Trainer:
                 S = tokens.shape[1]
 
                 def critic_values(w):  # [E, S]: PPO's alignment, values[:, t] = the critic's output at t - 1
-                    cv = model_apply(self.critic_graphdef, params["critic"], tokens[:, :w],
-                                     shared_head=self.shared_head).values  # [E, w]
+                    cv = model_apply(self.critic_graphdef, params["critic"], tokens[:, :w], shared_head=self.shared_head,
+                                     logits_chunk=int(self.config.model.logits_chunk)).values  # [E, w]
                     return jnp.pad(cv[:, :-1], ((0, 0), (1, S - w)))
 
                 v = ppo_lib.at_width_bucket(mask, self.ppo_cfg.width_buckets, critic_values) * mask
@@ -373,7 +373,8 @@ class Trainer:
         data = dict(tokens=tokens, mask=mask, logprobs=lp, values=v, rewards=tok_r,
                     episode_rewards=parts["total"], group_ids=b.level_id)
         if ref_params is not None:
-            ref_logits = model_apply(self.graphdef, ref_params, tokens, shared_head=self.shared_head).logits
+            ref_logits = model_apply(self.graphdef, ref_params, tokens, shared_head=self.shared_head,
+                                     logits_chunk=int(self.config.model.logits_chunk)).logits
             data["ref_logprobs"] = ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tokens.shape), tokens,
                                                                      self.ppo_cfg.temperature)[0]
         return data, parts

@@ -272,23 +272,26 @@ def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
     return float(-(p * np.log(p)).sum() * n / n_tokens)
 
 
-def demo_loss_fn(graphdef, state_loss: float = 0.0, remat: bool = False):
+def demo_loss_fn(graphdef, state_loss: float = 0.0, remat: bool = False, logits_chunk: int = 0):
     """The warm start's loss: loss(params, tokens [B, W], marks [B, W]) -> (answer NLL + state_loss x
     feedback NLL, (answer NLL, answer token accuracy)); marks say which tokens are ANSWER / FEEDBACK.
-    remat: see `llama.apply` (model.remat)."""
+    remat, logits_chunk: see `llama.apply` (model.remat, model.logits_chunk)."""
     from wmact_jax.models.llama import apply as model_apply
 
     def loss_fn(p, tk, marks):
-        logits = model_apply(graphdef, p, tk, remat=remat).logits
-        lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
+        logits = model_apply(graphdef, p, tk, remat=remat, logits_chunk=logits_chunk).logits
         m = (marks == ANSWER).astype(jnp.float32)
+        if logits_chunk:
+            lp, _, hits = ppo_lib.chunked_next_token_stats(logits, tk)
+        else:
+            lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
+            hits = jnp.pad(jnp.argmax(logits[:, :-1], axis=-1) == tk[:, 1:], ((0, 0), (1, 0)))
         nll = -jnp.sum(lp * m) / jnp.maximum(jnp.sum(m), 1.0)
         total = nll
         if state_loss:  # a world-model loss: predict the environment's answer to each action
             fm = (marks == FEEDBACK).astype(jnp.float32)
             total = nll + state_loss * (-jnp.sum(lp * fm) / jnp.maximum(jnp.sum(fm), 1.0))
-        pred = jnp.argmax(logits[:, :-1], axis=-1)
-        acc = jnp.sum((pred == tk[:, 1:]) * m[:, 1:]) / jnp.maximum(jnp.sum(m[:, 1:]), 1.0)
+        acc = jnp.sum(hits[:, 1:] * m[:, 1:]) / jnp.maximum(jnp.sum(m[:, 1:]), 1.0)
         return total, (nll, acc)
 
     return loss_fn
@@ -391,7 +394,8 @@ def run_warmstart(trainer, params, log=None, callback=None):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0))
     policy = params["policy"]
     opt_state = opt.init(policy)
-    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), bool(trainer.config.model.remat))
+    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), bool(trainer.config.model.remat),
+                           int(trainer.config.model.logits_chunk))
 
     chunk = 10
 

@@ -98,6 +98,7 @@ def test_types():
     ("warmstart.budget_aware", True, "set rollout.turns_left=True"),
     ("warmstart.seed", -2, "warmstart.seed"),
     ("reward.revisit_penalty", -0.1, "reward.revisit_penalty"),
+    ("model.logits_chunk", -8, "model.logits_chunk"),
 ])
 def test_values(path, value, needle):
     c = base.get_config()

@@ -1,6 +1,7 @@
-"""model.remat: rematerialised layers give the same forward and gradients. That the flag reaches the two
-training paths is tested beside them (test_warmstart_curriculum.py, test_train.py); what it saves is
-measured, not asserted: benchmarks/train_memory.py."""
+"""model.remat (rematerialised layers) and model.logits_chunk (the logits chunk by chunk): the same
+log-probs, entropies and gradients as the plain forward. That the flags reach the two training paths is
+tested beside them (test_warmstart_curriculum.py, test_train.py); what they save is measured, not
+asserted: benchmarks/train_memory.py."""
 
 import re
 
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wmact_jax import ppo
 from wmact_jax.models import KVCache, ModelConfig, Transformer, apply
+from wmact_jax.models.llama import LogitsHead
 
 
-def _model():
+def _model(tied=True):
     config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64,
-                              value_head=True)
+                              value_head=True, tie_word_embeddings=tied)
     graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
     state = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), state)
     return config, graphdef, state
@@ -51,3 +54,43 @@ def test_remat_with_a_cache_is_an_error():
     cache = KVCache.init(config, 2, 16)
     with pytest.raises(ValueError, match="remat=True is for cache-free"):
         apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat=True)
+
+
+@pytest.mark.parametrize("tied,shared,chunk,temperature", [
+    (True, 0, 16, 1.0),  # 45 positions: two whole chunks and a padded one
+    (False, 0, 7, 0.7),  # an untied LM head, a tempered policy
+    (True, 23, 10, 1.0),  # the shared-head forward
+    (True, 0, 64, 1.0),  # one chunk longer than the sequence
+])
+def test_logits_chunks_give_the_same_logprobs_entropies_and_gradients(tied, shared, chunk, temperature):
+    _, graphdef, state = _model(tied)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
+    tokens = tokens.at[:, :23].set(tokens[0, :23])
+    w = jax.random.normal(jax.random.PRNGKey(4), (3, 45))
+
+    def loss(st, c):
+        out = apply(graphdef, st, tokens, shared_head=shared, logits_chunk=c)
+        assert isinstance(out.logits, LogitsHead) == bool(c)
+        lp, v, ent = ppo.token_logprobs_and_values(out.logits, out.values, tokens, temperature)
+        return jnp.sum(lp * w) + jnp.sum(ent * w) + jnp.sum(jnp.sin(v)), (lp, v, ent)
+
+    grad = {c: jax.jit(jax.value_and_grad(lambda st, c=c: loss(st, c), has_aux=True)) for c in (0, chunk)}
+    (l0, out0), g0 = grad[0](state)
+    (l1, out1), g1 = grad[chunk](state)
+    for a, b in zip(out1, out0):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(out0[0]))) > 1.0  # real log-probs, not zeros
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    # The hits (argmax = next token) the warm start's accuracy reads, against the full logits.
+    out = apply(graphdef, state, tokens)
+    _, _, hits = ppo.chunked_next_token_stats(apply(graphdef, state, tokens, logits_chunk=chunk).logits, tokens)
+    want = jnp.argmax(out.logits[:, :-1], axis=-1) == tokens[:, 1:]
+    np.testing.assert_array_equal(np.asarray(hits[:, 1:]), np.asarray(want))
+    assert not bool(jnp.any(hits[:, 0]))
+
+
+def test_logits_chunk_with_a_cache_is_an_error():
+    config, graphdef, state = _model()
+    with pytest.raises(ValueError, match="logits_chunk= is for cache-free"):
+        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), KVCache.init(config, 2, 16), logits_chunk=8)

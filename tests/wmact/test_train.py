@@ -182,22 +182,29 @@ def test_shared_prompt_head_gives_the_same_iteration(trainer):
         np.testing.assert_allclose(x, y, atol=1e-3)
 
 
-def test_remat_reaches_the_update():
-    """model.remat reaches the PPO update's forwards (tests/wmact/test_remat.py: the same gradients): the
-    iteration's program holds rematerialised regions with it and none without."""
+def test_remat_and_logits_chunk_reach_the_update():
+    """model.remat and model.logits_chunk reach the PPO update (tests/wmact/test_remat.py: the same
+    gradients): the iteration's program holds rematerialised regions with either and none without, and
+    with logits_chunk no [.., S, V] logits of a whole episode."""
     import re
 
     from wmact_jax.config_check import prepare_config
 
-    def remat_regions(remat):
+    def program(remat, chunk):
         c = tiny_config()
-        c.model.remat = remat
+        c.model.remat, c.model.logits_chunk = remat, chunk
         t = Trainer(prepare_config(c), "")
-        jaxpr = str(jax.make_jaxpr(t.iteration)(t.init_state(jax.random.PRNGKey(0))))
-        return len(re.findall(r"\bremat\w*\[", jaxpr))
+        return t, str(jax.make_jaxpr(t.iteration)(t.init_state(jax.random.PRNGKey(0))))
 
-    assert remat_regions(False) == 0
-    assert remat_regions(True) >= 2  # the policy's and the separate critic's forwards
+    regions = lambda jaxpr: len(re.findall(r"\bremat\w*\[", jaxpr))
+    t, plain = program(False, 0)
+    assert regions(plain) == 0
+    assert regions(program(True, 0)[1]) >= 2  # the policy's and the separate critic's forwards
+    chunked = program(False, 8)[1]
+    assert regions(chunked) >= 1  # each chunk's logits recomputed in the backward pass
+    S, V = t.config.rollout.context_len, t.model_config.vocab_size
+    whole = re.compile(rf"f32\[\d+,{S},{V}\]")  # e.g. f32[4,256,V]: an episode's logits all at once
+    assert whole.search(plain) and not whole.search(chunked)
 
 
 def test_rebind_runs_another_method_and_seed_on_the_same_programs():

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from wmact_jax.models.config import ModelConfig
 from wmact_jax.models.kv_cache import KVCache
@@ -46,9 +46,29 @@ UNROLL_LAYERS_UP_TO = 8
 
 
 class ModelOutput(NamedTuple):
-    logits: jax.Array  # [B, T, V] float32
+    logits: "jax.Array | LogitsHead"  # [B, T, V] float32 (a LogitsHead with logits_chunk=)
     values: jax.Array | None  # [B, T] float32, or None without a value head
     cache: KVCache | None
+
+
+@struct.dataclass
+class LogitsHead:
+    """The logits [B, T, V] not yet computed: the final-normed trunk state and the LM head's weight.
+
+    A training loss over a large vocabulary reads it `chunk` positions at a time
+    (`ppo.token_logprobs_and_values`), so the whole [B, T, V] is never held, nor kept for the backward
+    pass (SmolLM2: one float32 copy for a 32 x 4096 minibatch is 24 GiB; benchmarks/train_memory.py).
+    """
+    hidden: jax.Array  # [B, T, D], compute dtype
+    weight: jax.Array  # [V, D] (tied embedding) or [D, V] (lm_head), compute dtype
+    tied: bool = struct.field(pytree_node=False)
+    chunk: int = struct.field(pytree_node=False)  # positions per chunk
+
+    def logits(self, h):
+        """h [..., C, D] (a chunk of `hidden`) -> logits [..., C, V] float32."""
+        if self.tied:
+            return jnp.einsum("...cd,vd->...cv", h, self.weight, preferred_element_type=jnp.float32)
+        return jnp.einsum("...cd,dv->...cv", h, self.weight, preferred_element_type=jnp.float32)
 
 
 def _param(rngs, init, shape, axes, dtype) -> nnx.Param:
@@ -225,7 +245,8 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
                  attention_mask=None, logits_at=None, layer_weights=None,
-                 detach_value_head: bool = False, shared_head: int = 0, remat: bool = False) -> ModelOutput:
+                 detach_value_head: bool = False, shared_head: int = 0, remat: bool = False,
+                 logits_chunk: int = 0) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -247,13 +268,17 @@ class Transformer(nnx.Module):
         the backward pass keeps only each layer's input [B, T, D] and recomputes the rest, instead of every
         layer's attention weights ([B, H, T, T/2] chunked) and MLP activations; the same numbers, more FLOPs
         (benchmarks/train_memory.py measures both). Without autodiff it changes nothing.
+        logits_chunk C > 0 (static, cache-free forwards only): `logits` is a LogitsHead, read C positions at a
+        time by the training losses, instead of the [B, T, V] array.
         """
+        if logits_chunk and (cache is not None or logits_at is not None):
+            raise ValueError("logits_chunk= is for cache-free training forwards (no cache, no logits_at)")
         c = self.config
         if shared_head and cache is None and 0 < shared_head < tokens.shape[1]:
             if positions is not None or attention_mask is not None or logits_at is not None:
                 raise ValueError("shared_head= takes a plain causal forward (no positions, attention_mask, logits_at)")
             return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head,
-                                             remat)
+                                             remat, int(logits_chunk))
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
@@ -374,27 +399,28 @@ class Transformer(nnx.Module):
         if logits_at is not None:  # only the requested position of each row goes through the heads
             idx = jnp.broadcast_to(jnp.asarray(logits_at, jnp.int32), (B,))
             x = jnp.take_along_axis(x, idx[:, None, None], axis=1)  # [B, 1, D]
-        logits, values = self._heads(x, detach_value_head)
+        logits, values = self._heads(x, detach_value_head, int(logits_chunk))
         return ModelOutput(logits, values, new_cache)
 
-    def _heads(self, x, detach_value_head: bool):
-        """Final norm, LM head and value head: x [B, T, D] -> (logits [B, T, V] f32, values [B, T] f32 or None)."""
+    def _heads(self, x, detach_value_head: bool, logits_chunk: int = 0):
+        """Final norm, LM head and value head: x [B, T, D] -> (logits [B, T, V] f32 (a LogitsHead with
+        logits_chunk), values [B, T] f32 or None)."""
         c = self.config
         cdt = jnp.dtype(c.dtype)
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)  # [B, T, D]
-        if c.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", h, self.embed[...].astype(cdt), preferred_element_type=jnp.float32)
-        else:
-            logits = jnp.einsum("btd,dv->btv", h, self.lm_head[...].astype(cdt), preferred_element_type=jnp.float32)
+        tied = bool(c.tie_word_embeddings)
+        head = LogitsHead(h, (self.embed if tied else self.lm_head)[...].astype(cdt), tied, int(logits_chunk))
+        logits = head if logits_chunk else head.logits(h)
         values = None
         if c.value_head:
             vh = self.value_head
             hv = jax.lax.stop_gradient(h) if detach_value_head else h
             values = (jnp.einsum("btd,do->bto", hv.astype(jnp.float32), vh.kernel[...].astype(jnp.float32))
                       + vh.bias[...].astype(jnp.float32))[..., 0]  # [B, T]
-        return logits.astype(jnp.float32), values
+        return logits, values
 
-    def _forward_shared_head(self, tokens, H: int, detach_value_head: bool, remat: bool = False) -> ModelOutput:
+    def _forward_shared_head(self, tokens, H: int, detach_value_head: bool, remat: bool = False,
+                             logits_chunk: int = 0) -> ModelOutput:
         """The cache-free forward of rows sharing their first H tokens (see `__call__`'s shared_head)."""
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -431,9 +457,12 @@ class Transformer(nnx.Module):
         if remat:
             layer, unroll = jax.checkpoint(layer), 1
         (x_h, x_r), _ = jax.lax.scan(layer, (x_h, x_r), self.stacked_layer_weights(), unroll=unroll)
-        logits_h, values_h = self._heads(x_h, detach_value_head)  # [1, H, V]: once for every row
-        logits_r, values_r = self._heads(x_r, detach_value_head)
-        logits = jnp.concatenate([rows(logits_h), logits_r], axis=1)
+        logits_h, values_h = self._heads(x_h, detach_value_head, logits_chunk)  # [1, H, V]: once for every row
+        logits_r, values_r = self._heads(x_r, detach_value_head, logits_chunk)
+        if logits_chunk:  # the head's state copied to every row: its logits are computed per row, chunk by chunk
+            logits = logits_r.replace(hidden=jnp.concatenate([rows(logits_h.hidden), logits_r.hidden], axis=1))
+        else:
+            logits = jnp.concatenate([rows(logits_h), logits_r], axis=1)
         values = None if values_h is None else jnp.concatenate([rows(values_h), values_r], axis=1)
         return ModelOutput(logits, values, None)
 
@@ -639,12 +668,12 @@ def create(config: ModelConfig, seed: int = 0):
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
           attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False,
-          shared_head: int = 0, remat: bool = False) -> ModelOutput:
+          shared_head: int = 0, remat: bool = False, logits_chunk: int = 0) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
                  layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head,
-                 remat=remat)
+                 remat=remat, logits_chunk=logits_chunk)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -90,8 +90,14 @@ SMOLLM2_SHAPES = ((8, 1024, 0, 0), (8, 1024, 1, 0), (8, 1024, 1, 256), (8, 4096,
                   (32, 4096, 0, 0), (32, 4096, 1, 0), (32, 4096, 1, 256), (32, 4096, 1, 64))
 
 
-def child_smollm2(rows: int, width: int, remat: bool, chunk: int) -> dict:
-    """Compile only (abstract weights, nothing allocated): what XLA plans for SmolLM2's step at this shape."""
+# Forward only (the KL reference's log-probs, ppo.recompute_old's): the whole batch at once, as before
+# 2026-12-06, against a minibatch (what Trainer._by_minibatch now runs at a time). remat = -1 marks them.
+SMOLLM2_FORWARDS = ((256, 4096, -1, 256), (32, 4096, -1, 256))
+
+
+def child_smollm2(rows: int, width: int, remat: int, chunk: int) -> dict:
+    """Compile only (abstract weights, nothing allocated): what XLA plans for SmolLM2's step at this shape
+    (remat -1: the forward's token log-probs only, no gradient)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -101,29 +107,37 @@ def child_smollm2(rows: int, width: int, remat: bool, chunk: int) -> dict:
 
     mc = ModelConfig(**SMOLLM2, tie_word_embeddings=True, max_position_embeddings=8192)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(mc, rngs=nnx.Rngs(0))))
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat, chunk)
+    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk)
     tokens = jax.ShapeDtypeStruct((rows, width), jnp.int32)
     marks = jax.ShapeDtypeStruct((rows, width), jnp.int8)
     t0 = time.perf_counter()
-    grad = jax.jit(jax.grad(lambda p, tk, mk: loss_fn(p, tk, mk)[0]))
-    mem = grad.lower(params, tokens, marks).compile().memory_analysis()
+    if remat < 0:
+        from wmact_jax import ppo
+        from wmact_jax.models.llama import apply
+
+        fn = jax.jit(lambda p, tk, mk: ppo.token_logprobs_and_values(
+            apply(graphdef, p, tk, logits_chunk=chunk).logits, jnp.zeros(tk.shape), tk)[0])
+    else:
+        fn = jax.jit(jax.grad(lambda p, tk, mk: loss_fn(p, tk, mk)[0]))
+    mem = fn.lower(params, tokens, marks).compile().memory_analysis()
     return dict(rows=rows, width=width, remat=remat, chunk=chunk, temp_gb=mem.temp_size_in_bytes / 2**30,
                 args_gb=mem.argument_size_in_bytes / 2**30, compile_s=time.perf_counter() - t0)
 
 
 def smollm2_table() -> None:
     print(f"# SmolLM2-135M shape {SMOLLM2}, loss + gradient compiled only (no optimizer; weights abstract); "
-          "XLA:CPU's plan, an accelerator's differs in detail")
+          "XLA:CPU's plan, an accelerator's differs in detail; remat 'fwd' = a forward's token log-probs only")
     print(f"{'rows':>4} {'width':>5} {'remat':>5} {'logits_chunk':>12} | {'XLA temp GB':>11} {'args GB':>7} "
           f"{'compile s':>9}")
-    for rows, width, remat, chunk in SMOLLM2_SHAPES:
+    for rows, width, remat, chunk in SMOLLM2_SHAPES + SMOLLM2_FORWARDS:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--smollm2-child", str(rows), str(width),
                               str(remat), str(chunk)], capture_output=True, text=True)
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
         if out.returncode or not line:
             raise SystemExit(f"SmolLM2 child {rows}x{width} remat={remat} failed:\n{out.stderr[-2000:]}")
         r = json.loads(line[0][7:])
-        print(f"{rows:>4} {width:>5} {'on' if remat else 'off':>5} {chunk or '-':>12} | {r['temp_gb']:>11.1f} "
+        mode = "fwd" if remat < 0 else "on" if remat else "off"
+        print(f"{rows:>4} {width:>5} {mode:>5} {chunk or '-':>12} | {r['temp_gb']:>11.1f} "
               f"{r['args_gb']:>7.2f} {r['compile_s']:>9.1f}", flush=True)
 
 
@@ -175,7 +189,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smollm2_child:
         rows, width, remat, chunk = args.smollm2_child
-        print("RESULT " + json.dumps(child_smollm2(rows, width, bool(remat), chunk)), flush=True)
+        print("RESULT " + json.dumps(child_smollm2(rows, width, remat, chunk)), flush=True)
         return
     if args.smollm2:
         smollm2_table()

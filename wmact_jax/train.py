@@ -339,8 +339,8 @@ class Trainer:
         tokens, mask = b.tokens, b.loss_mask
         if self.config.ppo.recompute_old:
             # One forward pass over the episodes instead of the sampler's cached-path numbers.
-            logits, values = self._train_apply(params, tokens)
-            lp, v, _ = ppo_lib.token_logprobs_and_values(logits, values, tokens, self.ppo_cfg.temperature)
+            lp, v = self._by_minibatch(lambda tk: ppo_lib.token_logprobs_and_values(
+                *self._train_apply(params, tk), tk, self.ppo_cfg.temperature)[:2], tokens)
         else:
             lp, v = b.logprobs, b.values
             if "critic" in params:  # a separate critic was not run during the rollout
@@ -373,11 +373,26 @@ class Trainer:
         data = dict(tokens=tokens, mask=mask, logprobs=lp, values=v, rewards=tok_r,
                     episode_rewards=parts["total"], group_ids=b.level_id)
         if ref_params is not None:
-            ref_logits = model_apply(self.graphdef, ref_params, tokens, shared_head=self.shared_head,
-                                     logits_chunk=int(self.config.model.logits_chunk)).logits
-            data["ref_logprobs"] = ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tokens.shape), tokens,
-                                                                     self.ppo_cfg.temperature)[0]
+            def ref_logprobs(tk):
+                ref_logits = model_apply(self.graphdef, ref_params, tk, shared_head=self.shared_head,
+                                         logits_chunk=int(self.config.model.logits_chunk)).logits
+                return ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tk.shape), tk,
+                                                         self.ppo_cfg.temperature)[0]
+
+            data["ref_logprobs"] = self._by_minibatch(ref_logprobs, tokens)
         return data, parts
+
+    def _by_minibatch(self, fn, tokens):
+        """fn(tokens [m, S]) -> arrays [m, ...], run over the batch's E episodes a minibatch (m = E /
+        ppo.minibatches) at a time, in a loop: a forward pass over the whole batch (the KL reference's,
+        ppo.recompute_old's) would otherwise hold activations for E rows where the update holds m
+        (SmolLM2's presets: 256 rows of 4096 tokens). Minibatch k takes episodes k, k + n, k + 2n, ...,
+        so a batch sharded over devices by episode keeps every device busy in every step."""
+        E, n = tokens.shape[0], int(self.ppo_cfg.minibatches)
+        if n <= 1 or E % n:
+            return fn(tokens)
+        out = jax.lax.map(fn, tokens.reshape(E // n, n, *tokens.shape[1:]).swapaxes(0, 1))  # [n, E/n, ...]
+        return jax.tree.map(lambda a: a.swapaxes(0, 1).reshape(E, *a.shape[2:]), out)
 
     # ------------------------------------------------------------------ evaluation
     def conversation(self, env, grid_codec, max_actions_per_turn: int, single_turn: bool) -> Conversation:

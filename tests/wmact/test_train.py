@@ -369,6 +369,40 @@ def test_trains_from_a_pretrained_folder_and_rebinds_seeds_without_reloading(tra
     assert isinstance(nnx.merge(rebound.graphdef, rebound._init_params["policy"]), Transformer)
 
 
+def test_whole_batch_forwards_run_a_minibatch_at_a_time(trainer):
+    """The KL reference's and recompute_old's forwards over a batch run minibatch by minibatch (strided
+    rows): the same numbers, in the batch's order, as one forward over all of it."""
+    from wmact_jax import ppo as ppo_lib
+
+    params = trainer._init_params
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (8, 64), 0, trainer.model_config.vocab_size)
+    fn = lambda tk: ppo_lib.token_logprobs_and_values(*trainer._train_apply(params, tk), tk)[:2]
+    assert trainer.ppo_cfg.minibatches == 2
+    got, want = jax.jit(lambda t: trainer._by_minibatch(fn, t))(tokens), jax.jit(fn)(tokens)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape == (8, 64)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_recomputed_old_logprobs_match_the_samplers(trainer):
+    """ppo.recompute_old takes the old log-probs from a training forward (a minibatch at a time) instead of
+    the sampler's cached decode: on the answer tokens the two agree up to float round-off."""
+    st = trainer.init_state(jax.random.PRNGKey(0))
+    params = st.ppo.params
+    batch = trainer.eval_batch(params, cap=3, temperature=1.0)
+    prep = lambda: jax.jit(lambda b: trainer._ppo_batch(params, None, b, trainer.switches)[0])(batch)
+    sampled = prep()
+    trainer.config.ppo.recompute_old = True
+    try:
+        recomputed = prep()
+    finally:
+        trainer.config.ppo.recompute_old = False
+    mask = np.asarray(sampled["mask"]) > 0
+    assert mask.sum() > 0 and np.abs(np.asarray(sampled["logprobs"])[mask]).max() > 0.1  # real numbers
+    np.testing.assert_allclose(np.asarray(recomputed["logprobs"])[mask], np.asarray(sampled["logprobs"])[mask],
+                               atol=1e-4)
+
+
 def test_kl_to_the_starting_policy_trains_from_a_warm_started_state():
     """`ppo.kl_coef > 0` keeps a frozen copy of the starting policy: an iteration runs from a state whose
     params are committed (as after the warm start: the reference once shared the policy's buffers, and

@@ -29,7 +29,8 @@ from flax import struct
 from wmact_jax.models.llama import LogitsHead
 
 Array = jax.Array
-ApplyFn = Callable[[Any, Array], tuple[Array, Array]]  # (params, tokens [M,S]) -> (logits [M,S,V], values [M,S])
+# (params, tokens [M,S]) -> (logits [M,S,V] or a LogitsHead (read chunk by chunk), values [M,S])
+ApplyFn = Callable[[Any, Array], tuple[Any, Array]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -248,8 +248,9 @@ class Trainer:
                            layer_weights=lws if cache.per_layer else None)
 
     def _train_apply(self, params, tokens):
-        """(logits [M,S,V], values [M,S]) for PPO; the critic is the value head (its loss training the
-        shared trunk, or with model.critic='head' the head alone) or its own model."""
+        """(logits [M,S,V] (a LogitsHead with model.logits_chunk), values [M,S]) for PPO; the critic is the
+        value head (its loss training the shared trunk, or with model.critic='head' the head alone) or its
+        own model."""
         remat, chunk = bool(self.config.model.remat), int(self.config.model.logits_chunk)
         out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=self.config.model.critic == "head",
                           shared_head=self.shared_head, remat=remat, logits_chunk=chunk)

@@ -38,11 +38,13 @@ sys.path.insert(0, ROOT)
 
 # The Taxi suite's model (configs/base.py) and the scratch tokenizer's vocabulary on Taxi.
 MODEL = dict(vocab_size=1376, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2)
+LEVELS = {0: "off", 1: "on", 2: "on+a"}
 WARM_ROWS, WIDTHS = 32, (128, 256, 512, 1024, 1344)  # warmstart.batch_size; the Taxi buckets' range
 PPO_ROWS, PPO_WIDTH = 16, 1664  # 8 levels x 4 rollouts / 2 minibatches; rollout.context_len
 
 
-def child(rows: int, width: int, remat: bool, reps: int) -> dict:
+def child(rows: int, width: int, remat: int, reps: int) -> dict:
+    """remat: 0 off, 1 model.remat, 2 model.remat + model.remat_attention."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -59,7 +61,7 @@ def child(rows: int, width: int, remat: bool, reps: int) -> dict:
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, MODEL["vocab_size"], (rows, width)), jnp.int32)
     marks = jnp.asarray(np.where(rng.random((rows, width)) < 1 / 3, ANSWER, 0), jnp.int8)
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat)
+    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, 0, remat > 1)
 
     def step(p, s, tk, mk):
         (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tk, mk)
@@ -85,9 +87,10 @@ def child(rows: int, width: int, remat: bool, reps: int) -> dict:
 # SmolLM2-135M-Instruct's shape (its config.json), bfloat16 compute as configs/_smollm2.py; random weights.
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
                rope_theta=100000.0, dtype="bfloat16")
-# (rows, width, remat, model.logits_chunk)
-SMOLLM2_SHAPES = ((8, 1024, 0, 0), (8, 1024, 1, 0), (8, 1024, 1, 256), (8, 4096, 1, 0), (8, 4096, 1, 256),
-                  (32, 4096, 0, 0), (32, 4096, 1, 0), (32, 4096, 1, 256), (32, 4096, 1, 64))
+# (rows, width, remat (0 off, 1 model.remat, 2 + model.remat_attention), model.logits_chunk)
+SMOLLM2_SHAPES = ((8, 1024, 0, 0), (8, 1024, 1, 0), (8, 1024, 1, 256), (8, 1024, 2, 256), (8, 4096, 1, 0),
+                  (8, 4096, 1, 256), (8, 4096, 2, 256), (32, 4096, 0, 0), (32, 4096, 1, 0), (32, 4096, 1, 256),
+                  (32, 4096, 1, 64), (32, 4096, 2, 256))
 
 
 # Forward only (the KL reference's log-probs, ppo.recompute_old's): the whole batch at once, as before
@@ -107,7 +110,7 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int) -> dict:
 
     mc = ModelConfig(**SMOLLM2, tie_word_embeddings=True, max_position_embeddings=8192)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(mc, rngs=nnx.Rngs(0))))
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk)
+    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk, remat > 1)
     tokens = jax.ShapeDtypeStruct((rows, width), jnp.int32)
     marks = jax.ShapeDtypeStruct((rows, width), jnp.int8)
     t0 = time.perf_counter()
@@ -136,7 +139,7 @@ def smollm2_table() -> None:
         if out.returncode or not line:
             raise SystemExit(f"SmolLM2 child {rows}x{width} remat={remat} failed:\n{out.stderr[-2000:]}")
         r = json.loads(line[0][7:])
-        mode = "fwd" if remat < 0 else "on" if remat else "off"
+        mode = {-1: "fwd", 0: "off", 1: "on", 2: "on+a"}[remat]
         print(f"{rows:>4} {width:>5} {mode:>5} {chunk or '-':>12} | {r['temp_gb']:>11.1f} "
               f"{r['args_gb']:>7.2f} {r['compile_s']:>9.1f}", flush=True)
 
@@ -196,7 +199,7 @@ def main() -> None:
         return
     if args.child:
         rows, width, remat = args.child
-        res = child_iteration(bool(remat), args.iterations) if rows == 0 else child(rows, width, bool(remat), args.reps)
+        res = child_iteration(bool(remat), args.iterations) if rows == 0 else child(rows, width, remat, args.reps)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -209,9 +212,9 @@ def main() -> None:
           f"backend {jax.default_backend()}; model {MODEL}, float32; {args.reps} timed steps per shape")
     print(f"{'rows':>4} {'width':>5} {'remat':>5} | {'XLA temp MB':>11} {'args MB':>7} {'peak RSS MB':>11} "
           f"{'compile s':>9} {'s/step':>7} | {'temp saved':>10} {'time cost':>9}")
-    def both(rows, width):  # -> {0: without remat, 1: with}, printed as they come
+    def both(rows, width, levels=(0, 1, 2)):  # -> {remat level: result}, printed as they come
         res = {}
-        for remat in (0, 1):
+        for remat in levels:
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--reps", str(args.reps), "--iterations",
                                   str(args.iterations), "--child", str(rows), str(width), str(remat)],
                                  capture_output=True, text=True)
@@ -223,20 +226,23 @@ def main() -> None:
             if remat:
                 ratio = (f" | {1 - r['temp_mb'] / res[0]['temp_mb']:>10.0%} "
                          f"{r['step_s'] / res[0]['step_s']:>8.2f}x")
-            print(f"{r['rows']:>4} {r['width']:>5} {'on' if remat else 'off':>5} | {r['temp_mb']:>11.0f} "
+            print(f"{r['rows']:>4} {r['width']:>5} {LEVELS[remat]:>5} | {r['temp_mb']:>11.0f} "
                   f"{r['args_mb']:>7.1f} {r['rss_mb']:>11.0f} {r['compile_s']:>9.1f} {r['step_s']:>7.3f}{ratio}",
                   flush=True)
         return res
 
     for rows, width in shapes:
         res = both(rows, width)
-        if abs(res[1]["loss"] - res[0]["loss"]) > 1e-4 * max(1.0, abs(res[0]["loss"])):
-            raise SystemExit(f"remat changed the loss at {rows}x{width}: {res[0]['loss']} vs {res[1]['loss']}")
-    print("# temp saved: 1 - XLA temp with remat / without; time cost: s/step with remat / without")
+        for level in (1, 2):
+            if abs(res[level]["loss"] - res[0]["loss"]) > 1e-4 * max(1.0, abs(res[0]["loss"])):
+                raise SystemExit(f"remat {LEVELS[level]} changed the loss at {rows}x{width}: {res[0]['loss']} vs "
+                                 f"{res[level]['loss']}")
+    print("# remat: on = model.remat, on+a = model.remat and model.remat_attention; temp saved: 1 - XLA temp / "
+          "XLA temp without remat; time cost: s/step / s/step without remat")
     if args.iterations and not args.quick:
         print(f"# a whole Taxi WMAct iteration (rollout of {PPO_ROWS * 2} episodes + PPO update, trainer.iteration) "
               f"from the kept 95.8% warm start; s/step = s/iteration, mean of {args.iterations} after a warm-up")
-        res = both(0, 0)
+        res = both(0, 0, levels=(0, 1))
         print(f"# training success over those iterations: {res[0]['loss']:.1%} without remat, {res[1]['loss']:.1%} "
               "with (the same keys; the episodes drift apart as the updates differ by float round-off)")
     if not args.quick:

@@ -15,10 +15,11 @@ def smollm2_config(env_name: str, max_actions: int):
     c.model.path = "smollm2-135m-instruct"
     c.model.dtype = "bfloat16"
     # Without these XLA plans 940 GB of activations for one PPO minibatch (32 x 4096 tokens), 58 GB with
-    # remat, 46 GB with the logits in chunks too (benchmarks/train_memory.py --smollm2): most of what is
-    # left is one layer's attention scores, recomputed in its backward pass.
+    # remat, 46 GB with the logits in chunks too, 15 GB with the attention by rematerialised query blocks
+    # as well (benchmarks/train_memory.py --smollm2; that last one costs up to 2x the attention's FLOPs).
     c.model.remat = True
     c.model.logits_chunk = 256
+    c.model.remat_attention = True
     c.rollout.levels_per_iteration = 64
     c.rollout.group_size = 4  # 256 episodes per iteration, as in the paper
     c.rollout.max_turn_tokens = 256

@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     # last hidden state, each chunk recomputed in the backward pass, never the whole [batch, tokens, vocab]
     # (a large vocabulary's: SmolLM2's 49152). 0: all at once (the scratch model's small vocabulary).
     c.model.logits_chunk = 0
+    # The training forwards' causal attention by query blocks in a rematerialised loop: one block's scores
+    # [batch x heads, 128, tokens] alive at a time in the backward pass instead of a whole layer's, for up
+    # to 2x the attention's FLOPs (every block attends to all keys under its mask).
+    c.model.remat_attention = False
 
     # One multi-turn episode: what the model may write and how long it may go on.
     c.rollout = ml_collections.ConfigDict()

@@ -251,12 +251,13 @@ class Trainer:
         """(logits [M,S,V] (a LogitsHead with model.logits_chunk), values [M,S]) for PPO; the critic is the
         value head (its loss training the shared trunk, or with model.critic='head' the head alone) or its
         own model."""
-        remat, chunk = bool(self.config.model.remat), int(self.config.model.logits_chunk)
-        out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=self.config.model.critic == "head",
-                          shared_head=self.shared_head, remat=remat, logits_chunk=chunk)
+        m = self.config.model
+        memory = dict(remat=bool(m.remat), remat_attention=bool(m.remat_attention), logits_chunk=int(m.logits_chunk))
+        out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=m.critic == "head",
+                          shared_head=self.shared_head, **memory)
         if "critic" in params:  # its values only (with logits_chunk its logits are not even traced)
             values = model_apply(self.critic_graphdef, params["critic"], tokens, shared_head=self.shared_head,
-                                 remat=remat, logits_chunk=chunk).values
+                                 **memory).values
         else:
             values = out.values
         return out.logits, values

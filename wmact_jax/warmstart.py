@@ -272,14 +272,16 @@ def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
     return float(-(p * np.log(p)).sum() * n / n_tokens)
 
 
-def demo_loss_fn(graphdef, state_loss: float = 0.0, remat: bool = False, logits_chunk: int = 0):
+def demo_loss_fn(graphdef, state_loss: float = 0.0, remat: bool = False, logits_chunk: int = 0,
+                 remat_attention: bool = False):
     """The warm start's loss: loss(params, tokens [B, W], marks [B, W]) -> (answer NLL + state_loss x
     feedback NLL, (answer NLL, answer token accuracy)); marks say which tokens are ANSWER / FEEDBACK.
-    remat, logits_chunk: see `llama.apply` (model.remat, model.logits_chunk)."""
+    remat, logits_chunk, remat_attention: see `llama.apply` (the model.* keys of the same names)."""
     from wmact_jax.models.llama import apply as model_apply
 
     def loss_fn(p, tk, marks):
-        logits = model_apply(graphdef, p, tk, remat=remat, logits_chunk=logits_chunk).logits
+        logits = model_apply(graphdef, p, tk, remat=remat, logits_chunk=logits_chunk,
+                             remat_attention=remat_attention).logits
         m = (marks == ANSWER).astype(jnp.float32)
         if logits_chunk:
             lp, _, hits = ppo_lib.chunked_next_token_stats(logits, tk)
@@ -394,8 +396,9 @@ def run_warmstart(trainer, params, log=None, callback=None):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0))
     policy = params["policy"]
     opt_state = opt.init(policy)
-    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), bool(trainer.config.model.remat),
-                           int(trainer.config.model.logits_chunk))
+    m = trainer.config.model
+    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), bool(m.remat), int(m.logits_chunk),
+                           bool(m.remat_attention))
 
     chunk = 10
 

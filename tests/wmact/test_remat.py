@@ -24,6 +24,19 @@ def _model(tied=True):
     return config, graphdef, state
 
 
+@pytest.mark.parametrize("T,offset", [(45, 0), (40, 23), (10, 5)])  # whole + padded blocks, a shared head's offset
+def test_attention_by_rematerialised_query_blocks_equals_the_triangle(T, offset):
+    from wmact_jax.models.llama import causal_attention_chunked, causal_attention_scanned
+
+    q = jax.random.normal(jax.random.PRNGKey(0), (2, T, 4, 8))
+    k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, offset + T, 2, 8)) for i in (1, 2))
+    f = lambda fn: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(jnp.sin(fn(*a, 16, offset))), argnums=(0, 1, 2)))
+    (l0, g0), (l1, g1) = f(causal_attention_chunked)(q, k, v), f(causal_attention_scanned)(q, k, v)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
 @pytest.mark.parametrize("shared", [0, 23])  # the plain forward and the shared-head one (its own layer scan)
 def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
     from wmact_jax.models import llama
@@ -34,15 +47,17 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
     tokens = tokens.at[:, :23].set(tokens[0, :23])
     w = jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
 
-    def loss(st, remat):
-        out = apply(graphdef, st, tokens, shared_head=shared, remat=remat)
+    def loss(st, remat, remat_attention=False):
+        out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, remat_attention=remat_attention)
         return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
 
     grad = {r: jax.jit(jax.value_and_grad(lambda st, r=r: loss(st, r))) for r in (False, True)}
     (l0, g0), (l1, g1) = grad[False](state), grad[True](state)
-    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    (l2, g2) = jax.jit(jax.value_and_grad(lambda st: loss(st, True, True)))(state)  # + the attention's blocks
+    for l, g in ((l1, g1), (l2, g2)):
+        np.testing.assert_allclose(float(l), float(l0), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0)) > 1e-2  # not vacuous
     # The backward really recomputes: the differentiated program holds a remat region (jax.checkpoint).
     regions = lambda f: len(re.findall(r"\bremat\w*\[", str(jax.make_jaxpr(f)(state))))
@@ -52,8 +67,10 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
 def test_remat_with_a_cache_is_an_error():
     config, graphdef, state = _model()
     cache = KVCache.init(config, 2, 16)
-    with pytest.raises(ValueError, match="remat=True is for cache-free"):
+    with pytest.raises(ValueError, match="remat=True / remat_attention=True are for cache-free"):
         apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat=True)
+    with pytest.raises(ValueError, match="are for cache-free"):
+        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat_attention=True)
 
 
 @pytest.mark.parametrize("tied,shared,chunk,temperature", [

@@ -183,16 +183,16 @@ def test_shared_prompt_head_gives_the_same_iteration(trainer):
 
 
 def test_remat_and_logits_chunk_reach_the_update():
-    """model.remat and model.logits_chunk reach the PPO update (tests/wmact/test_remat.py: the same
-    gradients): the iteration's program holds rematerialised regions with either and none without, and
+    """model.remat, model.remat_attention and model.logits_chunk reach the PPO update (test_remat.py: the
+    same gradients): the iteration's program holds rematerialised regions with each and none without, and
     with logits_chunk no [.., S, V] logits of a whole episode."""
     import re
 
     from wmact_jax.config_check import prepare_config
 
-    def program(remat, chunk):
+    def program(remat, chunk, remat_attention=False):
         c = tiny_config()
-        c.model.remat, c.model.logits_chunk = remat, chunk
+        c.model.remat, c.model.logits_chunk, c.model.remat_attention = remat, chunk, remat_attention
         t = Trainer(prepare_config(c), "")
         return t, str(jax.make_jaxpr(t.iteration)(t.init_state(jax.random.PRNGKey(0))))
 
@@ -200,6 +200,7 @@ def test_remat_and_logits_chunk_reach_the_update():
     t, plain = program(False, 0)
     assert regions(plain) == 0
     assert regions(program(True, 0)[1]) >= 2  # the policy's and the separate critic's forwards
+    assert regions(program(False, 0, True)[1]) >= 2  # their attention's query blocks
     chunked = program(False, 8)[1]
     assert regions(chunked) >= 1  # each chunk's logits recomputed in the backward pass
     S, V = t.config.rollout.context_len, t.model_config.vocab_size

@@ -129,14 +129,15 @@ def test_the_mixed_phase_can_draw_its_batches_by_style(trainer):
 
 
 def test_remat_and_logits_chunk_warm_start_fits_the_same_policy(trainer):
-    """model.remat and model.logits_chunk reach the warm start's loss: the same 20 steps give the same
-    policy, loss and answer accuracy up to round-off."""
+    """model.remat, model.logits_chunk and model.remat_attention reach the warm start's loss: the same 20
+    steps give the same policy, loss and answer accuracy up to round-off."""
     p0, m0, _ = _warm(trainer)
-    trainer.config.model.remat, trainer.config.model.logits_chunk = True, 16
+    m = trainer.config.model
+    m.remat, m.logits_chunk, m.remat_attention = True, 16, True
     try:
         p1, m1, _ = _warm(trainer)
     finally:
-        trainer.config.model.remat, trainer.config.model.logits_chunk = False, 0
+        m.remat, m.logits_chunk, m.remat_attention = False, 0, False
     assert m1["warmstart/token_accuracy"] == pytest.approx(m0["warmstart/token_accuracy"], abs=1e-3)
     assert m1["warmstart/loss"] == pytest.approx(m0["warmstart/loss"], rel=1e-4)
     for x, y in zip(jax.tree.leaves(p0["policy"]), jax.tree.leaves(p1["policy"])):

@@ -246,7 +246,7 @@ class Transformer(nnx.Module):
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
                  attention_mask=None, logits_at=None, layer_weights=None,
                  detach_value_head: bool = False, shared_head: int = 0, remat: bool = False,
-                 logits_chunk: int = 0) -> ModelOutput:
+                 logits_chunk: int = 0, remat_attention: bool = False) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -270,6 +270,9 @@ class Transformer(nnx.Module):
         (benchmarks/train_memory.py measures both). Without autodiff it changes nothing.
         logits_chunk C > 0 (static, cache-free forwards only): `logits` is a LogitsHead, read C positions at a
         time by the training losses, instead of the [B, T, V] array.
+        remat_attention (static, cache-free forwards only): the causal self-attention by query blocks in a
+        rolled loop, each block rematerialised (`causal_attention_scanned`): one block's scores alive at a
+        time in the backward pass instead of a layer's, for up to 2x the attention's FLOPs.
         """
         if logits_chunk and (cache is not None or logits_at is not None):
             raise ValueError("logits_chunk= is for cache-free training forwards (no cache, no logits_at)")
@@ -278,12 +281,13 @@ class Transformer(nnx.Module):
             if positions is not None or attention_mask is not None or logits_at is not None:
                 raise ValueError("shared_head= takes a plain causal forward (no positions, attention_mask, logits_at)")
             return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head,
-                                             remat, int(logits_chunk))
+                                             remat, int(logits_chunk), remat_attention)
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
-        if remat and cache is not None:
-            raise ValueError("remat=True is for cache-free (training) forwards; a cached forward is not differentiated")
+        if (remat or remat_attention) and cache is not None:
+            raise ValueError("remat=True / remat_attention=True are for cache-free (training) forwards; a cached "
+                             "forward is not differentiated")
         if layer_weights is not None and (cache is None or not cache.per_layer):
             raise ValueError("layer_weights= is only read with a per-layer KV cache (KVCache.init(..., "
                              "per_layer=True)); pass None for a stacked cache or a cache-free forward")
@@ -322,8 +326,9 @@ class Transformer(nnx.Module):
             return _block(c, x, w, cos, sin, attn_fn)
 
         if cache is None:
+            blocks = causal_attention_scanned if remat_attention else causal_attention_chunked
             if attention_mask is None and T > ATTENTION_CHUNK:  # plain causal: skip the masked blocks
-                self_attn = lambda q, k, v: causal_attention_chunked(q, k, v, ATTENTION_CHUNK)
+                self_attn = lambda q, k, v: blocks(q, k, v, ATTENTION_CHUNK)
             else:
                 self_attn = lambda q, k, v: attention(q, k, v, mask)
 
@@ -420,7 +425,7 @@ class Transformer(nnx.Module):
         return logits, values
 
     def _forward_shared_head(self, tokens, H: int, detach_value_head: bool, remat: bool = False,
-                             logits_chunk: int = 0) -> ModelOutput:
+                             logits_chunk: int = 0, remat_attention: bool = False) -> ModelOutput:
         """The cache-free forward of rows sharing their first H tokens (see `__call__`'s shared_head)."""
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -434,6 +439,8 @@ class Transformer(nnx.Module):
         head_mask = jnp.tril(jnp.ones((H, H), bool))[None]
         rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])  # [1, ...] -> [B, ...]: the head to every row
 
+        blocks = causal_attention_scanned if remat_attention else causal_attention_chunked
+
         def layer(xs, w):
             x_h, x_r = xs
             kv = {}
@@ -441,13 +448,13 @@ class Transformer(nnx.Module):
             def attn_head(q, k, v):
                 kv["k"], kv["v"] = k, v  # [1, H, KV, Dh], read by the rows' attention of this layer
                 if H > ATTENTION_CHUNK:
-                    return causal_attention_chunked(q, k, v, ATTENTION_CHUNK), None
+                    return blocks(q, k, v, ATTENTION_CHUNK), None
                 return attention(q, k, v, head_mask), None
 
             def attn_rows(q, k, v):
                 k_all = jnp.concatenate([rows(kv["k"]), k], axis=1)  # [B, H + R, KV, Dh]
                 v_all = jnp.concatenate([rows(kv["v"]), v], axis=1)
-                return causal_attention_chunked(q, k_all, v_all, ATTENTION_CHUNK, offset=H), None
+                return blocks(q, k_all, v_all, ATTENTION_CHUNK, offset=H), None
 
             x_h, _ = _block(c, x_h, w, cos_h, sin_h, attn_head)
             x_r, _ = _block(c, x_r, w, cos_r, sin_r, attn_rows)
@@ -539,6 +546,25 @@ def causal_attention_chunked(q, k, v, chunk: int = 128, offset: int = 0):
         mask = jnp.concatenate([jnp.ones((n, offset + start), bool), jnp.tril(jnp.ones((n, n), bool))], axis=1)
         outs.append(attention(q[:, start:end], k[:, :offset + end], v[:, :offset + end], mask[None]))
     return jnp.concatenate(outs, axis=1)
+
+
+def causal_attention_scanned(q, k, v, chunk: int = 128, offset: int = 0):
+    """`causal_attention_chunked`'s result (same arguments), by query blocks in a rolled loop, each block
+    rematerialised: the backward pass holds one block's scores [B*KV, G*chunk, offset + T] at a time
+    instead of every block's. Each block attends to all keys under its causal mask (a loop needs one
+    shape), up to 2x the FLOPs of the triangle `causal_attention_chunked` computes."""
+    B, T, H, Dh = q.shape
+    S = k.shape[1]  # offset + T
+    n = -(-T // chunk)
+    qb = jnp.pad(q, ((0, 0), (0, n * chunk - T), (0, 0), (0, 0))).reshape(B, n, chunk, H, Dh).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def block(k, v, qi, i):  # qi [B, chunk, H, Dh]: queries offset + i * chunk + [0, chunk)
+        qpos = offset + i * chunk + jnp.arange(chunk)
+        return attention(qi, k, v, (jnp.arange(S)[None, :] <= qpos[:, None])[None])  # padded rows: discarded
+
+    _, out = jax.lax.scan(lambda c, xs: (c, block(k, v, *xs)), None, (qb, jnp.arange(n)))  # [n, B, chunk, H, Dh]
+    return out.swapaxes(0, 1).reshape(B, n * chunk, H, Dh)[:, :T]
 
 
 def _two_part_softmax(s_old, s_new):
@@ -668,12 +694,13 @@ def create(config: ModelConfig, seed: int = 0):
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
           attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False,
-          shared_head: int = 0, remat: bool = False, logits_chunk: int = 0) -> ModelOutput:
+          shared_head: int = 0, remat: bool = False, logits_chunk: int = 0,
+          remat_attention: bool = False) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
                  layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head,
-                 remat=remat, logits_chunk=logits_chunk)
+                 remat=remat, logits_chunk=logits_chunk, remat_attention=remat_attention)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

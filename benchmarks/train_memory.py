@@ -1,9 +1,10 @@
-"""Memory and time of one training step (forward + backward + AdamW) of the scratch model, with and
-without `model.remat` (each decoder layer rematerialised in the backward pass), at the shapes the Taxi
-suite trains at: the warm start's batches of 32 demos at each length-bucket width, and a PPO minibatch
-(16 episodes of the full 1664-token context).
+"""Memory and time of one training step (forward + backward + AdamW) of the scratch model without
+remat, with `model.remat` (each decoder layer rematerialised in the backward pass: "on") and with
+`model.remat_attention` too ("on+a"), at the shapes the Taxi suite trains at: the warm start's batches
+of 32 demos at each length-bucket width, and a PPO minibatch (16 episodes of the full 1664-token context).
 
-    python benchmarks/train_memory.py            # widths 128 ... 1344, the PPO shape, a Taxi iteration
+    python benchmarks/train_memory.py            # widths 128 ... 1344, the PPO shape, a Taxi iteration, SmolLM2
+    python benchmarks/train_memory.py --iterations 0   # without the Taxi iterations
     python benchmarks/train_memory.py --quick    # widths 256 and 1344 only
     python benchmarks/train_memory.py --smollm2  # only SmolLM2-135M's plan at its presets' shapes (compile only)
 
@@ -176,7 +177,7 @@ def child_iteration(remat: bool, iters: int) -> dict:
         success.append(float(m["success_rate"]))
     return dict(rows=c.rollout.levels_per_iteration * c.rollout.group_size, width=c.rollout.context_len,
                 remat=remat, temp_mb=mem.temp_size_in_bytes / 2**20, args_mb=mem.argument_size_in_bytes / 2**20,
-                compile_s=compile_s, step_s=sum(secs) / iters, loss=sum(success) / iters,
+                compile_s=compile_s, step_s=sum(secs) / iters, loss=sum(success) / iters,  # "loss": the success
                 rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 

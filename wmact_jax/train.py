@@ -247,17 +247,26 @@ class Trainer:
         return model_apply(self.graphdef, params["policy"], tokens, cache, num_new, logits_at=logits_at,
                            layer_weights=lws if cache.per_layer else None)
 
-    def _train_apply(self, params, tokens):
+    def forward_options(self, grad: bool) -> dict:
+        """`llama.apply`'s memory options from model.*, for a training-shape forward: the logits in chunks
+        always; remat and remat_attention only where a backward pass follows (without one they only add
+        work: remat_attention's blocks attend to every key)."""
+        m = self.config.model
+        opts = dict(logits_chunk=int(m.logits_chunk))
+        if grad:
+            opts.update(remat=bool(m.remat), remat_attention=bool(m.remat_attention))
+        return opts
+
+    def _train_apply(self, params, tokens, grad: bool = True):
         """(logits [M,S,V] (a LogitsHead with model.logits_chunk), values [M,S]) for PPO; the critic is the
         value head (its loss training the shared trunk, or with model.critic='head' the head alone) or its
-        own model."""
-        m = self.config.model
-        memory = dict(remat=bool(m.remat), remat_attention=bool(m.remat_attention), logits_chunk=int(m.logits_chunk))
-        out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=m.critic == "head",
-                          shared_head=self.shared_head, **memory)
+        own model. grad=False: a forward no gradient goes through (see `forward_options`)."""
+        opts = self.forward_options(grad)
+        out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=self.config.model.critic == "head",
+                          shared_head=self.shared_head, **opts)
         if "critic" in params:  # its values only (with logits_chunk its logits are not even traced)
             values = model_apply(self.critic_graphdef, params["critic"], tokens, shared_head=self.shared_head,
-                                 **memory).values
+                                 **opts).values
         else:
             values = out.values
         return out.logits, values
@@ -342,7 +351,7 @@ class Trainer:
         if self.config.ppo.recompute_old:
             # One forward pass over the episodes instead of the sampler's cached-path numbers.
             lp, v = self._by_minibatch(lambda tk: ppo_lib.token_logprobs_and_values(
-                *self._train_apply(params, tk), tk, self.ppo_cfg.temperature)[:2], tokens)
+                *self._train_apply(params, tk, grad=False), tk, self.ppo_cfg.temperature)[:2], tokens)
         else:
             lp, v = b.logprobs, b.values
             if "critic" in params:  # a separate critic was not run during the rollout
@@ -350,7 +359,7 @@ class Trainer:
 
                 def critic_values(w):  # [E, S]: PPO's alignment, values[:, t] = the critic's output at t - 1
                     cv = model_apply(self.critic_graphdef, params["critic"], tokens[:, :w], shared_head=self.shared_head,
-                                     logits_chunk=int(self.config.model.logits_chunk)).values  # [E, w]
+                                     **self.forward_options(grad=False)).values  # [E, w]
                     return jnp.pad(cv[:, :-1], ((0, 0), (1, S - w)))
 
                 v = ppo_lib.at_width_bucket(mask, self.ppo_cfg.width_buckets, critic_values) * mask
@@ -377,7 +386,7 @@ class Trainer:
         if ref_params is not None:
             def ref_logprobs(tk):
                 ref_logits = model_apply(self.graphdef, ref_params, tk, shared_head=self.shared_head,
-                                         logits_chunk=int(self.config.model.logits_chunk)).logits
+                                         **self.forward_options(grad=False)).logits
                 return ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tk.shape), tk,
                                                          self.ppo_cfg.temperature)[0]
 

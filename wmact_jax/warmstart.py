@@ -396,9 +396,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0))
     policy = params["policy"]
     opt_state = opt.init(policy)
-    m = trainer.config.model
-    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), bool(m.remat), int(m.logits_chunk),
-                           bool(m.remat_attention))
+    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), **trainer.forward_options(grad=True))
 
     chunk = 10
 

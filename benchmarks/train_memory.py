@@ -1,7 +1,8 @@
 """Memory and time of one training step (forward + backward + AdamW) of the scratch model without
-remat, with `model.remat` (each decoder layer rematerialised in the backward pass: "on") and with
-`model.remat_attention` too ("on+a"), at the shapes the Taxi suite trains at: the warm start's batches
-of 32 demos at each length-bucket width, and a PPO minibatch (16 episodes of the full 1664-token context).
+remat, with `model.remat` (each decoder layer rematerialised in the backward pass: "on"), with
+`model.remat_attention` too ("on+a") and with `model.flash_attention` instead ("on+f"), at the shapes the
+Taxi suite trains at: the warm start's batches of 32 demos at each length-bucket width, and a PPO
+minibatch (16 episodes of the full 1664-token context).
 
     python benchmarks/train_memory.py            # widths 128 ... 1344, the PPO shape, a Taxi iteration, SmolLM2
     python benchmarks/train_memory.py --iterations 0   # without the Taxi iterations
@@ -39,13 +40,13 @@ sys.path.insert(0, ROOT)
 
 # The Taxi suite's model (configs/base.py) and the scratch tokenizer's vocabulary on Taxi.
 MODEL = dict(vocab_size=1376, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2)
-LEVELS = {0: "off", 1: "on", 2: "on+a"}
+LEVELS = {0: "off", 1: "on", 2: "on+a", 3: "on+f"}
 WARM_ROWS, WIDTHS = 32, (128, 256, 512, 1024, 1344)  # warmstart.batch_size; the Taxi buckets' range
 PPO_ROWS, PPO_WIDTH = 16, 1664  # 8 levels x 4 rollouts / 2 minibatches; rollout.context_len
 
 
 def child(rows: int, width: int, remat: int, reps: int) -> dict:
-    """remat: 0 off, 1 model.remat, 2 model.remat + model.remat_attention."""
+    """remat: 0 off, 1 model.remat, 2 model.remat + model.remat_attention, 3 model.remat + model.flash_attention."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -62,7 +63,7 @@ def child(rows: int, width: int, remat: int, reps: int) -> dict:
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, MODEL["vocab_size"], (rows, width)), jnp.int32)
     marks = jnp.asarray(np.where(rng.random((rows, width)) < 1 / 3, ANSWER, 0), jnp.int8)
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, 0, remat > 1)
+    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, 0, remat == 2, remat == 3)
 
     def step(p, s, tk, mk):
         (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tk, mk)
@@ -88,10 +89,10 @@ def child(rows: int, width: int, remat: int, reps: int) -> dict:
 # SmolLM2-135M-Instruct's shape (its config.json), bfloat16 compute as configs/_smollm2.py; random weights.
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
                rope_theta=100000.0, dtype="bfloat16")
-# (rows, width, remat (0 off, 1 model.remat, 2 + model.remat_attention), model.logits_chunk)
+# (rows, width, remat (0 off, 1 model.remat, 2 + model.remat_attention, 3 + model.flash_attention), logits_chunk)
 SMOLLM2_SHAPES = ((8, 1024, 0, 0), (8, 1024, 1, 0), (8, 1024, 1, 256), (8, 1024, 2, 256), (8, 4096, 1, 0),
                   (8, 4096, 1, 256), (8, 4096, 2, 256), (32, 4096, 0, 0), (32, 4096, 1, 0), (32, 4096, 1, 256),
-                  (32, 4096, 1, 64), (32, 4096, 2, 256))
+                  (32, 4096, 1, 64), (32, 4096, 2, 256), (8, 1024, 3, 256), (8, 4096, 3, 256), (32, 4096, 3, 256))
 
 
 # Forward only (the KL reference's log-probs, ppo.recompute_old's): the whole batch at once, as before
@@ -111,7 +112,7 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int) -> dict:
 
     mc = ModelConfig(**SMOLLM2, tie_word_embeddings=True, max_position_embeddings=8192)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(mc, rngs=nnx.Rngs(0))))
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk, remat > 1)
+    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk, remat == 2, remat == 3)
     tokens = jax.ShapeDtypeStruct((rows, width), jnp.int32)
     marks = jax.ShapeDtypeStruct((rows, width), jnp.int8)
     t0 = time.perf_counter()
@@ -140,12 +141,12 @@ def smollm2_table() -> None:
         if out.returncode or not line:
             raise SystemExit(f"SmolLM2 child {rows}x{width} remat={remat} failed:\n{out.stderr[-2000:]}")
         r = json.loads(line[0][7:])
-        mode = {-1: "fwd", 0: "off", 1: "on", 2: "on+a"}[remat]
+        mode = {-1: "fwd", **LEVELS}[remat]
         print(f"{rows:>4} {width:>5} {mode:>5} {chunk or '-':>12} | {r['temp_gb']:>11.1f} "
               f"{r['args_gb']:>7.2f} {r['compile_s']:>9.1f}", flush=True)
 
 
-def child_iteration(remat: bool, iters: int) -> dict:
+def child_iteration(level: int, iters: int) -> dict:
     """A whole Taxi WMAct iteration (rollout + PPO update, `trainer.iteration`) from the kept 95.8% warm
     start (`experiments/results/taxi_suite_rerun/stage4_warmstart`): the real update, at the width
     buckets of real episodes."""
@@ -156,7 +157,7 @@ def child_iteration(remat: bool, iters: int) -> dict:
     from wmact_jax.train import Trainer
 
     c = experiment_config("taxi", "taxi", {}, method="wmact")
-    c.model.remat = remat
+    c.model.remat, c.model.flash_attention = level > 0, level == 3
     c.warmstart.enabled = False
     c.warmstart.path = os.path.join(ROOT, "experiments/results/taxi_suite_rerun/stage4_warmstart")
     trainer = Trainer(prepare_config(c, explicit=()), "")
@@ -176,7 +177,7 @@ def child_iteration(remat: bool, iters: int) -> dict:
         secs.append(time.perf_counter() - t0)
         success.append(float(m["success_rate"]))
     return dict(rows=c.rollout.levels_per_iteration * c.rollout.group_size, width=c.rollout.context_len,
-                remat=remat, temp_mb=mem.temp_size_in_bytes / 2**20, args_mb=mem.argument_size_in_bytes / 2**20,
+                remat=level, temp_mb=mem.temp_size_in_bytes / 2**20, args_mb=mem.argument_size_in_bytes / 2**20,
                 compile_s=compile_s, step_s=sum(secs) / iters, loss=sum(success) / iters,  # "loss": the success
                 rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -200,7 +201,7 @@ def main() -> None:
         return
     if args.child:
         rows, width, remat = args.child
-        res = child_iteration(bool(remat), args.iterations) if rows == 0 else child(rows, width, remat, args.reps)
+        res = child_iteration(remat, args.iterations) if rows == 0 else child(rows, width, remat, args.reps)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -213,7 +214,7 @@ def main() -> None:
           f"backend {jax.default_backend()}; model {MODEL}, float32; {args.reps} timed steps per shape")
     print(f"{'rows':>4} {'width':>5} {'remat':>5} | {'XLA temp MB':>11} {'args MB':>7} {'peak RSS MB':>11} "
           f"{'compile s':>9} {'s/step':>7} | {'temp saved':>10} {'time cost':>9}")
-    def both(rows, width, levels=(0, 1, 2)):  # -> {remat level: result}, printed as they come
+    def both(rows, width, levels=(0, 1, 2, 3)):  # -> {remat level: result}, printed as they come
         res = {}
         for remat in levels:
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--reps", str(args.reps), "--iterations",
@@ -234,18 +235,19 @@ def main() -> None:
 
     for rows, width in shapes:
         res = both(rows, width)
-        for level in (1, 2):
+        for level in (1, 2, 3):
             if abs(res[level]["loss"] - res[0]["loss"]) > 1e-4 * max(1.0, abs(res[0]["loss"])):
                 raise SystemExit(f"remat {LEVELS[level]} changed the loss at {rows}x{width}: {res[0]['loss']} vs "
                                  f"{res[level]['loss']}")
-    print("# remat: on = model.remat, on+a = model.remat and model.remat_attention; temp saved: 1 - XLA temp / "
+    print("# remat: on = model.remat, on+a = model.remat and model.remat_attention, on+f = model.remat and "
+          "model.flash_attention; temp saved: 1 - XLA temp / "
           "XLA temp without remat; time cost: s/step / s/step without remat")
     if args.iterations and not args.quick:
         print(f"# a whole Taxi WMAct iteration (rollout of {PPO_ROWS * 2} episodes + PPO update, trainer.iteration) "
               f"from the kept 95.8% warm start; s/step = s/iteration, mean of {args.iterations} after a warm-up")
-        res = both(0, 0, levels=(0, 1))
+        res = both(0, 0, levels=(0, 1, 3))
         print(f"# training success over those iterations: {res[0]['loss']:.1%} without remat, {res[1]['loss']:.1%} "
-              "with (the same keys; the episodes drift apart as the updates differ by float round-off)")
+              f"with, {res[3]['loss']:.1%} with flash_attention too (the same keys; the episodes drift apart as the updates differ by float round-off)")
     if not args.quick:
         smollm2_table()
 

@@ -15,11 +15,13 @@ def smollm2_config(env_name: str, max_actions: int):
     c.model.path = "smollm2-135m-instruct"
     c.model.dtype = "bfloat16"
     # Without these XLA plans 940 GB of activations for one PPO minibatch (32 x 4096 tokens), 58 GB with
-    # remat, 46 GB with the logits in chunks too, 15 GB with the attention by rematerialised query blocks
-    # as well (benchmarks/train_memory.py --smollm2; that last one costs up to 2x the attention's FLOPs).
+    # remat, 46 GB with the logits in chunks too, 15.5 GB with the flash attention as well
+    # (benchmarks/train_memory.py --smollm2). remat_attention plans as little (15.1 GB) for up to 2x the
+    # attention's FLOPs; flash_attention computes the causal triangle only (on CPU, the Taxi model's
+    # warm-start step: 0.96-1.07x remat's time, remat_attention's 1.2-2.3x).
     c.model.remat = True
     c.model.logits_chunk = 256
-    c.model.remat_attention = True
+    c.model.flash_attention = True
     c.rollout.levels_per_iteration = 64
     c.rollout.group_size = 4  # 256 episodes per iteration, as in the paper
     c.rollout.max_turn_tokens = 256

@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
     # [batch x heads, 128, tokens] alive at a time in the backward pass instead of a whole layer's, for up
     # to 2x the attention's FLOPs (every block attends to all keys under its mask).
     c.model.remat_attention = False
+    # The training forwards' causal attention with an online softmax and its own backward pass
+    # (FlashAttention-2's algorithm in plain JAX, wmact_jax/models/flash_attention.py): one 128 x 128 tile of
+    # scores alive at a time and only the causal triangle's FLOPs. Not with remat_attention (pick one).
+    c.model.flash_attention = False
 
     # One multi-turn episode: what the model may write and how long it may go on.
     c.rollout = ml_collections.ConfigDict()

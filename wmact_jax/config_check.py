@@ -193,6 +193,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
                  f"'model.num_heads' ({c.model.num_heads}) must be divisible by "
                  f"'model.num_kv_heads' ({c.model.num_kv_heads})")
 
+    need(not (c.model.remat_attention and c.model.flash_attention),
+         "'model.remat_attention' and 'model.flash_attention' are two ways to cut the attention's memory: set "
+         "one (flash_attention: less memory and fewer FLOPs)")
+
     # Rollout.
     r = c.rollout
     positive("rollout.levels_per_iteration", "rollout.group_size", "rollout.max_turn_tokens",

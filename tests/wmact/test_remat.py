@@ -67,7 +67,7 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
 def test_remat_with_a_cache_is_an_error():
     config, graphdef, state = _model()
     cache = KVCache.init(config, 2, 16)
-    with pytest.raises(ValueError, match="remat=True / remat_attention=True are for cache-free"):
+    with pytest.raises(ValueError, match="remat=True / remat_attention=True / flash_attention=True are for cache-free"):
         apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat=True)
     with pytest.raises(ValueError, match="are for cache-free"):
         apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat_attention=True)

@@ -183,16 +183,18 @@ def test_shared_prompt_head_gives_the_same_iteration(trainer):
 
 
 def test_remat_and_logits_chunk_reach_the_update():
-    """model.remat, model.remat_attention and model.logits_chunk reach the PPO update (test_remat.py: the
-    same gradients): the iteration's program holds rematerialised regions with each and none without, and
-    with logits_chunk no [.., S, V] logits of a whole episode."""
+    """model.remat, model.remat_attention, model.flash_attention and model.logits_chunk reach the PPO update
+    (test_remat.py, test_flash_attention.py: the same gradients): the iteration's program holds rematerialised
+    regions with each remat and none without, flash_attention's backward pass with it, and with
+    logits_chunk no [.., S, V] logits of a whole episode."""
     import re
 
     from wmact_jax.config_check import prepare_config
 
-    def program(remat, chunk, remat_attention=False):
+    def program(remat, chunk, remat_attention=False, flash_attention=False):
         c = tiny_config()
         c.model.remat, c.model.logits_chunk, c.model.remat_attention = remat, chunk, remat_attention
+        c.model.flash_attention = flash_attention
         t = Trainer(prepare_config(c), "")
         return t, str(jax.make_jaxpr(t.iteration)(t.init_state(jax.random.PRNGKey(0))))
 
@@ -201,6 +203,8 @@ def test_remat_and_logits_chunk_reach_the_update():
     assert regions(plain) == 0
     assert regions(program(True, 0)[1]) >= 2  # the policy's and the separate critic's forwards
     assert regions(program(False, 0, True)[1]) >= 2  # their attention's query blocks
+    flash = program(False, 0, False, True)[1]
+    assert "name=_backward" in flash and "name=_backward" not in plain  # flash_attention's own backward pass
     chunked = program(False, 8)[1]
     assert regions(chunked) >= 1  # each chunk's logits recomputed in the backward pass
     S, V = t.config.rollout.context_len, t.model_config.vocab_size

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx, struct
 
 from wmact_jax.models.config import ModelConfig
+from wmact_jax.models.flash_attention import flash_causal_attention
 from wmact_jax.models.kv_cache import KVCache
 
 
@@ -246,7 +247,8 @@ class Transformer(nnx.Module):
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
                  attention_mask=None, logits_at=None, layer_weights=None,
                  detach_value_head: bool = False, shared_head: int = 0, remat: bool = False,
-                 logits_chunk: int = 0, remat_attention: bool = False) -> ModelOutput:
+                 logits_chunk: int = 0, remat_attention: bool = False,
+                 flash_attention: bool = False) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -273,6 +275,9 @@ class Transformer(nnx.Module):
         remat_attention (static, cache-free forwards only): the causal self-attention by query blocks in a
         rolled loop, each block rematerialised (`causal_attention_scanned`): one block's scores alive at a
         time in the backward pass instead of a layer's, for up to 2x the attention's FLOPs.
+        flash_attention (static, cache-free forwards only; not with remat_attention): the causal
+        self-attention with an online softmax and its own backward pass (`flash_attention.py`): one 128 x 128
+        tile of scores alive at a time, forward and backward, and only the causal triangle's FLOPs.
         """
         if logits_chunk and (cache is not None or logits_at is not None):
             raise ValueError("logits_chunk= is for cache-free training forwards (no cache, no logits_at)")
@@ -281,13 +286,13 @@ class Transformer(nnx.Module):
             if positions is not None or attention_mask is not None or logits_at is not None:
                 raise ValueError("shared_head= takes a plain causal forward (no positions, attention_mask, logits_at)")
             return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head,
-                                             remat, int(logits_chunk), remat_attention)
+                                             remat, int(logits_chunk), remat_attention, flash_attention)
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
-        if (remat or remat_attention) and cache is not None:
-            raise ValueError("remat=True / remat_attention=True are for cache-free (training) forwards; a cached "
-                             "forward is not differentiated")
+        if (remat or remat_attention or flash_attention) and cache is not None:
+            raise ValueError("remat=True / remat_attention=True / flash_attention=True are for cache-free (training) "
+                             "forwards; a cached forward is not differentiated")
         if layer_weights is not None and (cache is None or not cache.per_layer):
             raise ValueError("layer_weights= is only read with a per-layer KV cache (KVCache.init(..., "
                              "per_layer=True)); pass None for a stacked cache or a cache-free forward")
@@ -326,7 +331,7 @@ class Transformer(nnx.Module):
             return _block(c, x, w, cos, sin, attn_fn)
 
         if cache is None:
-            blocks = causal_attention_scanned if remat_attention else causal_attention_chunked
+            blocks = training_attention(remat_attention, flash_attention)
             if attention_mask is None and T > ATTENTION_CHUNK:  # plain causal: skip the masked blocks
                 self_attn = lambda q, k, v: blocks(q, k, v, ATTENTION_CHUNK)
             else:
@@ -425,7 +430,8 @@ class Transformer(nnx.Module):
         return logits, values
 
     def _forward_shared_head(self, tokens, H: int, detach_value_head: bool, remat: bool = False,
-                             logits_chunk: int = 0, remat_attention: bool = False) -> ModelOutput:
+                             logits_chunk: int = 0, remat_attention: bool = False,
+                             flash_attention: bool = False) -> ModelOutput:
         """The cache-free forward of rows sharing their first H tokens (see `__call__`'s shared_head)."""
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -439,7 +445,7 @@ class Transformer(nnx.Module):
         head_mask = jnp.tril(jnp.ones((H, H), bool))[None]
         rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])  # [1, ...] -> [B, ...]: the head to every row
 
-        blocks = causal_attention_scanned if remat_attention else causal_attention_chunked
+        blocks = training_attention(remat_attention, flash_attention)
 
         def layer(xs, w):
             x_h, x_r = xs
@@ -522,6 +528,17 @@ def layer_weights(graphdef, state, fused: bool = False) -> list[dict]:
     every layer's weights at every step. Sliced once outside the loop, the copies happen once.
     """
     return nnx.merge(graphdef, state).layer_weights(fused)
+
+
+def training_attention(remat_attention: bool = False, flash_attention: bool = False):
+    """The cache-free causal attention `__call__`'s remat_attention / flash_attention select:
+    fn(q, k, v, chunk, offset=0) -> [B, T, H, Dh]."""
+    if remat_attention and flash_attention:
+        raise ValueError("remat_attention=True and flash_attention=True are two ways to do the same thing: pick one "
+                         "(flash_attention: less memory and fewer FLOPs)")
+    if flash_attention:
+        return flash_causal_attention
+    return causal_attention_scanned if remat_attention else causal_attention_chunked
 
 
 def causal_attention_chunked(q, k, v, chunk: int = 128, offset: int = 0):
@@ -695,12 +712,13 @@ def create(config: ModelConfig, seed: int = 0):
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
           attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False,
           shared_head: int = 0, remat: bool = False, logits_chunk: int = 0,
-          remat_attention: bool = False) -> ModelOutput:
+          remat_attention: bool = False, flash_attention: bool = False) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
                  layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head,
-                 remat=remat, logits_chunk=logits_chunk, remat_attention=remat_attention)
+                 remat=remat, logits_chunk=logits_chunk, remat_attention=remat_attention,
+                 flash_attention=flash_attention)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

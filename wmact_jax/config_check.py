@@ -195,7 +195,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
 
     need(not (c.model.remat_attention and c.model.flash_attention),
          "'model.remat_attention' and 'model.flash_attention' are two ways to cut the attention's memory: set "
-         "one (flash_attention: less memory and fewer FLOPs)")
+         "one (flash_attention: the causal triangle's FLOPs only)")
 
     # Rollout.
     r = c.rollout

@@ -7,7 +7,7 @@ Why: the other training attentions hold, in the backward pass, a [B*KV, G*C, key
 forward keeps a running max and sum per query row and saves only the output and its log-sum-exp; the
 backward recomputes each tile's probabilities from them. Only the tiles on or below the diagonal are
 visited (loops with a data-dependent trip count), so the FLOPs are the triangle's, forward and backward
-(the backward is ~2.5x the forward's matmuls, as autodiff's, plus one recomputation of the scores).
+(five matmuls a tile backward, the scores' recomputation among them, against two forward).
 
 Layout: q [B, T, H, Dh], k/v [B, offset + T, KV, Dh] (grouped-query: H = G x KV), the queries at
 positions offset .. offset + T - 1 of the keys (offset > 0: a shared head every query sees). Inside, the

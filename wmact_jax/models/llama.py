@@ -537,7 +537,7 @@ def training_attention(remat_attention: bool = False, flash_attention: bool = Fa
     fn(q, k, v, chunk, offset=0) -> [B, T, H, Dh]."""
     if remat_attention and flash_attention:
         raise ValueError("remat_attention=True and flash_attention=True are two ways to do the same thing: pick one "
-                         "(flash_attention: less memory and fewer FLOPs)")
+                         "(flash_attention: the causal triangle's FLOPs only)")
     if flash_attention:
         return flash_causal_attention
     return causal_attention_scanned if remat_attention else causal_attention_chunked

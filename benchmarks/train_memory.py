@@ -176,9 +176,24 @@ def child_iteration(level: int, iters: int) -> dict:
         jax.block_until_ready(m)
         secs.append(time.perf_counter() - t0)
         success.append(float(m["success_rate"]))
+    # The PPO update alone (rewards + epochs x minibatches, as in the iteration), on one rollout's batch
+    # timed `iters` times: the part of an iteration the levers act on.
+    batch = jax.jit(lambda p, k, cap: trainer.rollout.run(p, k, cap, trainer.sampling)[0])(
+        state.ppo.params, jax.random.PRNGKey(1), trainer.turn_cap(state))
+
+    def update(ppo_state, ref, b, key):
+        data, _ = trainer._ppo_batch(ppo_state.params, ref, b, trainer.switches)
+        return trainer._update(ppo_state, data, key)[1]
+
+    update = jax.jit(update)
+    jax.block_until_ready(update(state.ppo, state.ref_params, batch, jax.random.PRNGKey(2)))  # compile + warm-up
+    t0 = time.perf_counter()
+    for i in range(iters):
+        jax.block_until_ready(update(state.ppo, state.ref_params, batch, jax.random.PRNGKey(3 + i)))
     return dict(rows=c.rollout.levels_per_iteration * c.rollout.group_size, width=c.rollout.context_len,
                 remat=level, temp_mb=mem.temp_size_in_bytes / 2**20, args_mb=mem.argument_size_in_bytes / 2**20,
                 compile_s=compile_s, step_s=sum(secs) / iters, loss=sum(success) / iters,  # "loss": the success
+                update_s=(time.perf_counter() - t0) / iters,
                 rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -246,6 +261,8 @@ def main() -> None:
         print(f"# a whole Taxi WMAct iteration (rollout of {PPO_ROWS * 2} episodes + PPO update, trainer.iteration) "
               f"from the kept 95.8% warm start; s/step = s/iteration, mean of {args.iterations} after a warm-up")
         res = both(0, 0, levels=(0, 1, 3))
+        print("# the PPO update alone (rewards + epochs x minibatches) on one rollout's batch, s per update: "
+              + ", ".join(f"{LEVELS[k]} {r['update_s']:.3f}" for k, r in res.items()))
         print(f"# training success over those iterations: {res[0]['loss']:.1%} without remat, {res[1]['loss']:.1%} "
               f"with, {res[3]['loss']:.1%} with flash_attention too (the same keys; the episodes drift apart as the updates differ by float round-off)")
     if not args.quick:

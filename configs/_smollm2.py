@@ -18,7 +18,7 @@ def smollm2_config(env_name: str, max_actions: int):
     # remat, 46 GB with the logits in chunks too, 15.5 GB with the flash attention as well
     # (benchmarks/train_memory.py --smollm2). remat_attention plans as little (15.1 GB) for up to 2x the
     # attention's FLOPs; flash_attention computes the causal triangle only (on CPU, the Taxi model's
-    # warm-start step: 0.96-1.07x the time without remat, remat_attention's 1.2-2.3x; its PPO update
+    # warm-start step: 0.96-1.07x the time without remat, remat_attention's 1.0-2.3x; its PPO update
     # alone 1.31x remat's time, not yet explained: README "Activation memory").
     c.model.remat = True
     c.model.logits_chunk = 256

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from wmact_jax.models import KVCache, ModelConfig, Transformer, apply
+from tests.wmact.test_remat import _model  # the same small model as the remat tests
+from wmact_jax.models import KVCache, apply
 from wmact_jax.models.flash_attention import flash_causal_attention
 from wmact_jax.models.llama import causal_attention_chunked
 
@@ -86,14 +86,6 @@ def test_flash_attention_shapes_are_checked():
     q, k, v = _qkv(1, 8, 4, 2, 8, 0)
     with pytest.raises(ValueError, match="keys must be offset \\+ T long"):
         flash_causal_attention(q, k, v, 4, offset=3)
-
-
-def _model():
-    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64,
-                              value_head=True)
-    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
-    state = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), state)
-    return config, graphdef, state
 
 
 @pytest.mark.parametrize("shared,remat", [(0, False), (23, True)])

@@ -453,10 +453,9 @@ class Transformer(nnx.Module):
 
             def attn_head(q, k, v):
                 kv["k"], kv["v"] = k, v  # [1, H, KV, Dh], read by the rows' attention of this layer
-                if H > ATTENTION_CHUNK:  # one row: with flash_attention its scores are small, and a loop of
-                    # tiles at batch 1 costs more than it saves (the rows' attention below is the big one)
-                    head_blocks = causal_attention_chunked if flash_attention else blocks
-                    return head_blocks(q, k, v, ATTENTION_CHUNK), None
+                if H > ATTENTION_CHUNK:  # one row: its scores are small whatever the memory options (the
+                    # rows' attention below is the big one), so neither blocks nor tiles are worth a loop here
+                    return causal_attention_chunked(q, k, v, ATTENTION_CHUNK), None
                 return attention(q, k, v, head_mask), None
 
             def attn_rows(q, k, v):

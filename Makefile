@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_iteration.py
 	$(PY) benchmarks/train_memory.py
+	$(PY) benchmarks/profile_update.py
 
 demo: install
 	$(PY) -m envs_jax.demo

@@ -15,14 +15,8 @@ of the prompts is traced instead and the times are per call.
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import gzip
-import json
 import os
-import re
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,6 +30,7 @@ from wmact_jax import sampler  # noqa: E402
 from wmact_jax.models import KVCache  # noqa: E402
 
 from benchmarks.generate import small_model, smollm_model  # noqa: E402
+from benchmarks.xla_profile import op_times, print_table  # noqa: E402
 
 
 def main(argv=None):
@@ -88,36 +83,15 @@ def main(argv=None):
         hlo = sampler._decode_split.lower(
             split[0], split[1], cache, ll, jax.random.key(0), params, jnp.full((8,), -1, jnp.int32), None, None,
             jnp.ones((B,), bool), None, max_new_tokens=N, pad_id=0, attend_buckets=(S,)).compile().as_text()
-    what = {}
-    for m in re.finditer(r"^\s*%?([\w.\-]+) = (\S+) [^\n]*?op_name=\"([^\"]*)\"", hlo, re.M):
-        what[m.group(1)] = f"{m.group(2).split('{')[0]} {m.group(3).split('/')[-2:][0][-28:]}/{m.group(3).split('/')[-1]}"
     ll, cache = (None, None) if args.prefill else prefilled()
-    with tempfile.TemporaryDirectory() as d:
-        jax.profiler.start_trace(d)
-        prefilled() if args.prefill else decode(ll, cache)
-        jax.profiler.stop_trace()
-        trace = json.load(gzip.open(sorted(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True))[-1]))
-    per = collections.Counter()
-    count = collections.Counter()
-    for e in trace["traceEvents"]:
-        name = e.get("name", "")
-        if e.get("ph") != "X" or name.startswith(("$", "end:")) or name not in what:
-            continue
-        key = (re.sub(r"\.\d+$", "", name), what[name])
-        per[key] += e["dur"] / 1e3 / N
-        count[key] += 1 / N
+    ms, count = op_times(lambda: prefilled() if args.prefill else decode(ll, cache), hlo, calls=N)
     print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()}")
     c1 = KVCache.init(cfg, 1, 1, args.cache_dtype, per_layer=False if args.stacked else None)
     print(f"# {label}: {cfg.num_layers} layers, batch {B}, prompt {P}, cache {S} ({c1.layout}, "
           f"{'per layer' if c1.per_layer else 'stacked'}), "
           + (f"one prefill of {B} x {P} tokens; untraced {step_ms:.1f} ms" if args.prefill else
              f"{N} greedy decode steps; untraced step {step_ms:.1f} ms"))
-    print(f"{'ms/call' if args.prefill else 'ms/step':>8} {'x/call' if args.prefill else 'x/step':>7}  op kind / output / jax op")
-    for (kind, w), ms in per.most_common(args.top):
-        print(f"{ms:8.2f} {count[(kind, w)]:7.1f}  {kind:28s} {w}")
-    print(f"# sum of all traced ops: {sum(per.values()):.1f} ms/{'call' if args.prefill else 'step'} "
-          "(ops on two threads overlap)")
-
+    print_table(ms, count, args.top, "call" if args.prefill else "step")
 
 if __name__ == "__main__":
     main()

@@ -146,10 +146,9 @@ def smollm2_table() -> None:
               f"{r['args_gb']:>7.2f} {r['compile_s']:>9.1f}", flush=True)
 
 
-def child_iteration(level: int, iters: int) -> dict:
-    """A whole Taxi WMAct iteration (rollout + PPO update, `trainer.iteration`) from the kept 95.8% warm
-    start (`experiments/results/taxi_suite_rerun/stage4_warmstart`): the real update, at the width
-    buckets of real episodes."""
+def taxi_trainer(level: int):
+    """The Taxi suite's WMAct trainer at a remat level (LEVELS), from the kept 95.8% warm start
+    (`experiments/results/taxi_suite_rerun/stage4_warmstart`) -> (trainer, its state)."""
     import jax
 
     from experiments.run import experiment_config
@@ -157,11 +156,36 @@ def child_iteration(level: int, iters: int) -> dict:
     from wmact_jax.train import Trainer
 
     c = experiment_config("taxi", "taxi", {}, method="wmact")
-    c.model.remat, c.model.flash_attention = level > 0, level == 3
+    c.model.remat, c.model.remat_attention, c.model.flash_attention = level > 0, level == 2, level == 3
     c.warmstart.enabled = False
     c.warmstart.path = os.path.join(ROOT, "experiments/results/taxi_suite_rerun/stage4_warmstart")
     trainer = Trainer(prepare_config(c, explicit=()), "")
     state, _ = trainer.warmstart(trainer.init_state(jax.random.PRNGKey(0)))
+    return trainer, state
+
+
+def update_program(trainer, state):
+    """The PPO update alone (rewards, then epochs x minibatches, as in the iteration) on one rollout's
+    batch -> (jitted update(ppo_state, ref_params, batch, key) -> metrics, its arguments but the key)."""
+    import jax
+
+    batch = jax.jit(lambda p, k, cap: trainer.rollout.run(p, k, cap, trainer.sampling)[0])(
+        state.ppo.params, jax.random.PRNGKey(1), trainer.turn_cap(state))
+
+    def update(ppo_state, ref, b, key):
+        data, _ = trainer._ppo_batch(ppo_state.params, ref, b, trainer.switches)
+        return trainer._update(ppo_state, data, key)[1]
+
+    return jax.jit(update), (state.ppo, state.ref_params, batch)
+
+
+def child_iteration(level: int, iters: int) -> dict:
+    """A whole Taxi WMAct iteration (rollout + PPO update, `trainer.iteration`) from the kept 95.8% warm
+    start: the real update, at the width buckets of real episodes."""
+    import jax
+
+    trainer, state = taxi_trainer(level)
+    c = trainer.config
     t0 = time.perf_counter()
     switches = trainer._committed(jax.tree.map(jax.numpy.asarray, trainer.switches))
     compiled = trainer._iteration_jit.lower(trainer._committed(state), switches).compile()
@@ -176,20 +200,12 @@ def child_iteration(level: int, iters: int) -> dict:
         jax.block_until_ready(m)
         secs.append(time.perf_counter() - t0)
         success.append(float(m["success_rate"]))
-    # The PPO update alone (rewards + epochs x minibatches, as in the iteration), on one rollout's batch
-    # timed `iters` times: the part of an iteration the levers act on.
-    batch = jax.jit(lambda p, k, cap: trainer.rollout.run(p, k, cap, trainer.sampling)[0])(
-        state.ppo.params, jax.random.PRNGKey(1), trainer.turn_cap(state))
-
-    def update(ppo_state, ref, b, key):
-        data, _ = trainer._ppo_batch(ppo_state.params, ref, b, trainer.switches)
-        return trainer._update(ppo_state, data, key)[1]
-
-    update = jax.jit(update)
-    jax.block_until_ready(update(state.ppo, state.ref_params, batch, jax.random.PRNGKey(2)))  # compile + warm-up
+    # The PPO update alone on one rollout's batch, timed `iters` times: the part of an iteration the levers act on.
+    update, args = update_program(trainer, state)
+    jax.block_until_ready(update(*args, jax.random.PRNGKey(2)))  # compile + warm-up
     t0 = time.perf_counter()
     for i in range(iters):
-        jax.block_until_ready(update(state.ppo, state.ref_params, batch, jax.random.PRNGKey(3 + i)))
+        jax.block_until_ready(update(*args, jax.random.PRNGKey(3 + i)))
     return dict(rows=c.rollout.levels_per_iteration * c.rollout.group_size, width=c.rollout.context_len,
                 remat=level, temp_mb=mem.temp_size_in_bytes / 2**20, args_mb=mem.argument_size_in_bytes / 2**20,
                 compile_s=compile_s, step_s=sum(secs) / iters, loss=sum(success) / iters,  # "loss": the success

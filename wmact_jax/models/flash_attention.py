@@ -22,6 +22,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NEG = jnp.finfo(jnp.float32).min
 
@@ -111,38 +112,56 @@ def _flash_bwd(chunk, offset, res, do):
 @functools.partial(jax.jit, static_argnums=(6, 7))  # named in the caller's jaxpr: pjit[name=_backward]
 def _backward(qh, kh, vh, o, lse, do, chunk: int, offset: int):
     """FlashAttention-2's backward: key tile by key tile (dK, dV of the tile accumulate in the loop's
-    carry), over the query tiles that see it; dQ accumulates in one float32 buffer."""
+    carry), over the query tiles that see it; dQ accumulates in one float32 buffer.
+
+    Every tile is computed transposed (keys x queries: sT = K Q^T, pT, dpT, dsT), so that each of the five
+    products contracts the last axis of its left operand: dV += pT dO, dK += dsT Q, dQ^T += K^T dsT. With
+    the untransposed tile, dK and dV contract the query axis of both operands, a form XLA:CPU leaves out
+    of its fast matmul path (1.8x the time per product in a profile of the Taxi PPO update; the update
+    went from 1.31x to 1.10x remat's alone, `benchmarks/train_memory.py`). The log-sum-exps and the
+    rowsums are laid out tile by tile for the same reason: sliced out of [BK, G, TP] inside the tile's
+    elementwise fusion, they made it ~3x slower."""
     BK, G, TP, Dh = qh.shape
     n, m = TP // chunk, kh.shape[1] // chunk
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [BK, G, n*C]: rowsum(dO * O)
     rows = lambda x, i: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=2)  # query tile i of [BK, G, TP, ...]
+    by_tile = lambda x: x.reshape(BK, G, n, chunk).transpose(2, 0, 1, 3).reshape(n, BK, G * chunk)
+    lse_t, delta_t = by_tile(lse), by_tile(delta)  # [n, BK, G*C]: query tile i's rows contiguous
+    khT = kh.swapaxes(1, 2)  # [BK, Dh, m*C]: K^T stored, so that dQ's product is not a transposed one
+    scale = 1 / math.sqrt(Dh)
+    qoff = np.tile(np.arange(chunk, dtype=np.int32), G)  # [G*C]: a query row's place in its tile
 
-    def key_tile(dq, j):
+    def key_tile(dqT, j):
         kj = jax.lax.dynamic_slice_in_dim(kh, j * chunk, chunk, axis=1)  # [BK, C, Dh]
         vj = jax.lax.dynamic_slice_in_dim(vh, j * chunk, chunk, axis=1)
+        kjT = jax.lax.dynamic_slice_in_dim(khT, j * chunk, chunk, axis=2)  # [BK, Dh, C]
+        kpos = j * chunk + jnp.arange(chunk)
 
         def query_tile(i, carry):
-            dq, dk, dv = carry
-            qi, doi = rows(qh, i), rows(do, i).reshape(BK, G * chunk, Dh)
-            s = _tile_scores(qi, kj, i, j, chunk, offset)  # [BK, G*C, C]
-            p = jnp.exp(s - rows(lse, i).reshape(BK, G * chunk)[..., None])
-            dv = dv + jnp.matmul(p.astype(do.dtype).swapaxes(1, 2), doi, preferred_element_type=jnp.float32)
-            dp = jnp.matmul(doi, vj.swapaxes(1, 2), preferred_element_type=jnp.float32)
-            ds = (p * (dp - rows(delta, i).reshape(BK, G * chunk)[..., None]) / math.sqrt(Dh)).astype(qh.dtype)
-            dk = dk + jnp.matmul(ds.swapaxes(1, 2), qi.reshape(BK, G * chunk, Dh), preferred_element_type=jnp.float32)
-            dqi = jnp.matmul(ds, kj, preferred_element_type=jnp.float32).reshape(BK, G, chunk, Dh)
-            dq = jax.lax.dynamic_update_slice_in_dim(dq, rows(dq, i) + dqi, i * chunk, axis=2)
-            return dq, dk, dv
+            dqT, dk, dv = carry  # [BK, Dh, G, TP] float32, [BK, C, Dh] float32 twice
+            qi, doi = rows(qh, i).reshape(BK, G * chunk, Dh), rows(do, i).reshape(BK, G * chunk, Dh)
+            sT = jnp.matmul(kj, qi.swapaxes(1, 2), preferred_element_type=jnp.float32) * scale  # [BK, C, G*C]
+            visible = kpos[:, None] <= (offset + i * chunk + qoff)[None, :]  # [C, G*C]
+            pT = jnp.where(visible[None], jnp.exp(sT - lse_t[i][:, None, :]), 0.0)
+            dv = dv + jnp.matmul(pT.astype(do.dtype), doi, preferred_element_type=jnp.float32)
+            dpT = jnp.matmul(vj, doi.swapaxes(1, 2), preferred_element_type=jnp.float32)  # [BK, C, G*C]
+            dsT = (pT * (dpT - delta_t[i][:, None, :]) * scale).astype(qh.dtype)
+            dk = dk + jnp.matmul(dsT, qi, preferred_element_type=jnp.float32)
+            dqiT = jnp.matmul(kjT, dsT, preferred_element_type=jnp.float32).reshape(BK, Dh, G, chunk)
+            at = i * chunk
+            dqT = jax.lax.dynamic_update_slice_in_dim(
+                dqT, jax.lax.dynamic_slice_in_dim(dqT, at, chunk, axis=3) + dqiT, at, axis=3)
+            return dqT, dk, dv
 
         # The first query tile whose last query sees key tile j's first key (j C).
         first = jnp.maximum(0, (j * chunk - offset) // chunk)
         zeros = jnp.zeros((BK, chunk, Dh), jnp.float32)
-        dq, dk, dv = jax.lax.fori_loop(first, n, query_tile, (dq, zeros, zeros))
-        return dq, (dk.astype(kh.dtype), dv.astype(vh.dtype))  # stacked in the inputs' dtype
+        dqT, dk, dv = jax.lax.fori_loop(first, n, query_tile, (dqT, zeros, zeros))
+        return dqT, (dk.astype(kh.dtype), dv.astype(vh.dtype))  # stacked in the inputs' dtype
 
-    dq, (dk, dv) = jax.lax.scan(key_tile, jnp.zeros(qh.shape, jnp.float32), jnp.arange(m))  # [m, BK, C, Dh]
+    dqT, (dk, dv) = jax.lax.scan(key_tile, jnp.zeros((BK, Dh, G, TP), jnp.float32), jnp.arange(m))  # [m, BK, C, Dh]
     tiles = lambda x: jnp.moveaxis(x, 0, 1).reshape(BK, m * chunk, Dh)
-    return dq.astype(qh.dtype), tiles(dk), tiles(dv)
+    return dqT.transpose(0, 2, 3, 1).astype(qh.dtype), tiles(dk), tiles(dv)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -22,7 +22,8 @@ real thing: whole Taxi WMAct iterations (`trainer.iteration`: 32 episodes rolled
 at the width buckets of those episodes) from the kept warm start, with their program's XLA temp.
 And SmolLM2-135M (configs/*_smollm2.py, meant for accelerators): its loss and gradient compiled, not run,
 at the presets' shapes (a PPO minibatch there is 32 episodes of up to 4096 tokens), with and without
-remat and `model.logits_chunk` (the logits a chunk of positions at a time): what XLA plans.
+remat, `model.logits_chunk` (the logits a chunk of positions at a time) and `model.mlp_chunk` (each
+layer's MLP a chunk of token positions at a time): what XLA plans.
 """
 from __future__ import annotations
 
@@ -89,10 +90,12 @@ def child(rows: int, width: int, remat: int, reps: int) -> dict:
 # SmolLM2-135M-Instruct's shape (its config.json), bfloat16 compute as configs/_smollm2.py; random weights.
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
                rope_theta=100000.0, dtype="bfloat16")
-# (rows, width, remat (0 off, 1 model.remat, 2 + model.remat_attention, 3 + model.flash_attention), logits_chunk)
+# (rows, width, remat (0 off, 1 model.remat, 2 + model.remat_attention, 3 + model.flash_attention), logits_chunk
+#  [, model.mlp_chunk])
 SMOLLM2_SHAPES = ((8, 1024, 0, 0), (8, 1024, 1, 0), (8, 1024, 1, 256), (8, 1024, 2, 256), (8, 4096, 1, 0),
                   (8, 4096, 1, 256), (8, 4096, 2, 256), (32, 4096, 0, 0), (32, 4096, 1, 0), (32, 4096, 1, 256),
-                  (32, 4096, 1, 64), (32, 4096, 2, 256), (8, 1024, 3, 256), (8, 4096, 3, 256), (32, 4096, 3, 256))
+                  (32, 4096, 1, 64), (32, 4096, 2, 256), (8, 1024, 3, 256), (8, 4096, 3, 256), (32, 4096, 3, 256),
+                  (32, 4096, 3, 256, 8192), (32, 4096, 3, 256, 2048))
 
 
 # Forward only (the KL reference's log-probs, ppo.recompute_old's): the whole batch at once, as before
@@ -100,7 +103,7 @@ SMOLLM2_SHAPES = ((8, 1024, 0, 0), (8, 1024, 1, 0), (8, 1024, 1, 256), (8, 1024,
 SMOLLM2_FORWARDS = ((256, 4096, -1, 256), (32, 4096, -1, 256))
 
 
-def child_smollm2(rows: int, width: int, remat: int, chunk: int) -> dict:
+def child_smollm2(rows: int, width: int, remat: int, chunk: int, mlp_chunk: int = 0) -> dict:
     """Compile only (abstract weights, nothing allocated): what XLA plans for SmolLM2's step at this shape
     (remat -1: the forward's token log-probs only, no gradient)."""
     import jax
@@ -112,7 +115,7 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int) -> dict:
 
     mc = ModelConfig(**SMOLLM2, tie_word_embeddings=True, max_position_embeddings=8192)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(mc, rngs=nnx.Rngs(0))))
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk, remat == 2, remat == 3)
+    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk, remat == 2, remat == 3, mlp_chunk)
     tokens = jax.ShapeDtypeStruct((rows, width), jnp.int32)
     marks = jax.ShapeDtypeStruct((rows, width), jnp.int8)
     t0 = time.perf_counter()
@@ -125,24 +128,24 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int) -> dict:
     else:
         fn = jax.jit(jax.grad(lambda p, tk, mk: loss_fn(p, tk, mk)[0]))
     mem = fn.lower(params, tokens, marks).compile().memory_analysis()
-    return dict(rows=rows, width=width, remat=remat, chunk=chunk, temp_gb=mem.temp_size_in_bytes / 2**30,
+    return dict(rows=rows, width=width, remat=remat, chunk=chunk, mlp_chunk=mlp_chunk, temp_gb=mem.temp_size_in_bytes / 2**30,
                 args_gb=mem.argument_size_in_bytes / 2**30, compile_s=time.perf_counter() - t0)
 
 
 def smollm2_table() -> None:
     print(f"# SmolLM2-135M shape {SMOLLM2}, loss + gradient compiled only (no optimizer; weights abstract); "
           "XLA:CPU's plan, an accelerator's differs in detail; remat 'fwd' = a forward's token log-probs only")
-    print(f"{'rows':>4} {'width':>5} {'remat':>5} {'logits_chunk':>12} | {'XLA temp GB':>11} {'args GB':>7} "
-          f"{'compile s':>9}")
-    for rows, width, remat, chunk in SMOLLM2_SHAPES + SMOLLM2_FORWARDS:
+    print(f"{'rows':>4} {'width':>5} {'remat':>5} {'logits_chunk':>12} {'mlp_chunk':>9} | {'XLA temp GB':>11} "
+          f"{'args GB':>7} {'compile s':>9}")
+    for rows, width, remat, chunk, mlp in ((*s, 0)[:5] for s in SMOLLM2_SHAPES + SMOLLM2_FORWARDS):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--smollm2-child", str(rows), str(width),
-                              str(remat), str(chunk)], capture_output=True, text=True)
+                              str(remat), str(chunk), str(mlp)], capture_output=True, text=True)
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
         if out.returncode or not line:
             raise SystemExit(f"SmolLM2 child {rows}x{width} remat={remat} failed:\n{out.stderr[-2000:]}")
         r = json.loads(line[0][7:])
         mode = {-1: "fwd", **LEVELS}[remat]
-        print(f"{rows:>4} {width:>5} {mode:>5} {chunk or '-':>12} | {r['temp_gb']:>11.1f} "
+        print(f"{rows:>4} {width:>5} {mode:>5} {chunk or '-':>12} {mlp or '-':>9} | {r['temp_gb']:>11.1f} "
               f"{r['args_gb']:>7.2f} {r['compile_s']:>9.1f}", flush=True)
 
 
@@ -221,11 +224,11 @@ def main() -> None:
                     help="timed Taxi iterations per side after a warm-up one (0 = skip that part)")
     ap.add_argument("--smollm2", action="store_true", help="only the SmolLM2-135M shapes (compile only)")
     ap.add_argument("--child", nargs=3, type=int, metavar=("ROWS", "WIDTH", "REMAT"), help=argparse.SUPPRESS)
-    ap.add_argument("--smollm2-child", nargs=4, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--smollm2-child", nargs=5, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smollm2_child:
-        rows, width, remat, chunk = args.smollm2_child
-        print("RESULT " + json.dumps(child_smollm2(rows, width, remat, chunk)), flush=True)
+        rows, width, remat, chunk, mlp = args.smollm2_child
+        print("RESULT " + json.dumps(child_smollm2(rows, width, remat, chunk, mlp)), flush=True)
         return
     if args.smollm2:
         smollm2_table()

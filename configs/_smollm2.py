@@ -15,14 +15,16 @@ def smollm2_config(env_name: str, max_actions: int):
     c.model.path = "smollm2-135m-instruct"
     c.model.dtype = "bfloat16"
     # Without these XLA plans 940 GB of activations for one PPO minibatch (32 x 4096 tokens), 58 GB with
-    # remat, 46 GB with the logits in chunks too, 15.5 GB with the flash attention as well
-    # (benchmarks/train_memory.py --smollm2). remat_attention plans as little (15.1 GB) for up to 2x the
-    # attention's FLOPs; flash_attention computes the causal triangle only (on CPU, the Taxi model's
-    # warm-start step: 0.96-1.07x the time without remat, remat_attention's 1.0-2.3x; its PPO update
-    # alone 1.31x remat's time, not yet explained: README "Activation memory").
+    # remat, 46 GB with the logits in chunks too, 15.6 GB with the flash attention as well, 13.3 GB with the
+    # MLP in chunks of 8192 positions (benchmarks/train_memory.py --smollm2: XLA:CPU's plan, 9.1 GB of which
+    # is a float32 copy of the layers' saved bfloat16 inputs that CPU's bfloat16 handling makes; README
+    # "Activation memory"). remat_attention plans as little for the attention (15.1 GB) for up to 2x its
+    # FLOPs; flash_attention computes the causal triangle only (on CPU, the Taxi model's warm-start step:
+    # 0.96-1.07x the time without remat, remat_attention's 1.0-2.3x; its PPO update 1.10x remat's).
     c.model.remat = True
     c.model.logits_chunk = 256
     c.model.flash_attention = True
+    c.model.mlp_chunk = 8192
     c.rollout.levels_per_iteration = 64
     c.rollout.group_size = 4  # 256 episodes per iteration, as in the paper
     c.rollout.max_turn_tokens = 256

@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
     # (FlashAttention-2's algorithm in plain JAX, wmact_jax/models/flash_attention.py): one 128 x 128 tile of
     # scores alive at a time and only the causal triangle's FLOPs. Not with remat_attention (pick one).
     c.model.flash_attention = False
+    # > 0: the training forwards run each layer's MLP this many token positions at a time, each chunk
+    # rematerialised: one chunk's [positions, intermediate] activations alive in the backward pass instead
+    # of a layer's [batch, tokens, intermediate], for one more MLP forward. 0: the whole layer at once.
+    c.model.mlp_chunk = 0
 
     # One multi-turn episode: what the model may write and how long it may go on.
     c.rollout = ml_collections.ConfigDict()

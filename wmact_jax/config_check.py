@@ -202,7 +202,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     positive("rollout.levels_per_iteration", "rollout.group_size", "rollout.max_turn_tokens",
              "rollout.max_actions_per_turn", "rollout.max_actions", "rollout.context_len",
              "rollout.temperature")
-    nonneg("rollout.top_k", "model.logits_chunk")
+    nonneg("rollout.top_k", "model.logits_chunk", "model.mlp_chunk")
     need(0 < r.top_p <= 1, f"'rollout.top_p' must be in (0, 1], got {r.top_p!r}")
     need(r.temperature == 1 or (r.top_k == 0 and r.top_p == 1),
          f"'rollout.temperature' {r.temperature!r} trains the tempered policy softmax(logits / temperature); "

@@ -249,14 +249,14 @@ class Trainer:
 
     def forward_options(self, grad: bool) -> dict:
         """`llama.apply`'s memory options from model.*, for a training-shape forward: the logits in chunks
-        always; remat, remat_attention and flash_attention only where a backward pass follows (without one
-        they only add work: remat_attention's blocks attend to every key, flash_attention's loops run tile
-        by tile)."""
+        always; remat, remat_attention, flash_attention and mlp_chunk only where a backward pass follows
+        (without one they only add work: remat_attention's blocks attend to every key, flash_attention's
+        loops run tile by tile, mlp_chunk's chunk by chunk)."""
         m = self.config.model
         opts = dict(logits_chunk=int(m.logits_chunk))
         if grad:
             opts.update(remat=bool(m.remat), remat_attention=bool(m.remat_attention),
-                        flash_attention=bool(m.flash_attention))
+                        flash_attention=bool(m.flash_attention), mlp_chunk=int(m.mlp_chunk))
         return opts
 
     def _train_apply(self, params, tokens, grad: bool = True):

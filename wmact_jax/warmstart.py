@@ -273,16 +273,17 @@ def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
 
 
 def demo_loss_fn(graphdef, state_loss: float = 0.0, remat: bool = False, logits_chunk: int = 0,
-                 remat_attention: bool = False, flash_attention: bool = False):
+                 remat_attention: bool = False, flash_attention: bool = False, mlp_chunk: int = 0):
     """The warm start's loss: loss(params, tokens [B, W], marks [B, W]) -> (answer NLL + state_loss x
     feedback NLL, (answer NLL, answer token accuracy)); marks say which tokens are ANSWER / FEEDBACK.
-    remat, logits_chunk, remat_attention, flash_attention: see `llama.apply` (the model.* keys of the same
-    names)."""
+    remat, logits_chunk, remat_attention, flash_attention, mlp_chunk: see `llama.apply` (the model.* keys
+    of the same names)."""
     from wmact_jax.models.llama import apply as model_apply
 
     def loss_fn(p, tk, marks):
         logits = model_apply(graphdef, p, tk, remat=remat, logits_chunk=logits_chunk,
-                             remat_attention=remat_attention, flash_attention=flash_attention).logits
+                             remat_attention=remat_attention, flash_attention=flash_attention,
+                             mlp_chunk=mlp_chunk).logits
         m = (marks == ANSWER).astype(jnp.float32)
         if logits_chunk:
             lp, _, hits = ppo_lib.chunked_next_token_stats(logits, tk)

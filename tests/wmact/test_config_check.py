@@ -99,6 +99,7 @@ def test_types():
     ("warmstart.seed", -2, "warmstart.seed"),
     ("reward.revisit_penalty", -0.1, "reward.revisit_penalty"),
     ("model.logits_chunk", -8, "model.logits_chunk"),
+    ("model.mlp_chunk", -1, "model.mlp_chunk"),
 ])
 def test_values(path, value, needle):
     c = base.get_config()

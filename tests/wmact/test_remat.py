@@ -3,6 +3,7 @@ log-probs, entropies and gradients as the plain forward. That the flags reach th
 tested beside them (test_warmstart_curriculum.py, test_train.py); what they save is measured, not
 asserted: benchmarks/train_memory.py."""
 
+import math
 import re
 
 import jax
@@ -67,10 +68,42 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
 def test_remat_with_a_cache_is_an_error():
     config, graphdef, state = _model()
     cache = KVCache.init(config, 2, 16)
-    with pytest.raises(ValueError, match="remat=True / remat_attention=True / flash_attention=True are for cache-free"):
+    with pytest.raises(ValueError, match="remat=True / remat_attention=True / flash_attention=True / mlp_chunk= are "):
         apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat=True)
-    with pytest.raises(ValueError, match="are for cache-free"):
-        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat_attention=True)
+    for option in (dict(remat_attention=True), dict(mlp_chunk=8)):
+        with pytest.raises(ValueError, match="are for cache-free"):
+            apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, **option)
+
+
+@pytest.mark.parametrize("shared,remat", [(0, False), (23, True)])  # the shared-head forward: its own layer loop
+def test_mlp_in_token_chunks_gives_the_same_logits_and_gradients(shared, remat):
+    """model.mlp_chunk: the same values and gradients (3 x 45 positions in chunks of 16: the last one padded),
+    and no [positions, intermediate] array in the differentiated program larger than a chunk's (without it,
+    the layer's 3 x 45 rows)."""
+    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=96,
+                              value_head=True)
+    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
+    tokens = tokens.at[:, :23].set(tokens[0, :23])
+    w = jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
+
+    def loss(st, chunk):
+        out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, mlp_chunk=chunk)
+        return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
+
+    grad = {c: jax.value_and_grad(lambda st, c=c: loss(st, c)) for c in (0, 16)}
+    (l0, g0), (l1, g1) = jax.jit(grad[0])(state), jax.jit(grad[16])(state)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+    def widest(c):  # positions of the largest [..., 96] array (an MLP activation or its gradient)
+        from tests.wmact.test_flash_attention import _equations
+
+        shapes = [v.aval.shape for e in _equations(jax.make_jaxpr(grad[c])(state).jaxpr) for v in e.outvars]
+        return max(math.prod(s[:-1]) for s in shapes if len(s) >= 2 and s[-1] == 96 and s[-2] != 32)
+
+    assert widest(16) <= 16 < widest(0)
 
 
 @pytest.mark.parametrize("tied,shared,chunk,temperature", [

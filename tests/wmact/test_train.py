@@ -183,18 +183,18 @@ def test_shared_prompt_head_gives_the_same_iteration(trainer):
 
 
 def test_remat_and_logits_chunk_reach_the_update():
-    """model.remat, model.remat_attention, model.flash_attention and model.logits_chunk reach the PPO update
-    (test_remat.py, test_flash_attention.py: the same gradients): the iteration's program holds rematerialised
-    regions with each remat and none without, flash_attention's backward pass with it, and with
-    logits_chunk no [.., S, V] logits of a whole episode."""
+    """model.remat, model.remat_attention, model.flash_attention, model.mlp_chunk and model.logits_chunk reach
+    the PPO update (test_remat.py, test_flash_attention.py: the same gradients): the iteration's program holds
+    rematerialised regions with each remat (and mlp_chunk's chunks) and none without, flash_attention's
+    backward pass with it, and with logits_chunk no [.., S, V] logits of a whole episode."""
     import re
 
     from wmact_jax.config_check import prepare_config
 
-    def program(remat, chunk, remat_attention=False, flash_attention=False):
+    def program(remat, chunk, remat_attention=False, flash_attention=False, mlp_chunk=0):
         c = tiny_config()
         c.model.remat, c.model.logits_chunk, c.model.remat_attention = remat, chunk, remat_attention
-        c.model.flash_attention = flash_attention
+        c.model.flash_attention, c.model.mlp_chunk = flash_attention, mlp_chunk
         t = Trainer(prepare_config(c), "")
         return t, str(jax.make_jaxpr(t.iteration)(t.init_state(jax.random.PRNGKey(0))))
 
@@ -203,6 +203,7 @@ def test_remat_and_logits_chunk_reach_the_update():
     assert regions(plain) == 0
     assert regions(program(True, 0)[1]) >= 2  # the policy's and the separate critic's forwards
     assert regions(program(False, 0, True)[1]) >= 2  # their attention's query blocks
+    assert regions(program(False, 0, mlp_chunk=8)[1]) >= 2  # their MLPs' token chunks
     flash = program(False, 0, False, True)[1]
     assert "name=_backward" in flash and "name=_backward" not in plain  # flash_attention's own backward pass
     chunked = program(False, 8)[1]

@@ -130,18 +130,18 @@ def test_the_mixed_phase_can_draw_its_batches_by_style(trainer):
 
 
 def test_remat_and_logits_chunk_warm_start_fits_the_same_policy(trainer):
-    """model.remat, model.logits_chunk and model.flash_attention reach the warm start's loss: the same 20
-    steps give the same policy, loss and answer accuracy up to round-off. (remat_attention reaches it the
-    same way, `Trainer.forward_options`; test_train.py checks that dict reaches the update.)"""
+    """model.remat, model.logits_chunk, model.flash_attention and model.mlp_chunk reach the warm start's loss:
+    the same 20 steps give the same policy, loss and answer accuracy up to round-off. (remat_attention
+    reaches it the same way, `Trainer.forward_options`; test_train.py checks that dict reaches the update.)"""
     p0, m0, logs = _warm(trainer)
     widths = [int(w) for line in logs for w in re.findall(r"widths (\d+)", line)]
     assert widths and min(widths) > 128, logs  # demos wider than a query tile: the attention is tiled
     m = trainer.config.model
-    m.remat, m.logits_chunk, m.flash_attention = True, 16, True
+    m.remat, m.logits_chunk, m.flash_attention, m.mlp_chunk = True, 16, True, 64
     try:
         p1, m1, _ = _warm(trainer)
     finally:
-        m.remat, m.logits_chunk, m.flash_attention = False, 0, False
+        m.remat, m.logits_chunk, m.flash_attention, m.mlp_chunk = False, 0, False, 0
     assert m1["warmstart/token_accuracy"] == pytest.approx(m0["warmstart/token_accuracy"], abs=1e-3)
     assert m1["warmstart/loss"] == pytest.approx(m0["warmstart/loss"], rel=1e-4)
     for x, y in zip(jax.tree.leaves(p0["policy"]), jax.tree.leaves(p1["policy"])):

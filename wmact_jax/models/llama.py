@@ -248,7 +248,7 @@ class Transformer(nnx.Module):
                  attention_mask=None, logits_at=None, layer_weights=None,
                  detach_value_head: bool = False, shared_head: int = 0, remat: bool = False,
                  logits_chunk: int = 0, remat_attention: bool = False,
-                 flash_attention: bool = False) -> ModelOutput:
+                 flash_attention: bool = False, mlp_chunk: int = 0) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -278,6 +278,9 @@ class Transformer(nnx.Module):
         flash_attention (static, cache-free forwards only; not with remat_attention): the causal
         self-attention with an online softmax and its own backward pass (`flash_attention.py`): one 128 x 128
         tile of scores alive at a time, forward and backward, and only the causal triangle's FLOPs.
+        mlp_chunk N > 0 (static, cache-free forwards only): each layer's MLP runs N token positions at a time
+        (of the B x T), each chunk rematerialised: one chunk's [N, intermediate] activations alive in the
+        backward pass instead of the layer's [B, T, intermediate] ones, for one more MLP forward.
         """
         if logits_chunk and (cache is not None or logits_at is not None):
             raise ValueError("logits_chunk= is for cache-free training forwards (no cache, no logits_at)")
@@ -286,13 +289,14 @@ class Transformer(nnx.Module):
             if positions is not None or attention_mask is not None or logits_at is not None:
                 raise ValueError("shared_head= takes a plain causal forward (no positions, attention_mask, logits_at)")
             return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head,
-                                             remat, int(logits_chunk), remat_attention, flash_attention)
+                                             remat, int(logits_chunk), remat_attention, flash_attention,
+                                             int(mlp_chunk))
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
-        if (remat or remat_attention or flash_attention) and cache is not None:
-            raise ValueError("remat=True / remat_attention=True / flash_attention=True are for cache-free (training) "
-                             "forwards; a cached forward is not differentiated")
+        if (remat or remat_attention or flash_attention or mlp_chunk) and cache is not None:
+            raise ValueError("remat=True / remat_attention=True / flash_attention=True / mlp_chunk= are for cache-free "
+                             "(training) forwards; a cached forward is not differentiated")
         if layer_weights is not None and (cache is None or not cache.per_layer):
             raise ValueError("layer_weights= is only read with a per-layer KV cache (KVCache.init(..., "
                              "per_layer=True)); pass None for a stacked cache or a cache-free forward")
@@ -328,7 +332,7 @@ class Transformer(nnx.Module):
         unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
 
         def block(x, w, attn_fn):
-            return _block(c, x, w, cos, sin, attn_fn)
+            return _block(c, x, w, cos, sin, attn_fn, int(mlp_chunk))
 
         if cache is None:
             blocks = training_attention(remat_attention, flash_attention)
@@ -431,7 +435,7 @@ class Transformer(nnx.Module):
 
     def _forward_shared_head(self, tokens, H: int, detach_value_head: bool, remat: bool = False,
                              logits_chunk: int = 0, remat_attention: bool = False,
-                             flash_attention: bool = False) -> ModelOutput:
+                             flash_attention: bool = False, mlp_chunk: int = 0) -> ModelOutput:
         """The cache-free forward of rows sharing their first H tokens (see `__call__`'s shared_head)."""
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -463,8 +467,8 @@ class Transformer(nnx.Module):
                 v_all = jnp.concatenate([rows(kv["v"]), v], axis=1)
                 return blocks(q, k_all, v_all, ATTENTION_CHUNK, offset=H), None
 
-            x_h, _ = _block(c, x_h, w, cos_h, sin_h, attn_head)
-            x_r, _ = _block(c, x_r, w, cos_r, sin_r, attn_rows)
+            x_h, _ = _block(c, x_h, w, cos_h, sin_h, attn_head, mlp_chunk)
+            x_r, _ = _block(c, x_r, w, cos_r, sin_r, attn_rows, mlp_chunk)
             return (x_h, x_r), None
 
         unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
@@ -481,9 +485,9 @@ class Transformer(nnx.Module):
         return ModelOutput(logits, values, None)
 
 
-def _block(c: ModelConfig, x, w, cos, sin, attn_fn):
+def _block(c: ModelConfig, x, w, cos, sin, attn_fn, mlp_chunk: int = 0):
     """One decoder layer on x [B, T, D] with its weights `w`; attn_fn(q, k, v) (after RoPE at cos/sin
-    [B or 1, T, Dh]) -> (attention output [B, T, H, Dh], extra) -> (x, extra)."""
+    [B or 1, T, Dh]) -> (attention output [B, T, H, Dh], extra) -> (x, extra). mlp_chunk: see `__call__`."""
     B, T = x.shape[:2]
     h = rms_norm(x, w["attn_norm"], c.rms_norm_eps)
     if "wqkv" in w:  # fused (hoisted layer weights): one dot, split into [B, T, heads, Dh]
@@ -499,14 +503,32 @@ def _block(c: ModelConfig, x, w, cos, sin, attn_fn):
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     o, extra = attn_fn(q, k, v)  # [B, T, H, Dh]
     x = x + dense(o, w["wo"], 2)
+    return (_mlp_in_chunks(c, x, w, mlp_chunk) if mlp_chunk else _mlp_residual(c, x, w)), extra
+
+
+def _mlp_residual(c: ModelConfig, x, w):
+    """x [..., D] -> x + MLP(norm(x)) (SwiGLU), position by position."""
     h = rms_norm(x, w["mlp_norm"], c.rms_norm_eps)
     if "w_gate_up" in w:
-        gu = dense(h, w["w_gate_up"], 1)  # [B, T, 2F]
+        gu = dense(h, w["w_gate_up"], 1)  # [..., 2F]
         gate, up = gu[..., :c.intermediate_size], gu[..., c.intermediate_size:]
     else:
         gate, up = dense(h, w["w_gate"], 1), dense(h, w["w_up"], 1)
-    x = x + dense(jax.nn.silu(gate) * up, w["w_down"], 1)
-    return x, extra
+    return x + dense(jax.nn.silu(gate) * up, w["w_down"], 1)
+
+
+def _mlp_in_chunks(c: ModelConfig, x, w, chunk: int):
+    """`_mlp_residual` on x [B, T, D] `chunk` positions (of the B x T, the last chunk padded) at a time in a
+    loop, each chunk rematerialised: the backward pass holds one chunk's [chunk, F] activations, not the
+    layer's [B, T, F]. The MLP is position-wise, so this is the same function."""
+    shape, D = x.shape, x.shape[-1]
+    N = math.prod(shape[:-1])
+    if N <= chunk:
+        return _mlp_residual(c, x, w)
+    n = -(-N // chunk)
+    xs = jnp.pad(x.reshape(N, D), ((0, n * chunk - N), (0, 0))).reshape(n, chunk, D)
+    mlp = jax.checkpoint(lambda w, xc: _mlp_residual(c, xc, w))
+    return jax.lax.map(lambda xc: mlp(w, xc), xs).reshape(n * chunk, D)[:N].reshape(shape)
 
 
 def _split_layers(lw: dict, num_layers: int) -> list[dict]:
@@ -713,13 +735,13 @@ def create(config: ModelConfig, seed: int = 0):
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
           attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False,
           shared_head: int = 0, remat: bool = False, logits_chunk: int = 0,
-          remat_attention: bool = False, flash_attention: bool = False) -> ModelOutput:
+          remat_attention: bool = False, flash_attention: bool = False, mlp_chunk: int = 0) -> ModelOutput:
     """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
                  layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head,
                  remat=remat, logits_chunk=logits_chunk, remat_attention=remat_attention,
-                 flash_attention=flash_attention)
+                 flash_attention=flash_attention, mlp_chunk=mlp_chunk)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.wmact.test_remat import _model  # the same small model as the remat tests
+from tests.wmact.test_remat import _assert_same, _model, _tokens_and_weights  # the remat tests' model and data
 from wmact_jax.models import KVCache, apply
 from wmact_jax.models.flash_attention import flash_causal_attention
 from wmact_jax.models.llama import causal_attention_chunked
@@ -120,18 +120,14 @@ def test_model_with_flash_attention_gives_the_same_logits_and_gradients(monkeypa
 
     monkeypatch.setattr(llama, "ATTENTION_CHUNK", 16)  # 45 tokens: tiled, as a training forward's
     _, graphdef, state = _model()
-    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
-    tokens = tokens.at[:, :23].set(tokens[0, :23])
-    w = jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
+    tokens, w = _tokens_and_weights()
 
     def loss(st, flash):
         out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, flash_attention=flash)
         return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
 
     (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(lambda st, f=f: loss(st, f)))(state) for f in (False, True))
-    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)  # gradients up to ~20
+    _assert_same(l1, g1, l0, g0, atol=1e-4)  # gradients up to ~20
     program = str(jax.make_jaxpr(jax.grad(lambda st: loss(st, True)))(state))
     assert "name=_backward" in program  # the hand-written backward ran, not autodiff through the loops
 

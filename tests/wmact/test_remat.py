@@ -25,6 +25,19 @@ def _model(tied=True):
     return config, graphdef, state
 
 
+def _tokens_and_weights():
+    """3 rows of 45 tokens sharing their first 23 (a shared prompt head), and weights for a loss on their logits."""
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
+    return tokens.at[:, :23].set(tokens[0, :23]), jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
+
+
+def _assert_same(l1, g1, l0, g0, atol=1e-5):
+    """Loss l1 and gradients g1 equal to l0, g0 up to float round-off."""
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)
+
+
 @pytest.mark.parametrize("T,offset", [(45, 0), (40, 23), (10, 5)])  # whole + padded blocks, a shared head's offset
 def test_attention_by_rematerialised_query_blocks_equals_the_triangle(T, offset):
     from wmact_jax.models.llama import causal_attention_chunked, causal_attention_scanned
@@ -44,9 +57,7 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
 
     monkeypatch.setattr(llama, "ATTENTION_CHUNK", 16)  # 45 tokens: the block-causal attention, as in training
     _, graphdef, state = _model()
-    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
-    tokens = tokens.at[:, :23].set(tokens[0, :23])
-    w = jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
+    tokens, w = _tokens_and_weights()
 
     def loss(st, remat, remat_attention=False):
         out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, remat_attention=remat_attention)
@@ -56,9 +67,7 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
     (l0, g0), (l1, g1) = grad[False](state), grad[True](state)
     (l2, g2) = jax.jit(jax.value_and_grad(lambda st: loss(st, True, True)))(state)  # + the attention's blocks
     for l, g in ((l1, g1), (l2, g2)):
-        np.testing.assert_allclose(float(l), float(l0), rtol=1e-5)
-        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+        _assert_same(l, g, l0, g0)
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0)) > 1e-2  # not vacuous
     # The backward really recomputes: the differentiated program holds a remat region (jax.checkpoint).
     regions = lambda f: len(re.findall(r"\bremat\w*\[", str(jax.make_jaxpr(f)(state))))
@@ -83,19 +92,14 @@ def test_mlp_in_token_chunks_gives_the_same_logits_and_gradients(shared, remat):
     config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=96,
                               value_head=True)
     graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
-    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, 45), 0, 64)
-    tokens = tokens.at[:, :23].set(tokens[0, :23])
-    w = jax.random.normal(jax.random.PRNGKey(4), (3, 45, 64))
+    tokens, w = _tokens_and_weights()
 
     def loss(st, chunk):
         out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, mlp_chunk=chunk)
         return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
 
     grad = {c: jax.value_and_grad(lambda st, c=c: loss(st, c)) for c in (0, 16)}
-    (l0, g0), (l1, g1) = jax.jit(grad[0])(state), jax.jit(grad[16])(state)
-    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    _assert_same(*jax.jit(grad[16])(state), *jax.jit(grad[0])(state))
 
     def widest(c):  # positions of the largest [..., 96] array (an MLP activation or its gradient)
         from tests.wmact.test_flash_attention import _equations

@@ -22,7 +22,7 @@ run: install
 	$(PY) -m wmact_jax.main
 
 test: install
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 bench: install
 	$(PY) benchmarks/env_throughput.py

@@ -297,18 +297,27 @@ _MESH_SCRIPT = TINY + textwrap.dedent("""
 """)
 
 
-def _run(devices, mesh):
+def _start(devices, mesh):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT.format(mesh=mesh)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    return subprocess.Popen([sys.executable, "-c", _MESH_SCRIPT.format(mesh=mesh)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def _result(proc):
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-4000:]
+    line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
 
 def test_eight_device_mesh_matches_one_device():
-    one = _run(1, (-1, 1, 1))
-    eight = _run(8, (2, 2, 2))
+    procs = _start(1, (-1, 1, 1)), _start(8, (2, 2, 2))  # side by side: their compiles overlap
+    try:
+        one, eight = (_result(p) for p in procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:  # the other one failed: do not leave this one running
+                p.kill()
     assert one["devices"] == 1 and eight["devices"] == 8
     assert one["gen"] == eight["gen"]  # the same tokens were sampled
     assert one["success"] == eight["success"]

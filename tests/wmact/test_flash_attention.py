@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.wmact.test_remat import _assert_same, _model, _tokens_and_weights  # the remat tests' model and data
+from tests.wmact.test_remat import _assert_same, _equations, _model, _tokens_and_weights  # the remat tests' helpers
 from wmact_jax.models import KVCache, apply
 from wmact_jax.models.flash_attention import flash_causal_attention
 from wmact_jax.models.llama import causal_attention_chunked
@@ -57,25 +57,14 @@ def test_flash_attention_in_bfloat16_is_as_close_to_float32_as_the_reference():
         assert err(flash) <= 2 * err(ref) + 1e-2, (err(flash), err(ref))
 
 
-def _equations(jaxpr):
-    """Every equation of the program, its sub-programs' included."""
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for p in eqn.params.values():
-            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
-                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
-                if isinstance(sub, jax.extend.core.Jaxpr):
-                    yield from _equations(sub)
-
-
 def _largest_intermediate(jaxpr) -> int:
     """Elements of the largest array any equation of the program (sub-programs included) produces."""
     return max(math.prod(getattr(v.aval, "shape", ())) for e in _equations(jaxpr) for v in e.outvars)
 
 
-def _grad_jaxpr(fn, q, k, v, C):
-    return jax.make_jaxpr(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, C, 0))), argnums=(0, 1, 2)))(
-        q, k, v).jaxpr
+def _grad(fn, C):
+    """Gradient w.r.t. q, k, v of a loss on the attention fn (tiles / blocks of C)."""
+    return jax.grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, C, 0))), argnums=(0, 1, 2))
 
 
 def test_flash_attention_holds_one_tile_of_scores():
@@ -83,7 +72,7 @@ def test_flash_attention_holds_one_tile_of_scores():
     block-causal attention's backward holds [B*KV, G*C, keys] blocks (8x larger here)."""
     B, T, H, KV, Dh, C = 1, 256, 4, 2, 8, 32
     q, k, v = _qkv(B, T, H, KV, Dh, 0)
-    size = lambda fn: _largest_intermediate(_grad_jaxpr(fn, q, k, v, C))
+    size = lambda fn: _largest_intermediate(jax.make_jaxpr(_grad(fn, C))(q, k, v).jaxpr)
     bound = max(q.size, B * H * C * C)
     assert size(flash_causal_attention) <= bound
     assert size(causal_attention_chunked) >= 4 * bound  # the bound is not vacuous
@@ -98,9 +87,8 @@ def test_flash_attention_products_contract_the_left_operands_last_axis():
     q, k, v = _qkv(1, 64, 4, 2, 8, 0)
 
     def transposed_lhs(fn):
-        grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, 16, 0))), argnums=(0, 1, 2)))
         dots = re.findall(r"= \w+\[([\d,]*)\]\S* dot\(.*?lhs_contracting_dims=\{(\d+)\}",
-                          grad.lower(q, k, v).compile().as_text())
+                          jax.jit(_grad(fn, 16)).lower(q, k, v).compile().as_text())
         # [output shape, contracted axis]; a batched product: its output has its left operand's rank
         return [d for d in dots if int(d[1]) != d[0].count(",")]
 

@@ -17,12 +17,23 @@ from wmact_jax.models import KVCache, ModelConfig, Transformer, apply
 from wmact_jax.models.llama import LogitsHead
 
 
-def _model(tied=True):
-    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64,
-                              value_head=True, tie_word_embeddings=tied)
+def _model(tied=True, intermediate_size=64):
+    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2,
+                              intermediate_size=intermediate_size, value_head=True, tie_word_embeddings=tied)
     graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
     state = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), state)
     return config, graphdef, state
+
+
+def _equations(jaxpr):
+    """Every equation of the program, its sub-programs' included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from _equations(sub)
 
 
 def _tokens_and_weights():
@@ -89,9 +100,7 @@ def test_mlp_in_token_chunks_gives_the_same_logits_and_gradients(shared, remat):
     """model.mlp_chunk: the same values and gradients (3 x 45 positions in chunks of 16: the last one padded),
     and no [positions, intermediate] array in the differentiated program larger than a chunk's (without it,
     the layer's 3 x 45 rows)."""
-    config = ModelConfig.tiny(64, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=96,
-                              value_head=True)
-    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(3)))
+    _, graphdef, state = _model(intermediate_size=96)
     tokens, w = _tokens_and_weights()
 
     def loss(st, chunk):
@@ -102,8 +111,6 @@ def test_mlp_in_token_chunks_gives_the_same_logits_and_gradients(shared, remat):
     _assert_same(*jax.jit(grad[16])(state), *jax.jit(grad[0])(state))
 
     def widest(c):  # positions of the largest [..., 96] array (an MLP activation or its gradient)
-        from tests.wmact.test_flash_attention import _equations
-
         shapes = [v.aval.shape for e in _equations(jax.make_jaxpr(grad[c])(state).jaxpr) for v in e.outvars]
         return max(math.prod(s[:-1]) for s in shapes if len(s) >= 2 and s[-1] == 96 and s[-2] != 32)
 

@@ -424,12 +424,12 @@ def test_causal_attention_by_blocks_equals_masked_attention(T):
     q = jax.random.normal(kq, (2, T, 4, 8))
     k, v = jax.random.normal(kk, (2, T, 2, 8)), jax.random.normal(kv, (2, T, 2, 8))
     causal = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (2, T, T))
-    full = lambda q, k, v: attention(q, k, v, causal)
-    blocks = lambda q, k, v: causal_attention_chunked(q, k, v, chunk=32)
+    full = jax.jit(lambda q, k, v: attention(q, k, v, causal))  # jitted: quicker than op by op
+    blocks = jax.jit(lambda q, k, v: causal_attention_chunked(q, k, v, chunk=32))
     np.testing.assert_allclose(np.asarray(blocks(q, k, v)), np.asarray(full(q, k, v)), atol=1e-5)
     w = jax.random.normal(jax.random.PRNGKey(1), (2, T, 4, 8))
-    g_full = jax.grad(lambda *a: jnp.sum(full(*a) * w), argnums=(0, 1, 2))(q, k, v)
-    g_blocks = jax.grad(lambda *a: jnp.sum(blocks(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    g_full = jax.jit(jax.grad(lambda *a: jnp.sum(full(*a) * w), argnums=(0, 1, 2)))(q, k, v)
+    g_blocks = jax.jit(jax.grad(lambda *a: jnp.sum(blocks(*a) * w), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(g_blocks, g_full):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
 
@@ -467,8 +467,9 @@ def test_shared_head_forward_equals_plain_forward_with_gradients(monkeypatch, H)
         out = apply(graphdef, st, tokens, shared_head=shared)
         return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values)), out
 
-    (l0, plain), g0 = jax.value_and_grad(lambda st: loss(st, 0), has_aux=True)(state)
-    (l1, shared), g1 = jax.value_and_grad(lambda st: loss(st, H), has_aux=True)(state)
+    # Jitted: one compile each is quicker than running the two backward passes op by op.
+    (l0, plain), g0 = jax.jit(jax.value_and_grad(lambda st: loss(st, 0), has_aux=True))(state)
+    (l1, shared), g1 = jax.jit(jax.value_and_grad(lambda st: loss(st, H), has_aux=True))(state)
     np.testing.assert_allclose(np.asarray(shared.logits), np.asarray(plain.logits), atol=1e-4)
     np.testing.assert_allclose(np.asarray(shared.values), np.asarray(plain.values), atol=1e-4)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):

@@ -418,32 +418,30 @@ def test_recomputed_old_logprobs_match_the_samplers(trainer):
                                atol=1e-4)
 
 
-def test_kl_to_the_starting_policy_trains_from_a_warm_started_state():
-    """`ppo.kl_coef > 0` keeps a frozen copy of the starting policy: an iteration runs from a state whose
+def test_kl_reference_and_tempered_rollout_train_the_policy_they_describe():
+    """Two options of the PPO loss, on one trainer (one compile):
+
+    `rollout.temperature` 0.5: the training rollout records the tempered log-probs (evaluation keeps the
+    raw ones) and PPO computes its ratio under the same temperature, so one epoch of one minibatch starts
+    from a ratio of 1 (the KL term below does not enter the ratio).
+
+    `ppo.kl_coef > 0` keeps a frozen copy of the starting policy: an iteration runs from a state whose
     params are committed (as after the warm start: the reference once shared the policy's buffers, and
     donating them twice failed), the reference stays where it started and the policy moves."""
     c = tiny_config()
-    c.ppo.kl_coef = 0.1
-    tr = Trainer(c, "")
-    st = tr.init_state(jax.random.PRNGKey(0))
-    st, _ = tr.iteration(st)
-    st = tr.with_params(st, st.ppo.params)  # committed params, as `Trainer.warmstart` hands them over
-    ref0 = [np.asarray(x) for x in jax.tree.leaves(st.ref_params)]
-    st, m = tr.iteration(st)
-    assert np.isfinite(float(m["ppo/kl_ref"]))
-    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ref_params)))
-    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ppo.params["policy"])))
-
-
-def test_a_tempered_rollout_trains_the_tempered_policy():
-    """rollout.temperature 0.5: the training rollout records the tempered log-probs (evaluation keeps the
-    raw ones), PPO computes its ratio under the same temperature, so one epoch of one minibatch starts
-    from a ratio of 1."""
-    c = tiny_config()
     c.rollout.temperature = 0.5
     c.ppo.minibatches, c.ppo.epochs = 1, 1
+    c.ppo.kl_coef = 0.1
     tr = Trainer(c, "")
     assert tr.rollout_cfg.sampled_logprobs and not tr.eval_cfg.sampled_logprobs and tr.ppo_cfg.temperature == 0.5
     st, m = tr.iteration(tr.init_state(jax.random.PRNGKey(0)))
     m = jax.device_get(m)
     assert abs(float(m["ppo/ratio_mean"]) - 1.0) < 1e-4 and abs(float(m["ppo/approx_kl"])) < 1e-5
+    st = tr.with_params(st, st.ppo.params)  # committed params, as `Trainer.warmstart` hands them over
+    ref0 = [np.asarray(x) for x in jax.tree.leaves(st.ref_params)]
+    st, m = tr.iteration(st)
+    assert float(m["ppo/kl_ref"]) == 0.0  # one minibatch: measured before the update, from the reference
+    st, m = tr.iteration(st)
+    assert np.isfinite(float(m["ppo/kl_ref"])) and float(m["ppo/kl_ref"]) > 0.0  # the policy has moved
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ref_params)))
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(ref0, jax.tree.leaves(st.ppo.params["policy"])))

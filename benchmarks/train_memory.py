@@ -64,7 +64,7 @@ def child(rows: int, width: int, remat: int, reps: int) -> dict:
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, MODEL["vocab_size"], (rows, width)), jnp.int32)
     marks = jnp.asarray(np.where(rng.random((rows, width)) < 1 / 3, ANSWER, 0), jnp.int8)
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, 0, remat == 2, remat == 3)
+    loss_fn = demo_loss_fn(graphdef, 0.0, forward_options(remat, 0))
 
     def step(p, s, tk, mk):
         (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tk, mk)
@@ -85,6 +85,15 @@ def child(rows: int, width: int, remat: int, reps: int) -> dict:
                 args_mb=mem.argument_size_in_bytes / 2**20, compile_s=compile_s,
                 step_s=(time.perf_counter() - t0) / reps, loss=float(loss),
                 rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def forward_options(remat: int, logits_chunk: int, mlp_chunk: int = 0):
+    """The `ForwardOptions` of a remat level (0 off, 1 model.remat, 2 + model.remat_attention, 3 +
+    model.flash_attention), as `Trainer.forward_options` builds them from model.*."""
+    from wmact_jax.models import ForwardOptions
+
+    return ForwardOptions(remat=remat > 0, logits_chunk=logits_chunk, remat_attention=remat == 2,
+                          flash_attention=remat == 3, mlp_chunk=mlp_chunk)
 
 
 # SmolLM2-135M-Instruct's shape (its config.json), bfloat16 compute as configs/_smollm2.py; random weights.
@@ -115,7 +124,7 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int, mlp_chunk: int 
 
     mc = ModelConfig(**SMOLLM2, tie_word_embeddings=True, max_position_embeddings=8192)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(mc, rngs=nnx.Rngs(0))))
-    loss_fn = demo_loss_fn(graphdef, 0.0, remat > 0, chunk, remat == 2, remat == 3, mlp_chunk)
+    loss_fn = demo_loss_fn(graphdef, 0.0, forward_options(remat, chunk, mlp_chunk))
     tokens = jax.ShapeDtypeStruct((rows, width), jnp.int32)
     marks = jax.ShapeDtypeStruct((rows, width), jnp.int8)
     t0 = time.perf_counter()
@@ -124,7 +133,7 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int, mlp_chunk: int 
         from wmact_jax.models.llama import apply
 
         fn = jax.jit(lambda p, tk, mk: ppo.token_logprobs_and_values(
-            apply(graphdef, p, tk, logits_chunk=chunk).logits, jnp.zeros(tk.shape), tk)[0])
+            apply(graphdef, p, tk, options=forward_options(0, chunk)).logits, jnp.zeros(tk.shape), tk)[0])
     else:
         fn = jax.jit(jax.grad(lambda p, tk, mk: loss_fn(p, tk, mk)[0]))
     mem = fn.lower(params, tokens, marks).compile().memory_analysis()

@@ -33,7 +33,7 @@ from wmact_jax import annealing as anneal_lib
 from wmact_jax import ppo as ppo_lib
 from wmact_jax import rewards as rewards_lib
 from wmact_jax.conversation import Conversation
-from wmact_jax.models import ModelConfig, Transformer
+from wmact_jax.models import ForwardOptions, ModelConfig, Transformer
 from wmact_jax.models.kv_cache import KVCache
 from wmact_jax.models.llama import apply as model_apply
 from wmact_jax.models.llama import layer_weights as model_layer_weights
@@ -247,17 +247,16 @@ class Trainer:
         return model_apply(self.graphdef, params["policy"], tokens, cache, num_new, logits_at=logits_at,
                            layer_weights=lws if cache.per_layer else None)
 
-    def forward_options(self, grad: bool) -> dict:
-        """`llama.apply`'s memory options from model.*, for a training-shape forward: the logits in chunks
-        always; remat, remat_attention, flash_attention and mlp_chunk only where a backward pass follows
-        (without one they only add work: remat_attention's blocks attend to every key, flash_attention's
-        loops run tile by tile, mlp_chunk's chunk by chunk)."""
+    def forward_options(self, grad: bool) -> ForwardOptions:
+        """The memory options (`llama.ForwardOptions`) from model.*, for a training-shape forward: the logits
+        in chunks always; remat, remat_attention, flash_attention and mlp_chunk only where a backward pass
+        follows (without one they only add work: remat_attention's blocks attend to every key,
+        flash_attention's loops run tile by tile, mlp_chunk's chunk by chunk)."""
         m = self.config.model
-        opts = dict(logits_chunk=int(m.logits_chunk))
-        if grad:
-            opts.update(remat=bool(m.remat), remat_attention=bool(m.remat_attention),
-                        flash_attention=bool(m.flash_attention), mlp_chunk=int(m.mlp_chunk))
-        return opts
+        if not grad:
+            return ForwardOptions(logits_chunk=m.logits_chunk)
+        return ForwardOptions(remat=m.remat, logits_chunk=m.logits_chunk, remat_attention=m.remat_attention,
+                              flash_attention=m.flash_attention, mlp_chunk=m.mlp_chunk)
 
     def _train_apply(self, params, tokens, grad: bool = True):
         """(logits [M,S,V] (a LogitsHead with model.logits_chunk), values [M,S]) for PPO; the critic is the
@@ -265,10 +264,10 @@ class Trainer:
         own model. grad=False: a forward no gradient goes through (see `forward_options`)."""
         opts = self.forward_options(grad)
         out = model_apply(self.graphdef, params["policy"], tokens, detach_value_head=self.config.model.critic == "head",
-                          shared_head=self.shared_head, **opts)
+                          shared_head=self.shared_head, options=opts)
         if "critic" in params:  # its values only (with logits_chunk its logits are not even traced)
             values = model_apply(self.critic_graphdef, params["critic"], tokens, shared_head=self.shared_head,
-                                 **opts).values
+                                 options=opts).values
         else:
             values = out.values
         return out.logits, values
@@ -361,7 +360,7 @@ class Trainer:
 
                 def critic_values(w):  # [E, S]: PPO's alignment, values[:, t] = the critic's output at t - 1
                     cv = model_apply(self.critic_graphdef, params["critic"], tokens[:, :w], shared_head=self.shared_head,
-                                     **self.forward_options(grad=False)).values  # [E, w]
+                                     options=self.forward_options(grad=False)).values  # [E, w]
                     return jnp.pad(cv[:, :-1], ((0, 0), (1, S - w)))
 
                 v = ppo_lib.at_width_bucket(mask, self.ppo_cfg.width_buckets, critic_values) * mask
@@ -388,7 +387,7 @@ class Trainer:
         if ref_params is not None:
             def ref_logprobs(tk):
                 ref_logits = model_apply(self.graphdef, ref_params, tk, shared_head=self.shared_head,
-                                         **self.forward_options(grad=False)).logits
+                                         options=self.forward_options(grad=False)).logits
                 return ppo_lib.token_logprobs_and_values(ref_logits, jnp.zeros(tk.shape), tk,
                                                          self.ppo_cfg.temperature)[0]
 

@@ -272,18 +272,19 @@ def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
     return float(-(p * np.log(p)).sum() * n / n_tokens)
 
 
-def demo_loss_fn(graphdef, state_loss: float = 0.0, remat: bool = False, logits_chunk: int = 0,
-                 remat_attention: bool = False, flash_attention: bool = False, mlp_chunk: int = 0):
+def demo_loss_fn(graphdef, state_loss: float = 0.0, options=None):
     """The warm start's loss: loss(params, tokens [B, W], marks [B, W]) -> (answer NLL + state_loss x
     feedback NLL, (answer NLL, answer token accuracy)); marks say which tokens are ANSWER / FEEDBACK.
-    remat, logits_chunk, remat_attention, flash_attention, mlp_chunk: see `llama.apply` (the model.* keys
-    of the same names)."""
+    options: the forward's `llama.ForwardOptions` (from the model.* keys of the same names:
+    `Trainer.forward_options`)."""
+    from wmact_jax.models.llama import NO_OPTIONS
     from wmact_jax.models.llama import apply as model_apply
 
+    options = NO_OPTIONS if options is None else options
+    logits_chunk = options.logits_chunk
+
     def loss_fn(p, tk, marks):
-        logits = model_apply(graphdef, p, tk, remat=remat, logits_chunk=logits_chunk,
-                             remat_attention=remat_attention, flash_attention=flash_attention,
-                             mlp_chunk=mlp_chunk).logits
+        logits = model_apply(graphdef, p, tk, options=options).logits
         m = (marks == ANSWER).astype(jnp.float32)
         if logits_chunk:
             lp, _, hits = ppo_lib.chunked_next_token_stats(logits, tk)
@@ -398,7 +399,7 @@ def run_warmstart(trainer, params, log=None, callback=None):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0))
     policy = params["policy"]
     opt_state = opt.init(policy)
-    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), **trainer.forward_options(grad=True))
+    loss_fn = demo_loss_fn(trainer.graphdef, float(c.state_loss), trainer.forward_options(grad=True))
 
     chunk = 10
 

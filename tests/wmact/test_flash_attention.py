@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.wmact.test_remat import _assert_same, _equations, _model, _tokens_and_weights  # the remat tests' helpers
-from wmact_jax.models import KVCache, apply
+from wmact_jax.models import ForwardOptions, KVCache, apply
 from wmact_jax.models.flash_attention import flash_causal_attention
 from wmact_jax.models.llama import causal_attention_chunked
 
@@ -112,7 +112,7 @@ def test_model_with_flash_attention_gives_the_same_logits_and_gradients(monkeypa
     tokens, w = _tokens_and_weights()
 
     def loss(st, flash):
-        out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, flash_attention=flash)
+        out = apply(graphdef, st, tokens, shared_head=shared, options=ForwardOptions(remat=remat, flash_attention=flash))
         return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
 
     (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(lambda st, f=f: loss(st, f)))(state) for f in (False, True))
@@ -127,9 +127,10 @@ def test_flash_attention_with_a_cache_or_with_remat_attention_is_an_error():
 
     config, graphdef, state = _model()
     with pytest.raises(ValueError, match="are for cache-free"):
-        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), KVCache.init(config, 2, 16), flash_attention=True)
+        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), KVCache.init(config, 2, 16),
+              options=ForwardOptions(flash_attention=True))
     with pytest.raises(ValueError, match="pick one"):
-        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), remat_attention=True, flash_attention=True)
+        ForwardOptions(remat_attention=True, flash_attention=True)
     c = get_config()
     c.model.remat_attention = c.model.flash_attention = True
     with pytest.raises(ConfigError, match="model.flash_attention"):

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from wmact_jax import ppo
-from wmact_jax.models import KVCache, ModelConfig, Transformer, apply
+from wmact_jax.models import ForwardOptions, KVCache, ModelConfig, Transformer, apply
 from wmact_jax.models.llama import LogitsHead
 
 
@@ -71,7 +71,8 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
     tokens, w = _tokens_and_weights()
 
     def loss(st, remat, remat_attention=False):
-        out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, remat_attention=remat_attention)
+        out = apply(graphdef, st, tokens, shared_head=shared,
+                    options=ForwardOptions(remat=remat, remat_attention=remat_attention))
         return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
 
     grad = {r: jax.jit(jax.value_and_grad(lambda st, r=r: loss(st, r))) for r in (False, True)}
@@ -88,11 +89,11 @@ def test_remat_gives_the_same_logits_and_gradients(monkeypatch, shared):
 def test_remat_with_a_cache_is_an_error():
     config, graphdef, state = _model()
     cache = KVCache.init(config, 2, 16)
-    with pytest.raises(ValueError, match="remat=True / remat_attention=True / flash_attention=True / mlp_chunk= are "):
-        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, remat=True)
-    for option in (dict(remat_attention=True), dict(mlp_chunk=8)):
-        with pytest.raises(ValueError, match="are for cache-free"):
-            apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, **option)
+    for option in (dict(remat=True), dict(remat_attention=True), dict(mlp_chunk=8)):
+        with pytest.raises(ValueError, match="remat / remat_attention / flash_attention / mlp_chunk are for cache-free"):
+            apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, options=ForwardOptions(**option))
+    with pytest.raises(ValueError, match="mlp_chunk must be >= 0"):
+        ForwardOptions(mlp_chunk=-1)
 
 
 @pytest.mark.parametrize("shared,remat", [(0, False), (23, True)])  # the shared-head forward: its own layer loop
@@ -104,7 +105,7 @@ def test_mlp_in_token_chunks_gives_the_same_logits_and_gradients(shared, remat):
     tokens, w = _tokens_and_weights()
 
     def loss(st, chunk):
-        out = apply(graphdef, st, tokens, shared_head=shared, remat=remat, mlp_chunk=chunk)
+        out = apply(graphdef, st, tokens, shared_head=shared, options=ForwardOptions(remat=remat, mlp_chunk=chunk))
         return jnp.sum(out.logits * w) + jnp.sum(jnp.sin(out.values))
 
     grad = {c: jax.value_and_grad(lambda st, c=c: loss(st, c)) for c in (0, 16)}
@@ -130,7 +131,7 @@ def test_logits_chunks_give_the_same_logprobs_entropies_and_gradients(tied, shar
     w = jax.random.normal(jax.random.PRNGKey(4), (3, 45))
 
     def loss(st, c):
-        out = apply(graphdef, st, tokens, shared_head=shared, logits_chunk=c)
+        out = apply(graphdef, st, tokens, shared_head=shared, options=ForwardOptions(logits_chunk=c))
         assert isinstance(out.logits, LogitsHead) == bool(c)
         lp, v, ent = ppo.token_logprobs_and_values(out.logits, out.values, tokens, temperature)
         return jnp.sum(lp * w) + jnp.sum(ent * w) + jnp.sum(jnp.sin(v)), (lp, v, ent)
@@ -145,7 +146,8 @@ def test_logits_chunks_give_the_same_logprobs_entropies_and_gradients(tied, shar
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
     # The hits (argmax = next token) the warm start's accuracy reads, against the full logits.
     out = apply(graphdef, state, tokens)
-    _, _, hits = ppo.chunked_next_token_stats(apply(graphdef, state, tokens, logits_chunk=chunk).logits, tokens)
+    chunked = apply(graphdef, state, tokens, options=ForwardOptions(logits_chunk=chunk)).logits
+    _, _, hits = ppo.chunked_next_token_stats(chunked, tokens)
     want = jnp.argmax(out.logits[:, :-1], axis=-1) == tokens[:, 1:]
     np.testing.assert_array_equal(np.asarray(hits[:, 1:]), np.asarray(want))
     assert not bool(jnp.any(hits[:, 0]))
@@ -153,5 +155,6 @@ def test_logits_chunks_give_the_same_logprobs_entropies_and_gradients(tied, shar
 
 def test_logits_chunk_with_a_cache_is_an_error():
     config, graphdef, state = _model()
-    with pytest.raises(ValueError, match="logits_chunk= is for cache-free"):
-        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), KVCache.init(config, 2, 16), logits_chunk=8)
+    with pytest.raises(ValueError, match="logits_chunk is for cache-free"):
+        apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), KVCache.init(config, 2, 16),
+              options=ForwardOptions(logits_chunk=8))

@@ -132,7 +132,7 @@ def test_the_mixed_phase_can_draw_its_batches_by_style(trainer):
 def test_remat_and_logits_chunk_warm_start_fits_the_same_policy(trainer):
     """model.remat, model.logits_chunk, model.flash_attention and model.mlp_chunk reach the warm start's loss:
     the same 20 steps give the same policy, loss and answer accuracy up to round-off. (remat_attention
-    reaches it the same way, `Trainer.forward_options`; test_train.py checks that dict reaches the update.)"""
+    reaches it the same way, `Trainer.forward_options`; test_train.py checks those options reach the update.)"""
     p0, m0, logs = _warm(trainer)
     widths = [int(w) for line in logs for w in re.findall(r"widths (\d+)", line)]
     assert widths and min(widths) > 128, logs  # demos wider than a query tile: the attention is tiled

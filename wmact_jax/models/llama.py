@@ -24,6 +24,7 @@ Design choices (why):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -47,7 +48,7 @@ UNROLL_LAYERS_UP_TO = 8
 
 
 class ModelOutput(NamedTuple):
-    logits: "jax.Array | LogitsHead"  # [B, T, V] float32 (a LogitsHead with logits_chunk=)
+    logits: "jax.Array | LogitsHead"  # [B, T, V] float32 (a LogitsHead with ForwardOptions.logits_chunk)
     values: jax.Array | None  # [B, T] float32, or None without a value head
     cache: KVCache | None
 
@@ -246,9 +247,8 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
                  attention_mask=None, logits_at=None, layer_weights=None,
-                 detach_value_head: bool = False, shared_head: int = 0, remat: bool = False,
-                 logits_chunk: int = 0, remat_attention: bool = False,
-                 flash_attention: bool = False, mlp_chunk: int = 0) -> ModelOutput:
+                 detach_value_head: bool = False, shared_head: int = 0,
+                 options: ForwardOptions | None = None) -> ModelOutput:
         """tokens [B, T] int32.
 
         cache=None: causal forward; `positions` [B, T] (RoPE positions, default 0..T-1) and
@@ -266,36 +266,24 @@ class Transformer(nnx.Module):
         and every row's later tokens attend to that one copy of their keys/values; the outputs over the head
         are broadcast to every row. Equal to the plain forward up to float round-off, gradients included
         (autodiff sums the rows' contributions to the shared head), for H x (B - 1) fewer token positions.
-        remat (static, cache-free forwards only): rematerialise each layer under autodiff (`jax.checkpoint`):
-        the backward pass keeps only each layer's input [B, T, D] and recomputes the rest, instead of every
-        layer's attention weights ([B, H, T, T/2] chunked) and MLP activations; the same numbers, more FLOPs
-        (benchmarks/train_memory.py measures both). Without autodiff it changes nothing.
-        logits_chunk C > 0 (static, cache-free forwards only): `logits` is a LogitsHead, read C positions at a
-        time by the training losses, instead of the [B, T, V] array.
-        remat_attention (static, cache-free forwards only): the causal self-attention by query blocks in a
-        rolled loop, each block rematerialised (`causal_attention_scanned`): one block's scores alive at a
-        time in the backward pass instead of a layer's, for up to 2x the attention's FLOPs.
-        flash_attention (static, cache-free forwards only; not with remat_attention): the causal
-        self-attention with an online softmax and its own backward pass (`flash_attention.py`): one 128 x 128
-        tile of scores alive at a time, forward and backward, and only the causal triangle's FLOPs.
-        mlp_chunk N > 0 (static, cache-free forwards only): each layer's MLP runs N token positions at a time
-        (of the B x T), each chunk rematerialised: one chunk's [N, intermediate] activations alive in the
-        backward pass instead of the layer's [B, T, intermediate] ones, for one more MLP forward.
+        options (static, cache-free forwards only): the memory options of a training forward
+        (`ForwardOptions`: remat, logits_chunk, remat_attention, flash_attention, mlp_chunk); the default
+        is none of them.
         """
-        if logits_chunk and (cache is not None or logits_at is not None):
-            raise ValueError("logits_chunk= is for cache-free training forwards (no cache, no logits_at)")
+        opts = NO_OPTIONS if options is None else options
+        if opts.logits_chunk and (cache is not None or logits_at is not None):
+            raise ValueError("ForwardOptions.logits_chunk is for cache-free training forwards (no cache, no logits_at)")
         c = self.config
         if shared_head and cache is None and 0 < shared_head < tokens.shape[1]:
             if positions is not None or attention_mask is not None or logits_at is not None:
                 raise ValueError("shared_head= takes a plain causal forward (no positions, attention_mask, logits_at)")
             return self._forward_shared_head(jnp.asarray(tokens, jnp.int32), int(shared_head), detach_value_head,
-                                             remat, int(logits_chunk), remat_attention, flash_attention,
-                                             int(mlp_chunk))
+                                             opts)
         cdt = jnp.dtype(c.dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
         B, T = tokens.shape
-        if (remat or remat_attention or flash_attention or mlp_chunk) and cache is not None:
-            raise ValueError("remat=True / remat_attention=True / flash_attention=True / mlp_chunk= are for cache-free "
+        if opts.for_backward and cache is not None:
+            raise ValueError("ForwardOptions remat / remat_attention / flash_attention / mlp_chunk are for cache-free "
                              "(training) forwards; a cached forward is not differentiated")
         if layer_weights is not None and (cache is None or not cache.per_layer):
             raise ValueError("layer_weights= is only read with a per-layer KV cache (KVCache.init(..., "
@@ -332,10 +320,10 @@ class Transformer(nnx.Module):
         unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
 
         def block(x, w, attn_fn):
-            return _block(c, x, w, cos, sin, attn_fn, int(mlp_chunk))
+            return _block(c, x, w, cos, sin, attn_fn, opts.mlp_chunk)
 
         if cache is None:
-            blocks = training_attention(remat_attention, flash_attention)
+            blocks = opts.attention()
             if attention_mask is None and T > ATTENTION_CHUNK:  # plain causal: skip the masked blocks
                 self_attn = lambda q, k, v: blocks(q, k, v, ATTENTION_CHUNK)
             else:
@@ -345,7 +333,7 @@ class Transformer(nnx.Module):
                 x, _ = block(x, w, lambda q, k, v: (self_attn(q, k, v), None))
                 return x, None
 
-            if remat:  # a rolled loop: unrolled, XLA:CPU undid most of the recomputation's saving (a probe)
+            if opts.remat:  # a rolled loop: unrolled, XLA:CPU undid most of the recomputation's saving (a probe)
                 body, unroll = jax.checkpoint(body), 1
             x, _ = jax.lax.scan(body, x, lw, unroll=unroll)
             new_cache = None
@@ -413,7 +401,7 @@ class Transformer(nnx.Module):
         if logits_at is not None:  # only the requested position of each row goes through the heads
             idx = jnp.broadcast_to(jnp.asarray(logits_at, jnp.int32), (B,))
             x = jnp.take_along_axis(x, idx[:, None, None], axis=1)  # [B, 1, D]
-        logits, values = self._heads(x, detach_value_head, int(logits_chunk))
+        logits, values = self._heads(x, detach_value_head, opts.logits_chunk)
         return ModelOutput(logits, values, new_cache)
 
     def _heads(self, x, detach_value_head: bool, logits_chunk: int = 0):
@@ -433,9 +421,8 @@ class Transformer(nnx.Module):
                       + vh.bias[...].astype(jnp.float32))[..., 0]  # [B, T]
         return logits, values
 
-    def _forward_shared_head(self, tokens, H: int, detach_value_head: bool, remat: bool = False,
-                             logits_chunk: int = 0, remat_attention: bool = False,
-                             flash_attention: bool = False, mlp_chunk: int = 0) -> ModelOutput:
+    def _forward_shared_head(self, tokens, H: int, detach_value_head: bool,
+                             opts: ForwardOptions) -> ModelOutput:
         """The cache-free forward of rows sharing their first H tokens (see `__call__`'s shared_head)."""
         c = self.config
         cdt = jnp.dtype(c.dtype)
@@ -449,7 +436,7 @@ class Transformer(nnx.Module):
         head_mask = jnp.tril(jnp.ones((H, H), bool))[None]
         rows = lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:])  # [1, ...] -> [B, ...]: the head to every row
 
-        blocks = training_attention(remat_attention, flash_attention)
+        blocks = opts.attention()
 
         def layer(xs, w):
             x_h, x_r = xs
@@ -467,17 +454,17 @@ class Transformer(nnx.Module):
                 v_all = jnp.concatenate([rows(kv["v"]), v], axis=1)
                 return blocks(q, k_all, v_all, ATTENTION_CHUNK, offset=H), None
 
-            x_h, _ = _block(c, x_h, w, cos_h, sin_h, attn_head, mlp_chunk)
-            x_r, _ = _block(c, x_r, w, cos_r, sin_r, attn_rows, mlp_chunk)
+            x_h, _ = _block(c, x_h, w, cos_h, sin_h, attn_head, opts.mlp_chunk)
+            x_r, _ = _block(c, x_r, w, cos_r, sin_r, attn_rows, opts.mlp_chunk)
             return (x_h, x_r), None
 
         unroll = c.num_layers if c.num_layers <= UNROLL_LAYERS_UP_TO else 1
-        if remat:
+        if opts.remat:
             layer, unroll = jax.checkpoint(layer), 1
         (x_h, x_r), _ = jax.lax.scan(layer, (x_h, x_r), self.stacked_layer_weights(), unroll=unroll)
-        logits_h, values_h = self._heads(x_h, detach_value_head, logits_chunk)  # [1, H, V]: once for every row
-        logits_r, values_r = self._heads(x_r, detach_value_head, logits_chunk)
-        if logits_chunk:  # the head's state copied to every row: its logits are computed per row, chunk by chunk
+        logits_h, values_h = self._heads(x_h, detach_value_head, opts.logits_chunk)  # [1, H, V]: once for every row
+        logits_r, values_r = self._heads(x_r, detach_value_head, opts.logits_chunk)
+        if opts.logits_chunk:  # the head's state copied to every row: its logits are computed per row, chunk by chunk
             logits = logits_r.replace(hidden=jnp.concatenate([rows(logits_h.hidden), logits_r.hidden], axis=1))
         else:
             logits = jnp.concatenate([rows(logits_h), logits_r], axis=1)
@@ -553,15 +540,61 @@ def layer_weights(graphdef, state, fused: bool = False) -> list[dict]:
     return nnx.merge(graphdef, state).layer_weights(fused)
 
 
-def training_attention(remat_attention: bool = False, flash_attention: bool = False):
-    """The cache-free causal attention `__call__`'s remat_attention / flash_attention select:
-    fn(q, k, v, chunk, offset=0) -> [B, T, H, Dh]."""
-    if remat_attention and flash_attention:
-        raise ValueError("remat_attention=True and flash_attention=True are two ways to do the same thing: pick one "
-                         "(flash_attention: the causal triangle's FLOPs only)")
-    if flash_attention:
-        return flash_causal_attention
-    return causal_attention_scanned if remat_attention else causal_attention_chunked
+@dataclasses.dataclass(frozen=True)
+class ForwardOptions:
+    """The memory options of a cache-free (training) forward, one record through `apply`, the warm start's
+    loss and the trainer (`Trainer.forward_options`). Static: each distinct record is its own program. The
+    same numbers as without them up to float round-off, gradients included; what each saves is measured
+    in benchmarks/train_memory.py.
+
+    remat: rematerialise each layer under autodiff (`jax.checkpoint`): the backward pass keeps only each
+      layer's input [B, T, D] and recomputes the rest, instead of every layer's attention weights
+      ([B, H, T, T/2] chunked) and MLP activations; more FLOPs. Without autodiff it changes nothing.
+    logits_chunk C > 0: `logits` is a LogitsHead, read C positions at a time by the training losses,
+      instead of the [B, T, V] array.
+    remat_attention: the causal self-attention by query blocks in a rolled loop, each block
+      rematerialised (`causal_attention_scanned`): one block's scores alive at a time in the backward
+      pass instead of a layer's, for up to 2x the attention's FLOPs.
+    flash_attention (not with remat_attention): the causal self-attention with an online softmax and its
+      own backward pass (`flash_attention.py`): one 128 x 128 tile of scores alive at a time, forward and
+      backward, and only the causal triangle's FLOPs.
+    mlp_chunk N > 0: each layer's MLP runs N token positions at a time (of the B x T), each chunk
+      rematerialised: one chunk's [N, intermediate] activations alive in the backward pass instead of
+      the layer's [B, T, intermediate] ones, for one more MLP forward.
+    """
+    remat: bool = False
+    logits_chunk: int = 0
+    remat_attention: bool = False
+    flash_attention: bool = False
+    mlp_chunk: int = 0
+
+    def __post_init__(self):
+        if self.remat_attention and self.flash_attention:
+            raise ValueError("remat_attention=True and flash_attention=True are two ways to do the same thing: "
+                             "pick one (flash_attention: the causal triangle's FLOPs only)")
+        for name in ("logits_chunk", "mlp_chunk"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"ForwardOptions.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        # Plain Python values: a record is compared and hashed as part of a traced program's identity.
+        for name in ("remat", "remat_attention", "flash_attention"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        for name in ("logits_chunk", "mlp_chunk"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+    @property
+    def for_backward(self) -> bool:
+        """Options that only change what a backward pass holds (refused with a KV cache)."""
+        return self.remat or self.remat_attention or self.flash_attention or self.mlp_chunk > 0
+
+    def attention(self):
+        """The cache-free causal attention the options select: flash_attention's, remat_attention's
+        rematerialised blocks, or the plain block-causal one."""
+        if self.flash_attention:
+            return flash_causal_attention
+        return causal_attention_scanned if self.remat_attention else causal_attention_chunked
+
+
+NO_OPTIONS = ForwardOptions()
 
 
 def causal_attention_chunked(q, k, v, chunk: int = 128, offset: int = 0):
@@ -734,14 +767,13 @@ def create(config: ModelConfig, seed: int = 0):
 
 def apply(graphdef, state, tokens, cache: KVCache | None = None, num_new=None, *, positions=None,
           attention_mask=None, logits_at=None, layer_weights=None, detach_value_head: bool = False,
-          shared_head: int = 0, remat: bool = False, logits_chunk: int = 0,
-          remat_attention: bool = False, flash_attention: bool = False, mlp_chunk: int = 0) -> ModelOutput:
-    """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`."""
+          shared_head: int = 0, options: ForwardOptions | None = None) -> ModelOutput:
+    """Pure function of the params `state` (from `nnx.split(model)`): jit / grad w.r.t. `state`.
+    options: a training forward's `ForwardOptions` (see `Transformer.__call__`)."""
     model = nnx.merge(graphdef, state)
     return model(tokens, cache, num_new, positions=positions, attention_mask=attention_mask, logits_at=logits_at,
                  layer_weights=layer_weights, detach_value_head=detach_value_head, shared_head=shared_head,
-                 remat=remat, logits_chunk=logits_chunk, remat_attention=remat_attention,
-                 flash_attention=flash_attention, mlp_chunk=mlp_chunk)
+                 options=options)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -168,7 +168,9 @@ def taxi_trainer(level: int):
     from wmact_jax.train import Trainer
 
     c = experiment_config("taxi", "taxi", {}, method="wmact")
-    c.model.remat, c.model.remat_attention, c.model.flash_attention = level > 0, level == 2, level == 3
+    opts = forward_options(level, 0)  # the level's options, set where Trainer.forward_options reads them
+    for name in ("remat", "remat_attention", "flash_attention"):
+        c.model[name] = getattr(opts, name)
     c.warmstart.enabled = False
     c.warmstart.path = os.path.join(ROOT, "experiments/results/taxi_suite_rerun/stage4_warmstart")
     trainer = Trainer(prepare_config(c, explicit=()), "")

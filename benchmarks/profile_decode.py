@@ -15,6 +15,7 @@ of the prompts is traced instead and the times are per call.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -31,6 +32,33 @@ from wmact_jax.models import KVCache  # noqa: E402
 
 from benchmarks.generate import small_model, smollm_model  # noqa: E402
 from benchmarks.xla_profile import op_times, print_table  # noqa: E402
+
+
+# The static arguments of the jitted functions profiled: a compiled executable is called without them.
+STATIC = {"_prefill_split": ("graphdef", "attend_buckets"),
+          "_decode_split": ("graphdef", "max_new_tokens", "pad_id", "attend_buckets")}
+
+
+def run_compiled(jitted: str):
+    """Route `sampler.<jitted>` through one ahead-of-time compiled executable, built from the arguments of
+    its first call; returns the executable's holder ({"compiled": jax.stages.Compiled} after a call) and
+    a function that restores the jitted one.
+
+    So the program profiled is compiled once and its HLO (`.as_text()`: the fused ops' names the profile
+    reports, their metadata the jax op each came from) is that very program's, not a look-alike lowered
+    from hand-built arguments.
+    """
+    original, holder = getattr(sampler, jitted), {}
+    names = list(inspect.signature(original).parameters)
+
+    def through_compiled(*a, **k):
+        if "compiled" not in holder:
+            holder["compiled"] = original.lower(*a, **k).compile()
+        dynamic = [v for name, v in zip(names, a) if name not in STATIC[jitted]]
+        return holder["compiled"](*dynamic, **{n: v for n, v in k.items() if n not in STATIC[jitted]})
+
+    setattr(sampler, jitted, through_compiled)
+    return holder, lambda: setattr(sampler, jitted, original)
 
 
 def main(argv=None):
@@ -64,27 +92,22 @@ def main(argv=None):
 
     if args.prefill:  # one call: the per-op times are per prefill, not per step
         N = 1
-        prefilled()  # compile
+        holder, restore = run_compiled("_prefill_split")
+        prefilled()  # compiles
         t = time.perf_counter()
         prefilled()
         step_ms = (time.perf_counter() - t) * 1e3
-        empty = KVCache.init(cfg, B, S, args.cache_dtype, per_layer=False if args.stacked else None)
-        hlo = sampler._prefill_split.lower(split[0], split[1], prompts, lengths, empty, None, None,
-                                           (S,)).compile().as_text()
     else:
-        decode(*prefilled())  # compile
+        holder, restore = run_compiled("_decode_split")
+        decode(*prefilled())  # compiles
         ll, cache = prefilled()
         t = time.perf_counter()
         decode(ll, cache)
         step_ms = (time.perf_counter() - t) / N * 1e3
-        # The compiled decode's HLO names each fused op; its metadata says which jax op it came from.
-        ll, cache = prefilled()
-        params = greedy.as_arrays(B)
-        hlo = sampler._decode_split.lower(
-            split[0], split[1], cache, ll, jax.random.key(0), params, jnp.full((8,), -1, jnp.int32), None, None,
-            jnp.ones((B,), bool), None, max_new_tokens=N, pad_id=0, attend_buckets=(S,)).compile().as_text()
     ll, cache = (None, None) if args.prefill else prefilled()
-    ms, count = op_times(lambda: prefilled() if args.prefill else decode(ll, cache), hlo, calls=N)
+    ms, count = op_times(lambda: prefilled() if args.prefill else decode(ll, cache),
+                         holder["compiled"].as_text(), calls=N)
+    restore()
     print(f"# jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()}")
     c1 = KVCache.init(cfg, 1, 1, args.cache_dtype, per_layer=False if args.stacked else None)
     print(f"# {label}: {cfg.num_layers} layers, batch {B}, prompt {P}, cache {S} ({c1.layout}, "

@@ -94,6 +94,15 @@ def test_remat_with_a_cache_is_an_error():
             apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), cache, options=ForwardOptions(**option))
     with pytest.raises(ValueError, match="mlp_chunk must be >= 0"):
         ForwardOptions(mlp_chunk=-1)
+    # Values that would compare or hash unlike the ints/bools they stand for are refused by name.
+    for option, match in ((dict(logits_chunk="64"), "logits_chunk must be an int"),
+                          (dict(mlp_chunk=8.0), "mlp_chunk must be an int"),
+                          (dict(mlp_chunk=True), "mlp_chunk must be an int"),
+                          (dict(remat="yes"), "remat must be a bool"),
+                          (dict(flash_attention=2), "flash_attention must be a bool")):
+        with pytest.raises(TypeError, match=match):
+            ForwardOptions(**option)
+    assert ForwardOptions(remat=np.bool_(True), mlp_chunk=np.int64(8)) == ForwardOptions(remat=True, mlp_chunk=8)
 
 
 @pytest.mark.parametrize("shared,remat", [(0, False), (23, True)])  # the shared-head forward: its own layer loop

@@ -569,17 +569,27 @@ class ForwardOptions:
     mlp_chunk: int = 0
 
     def __post_init__(self):
+        # Plain Python values: a record is compared and hashed as part of a traced program's identity, so
+        # a string, a float or an array here is refused by name rather than left to fail (or to recompile)
+        # somewhere inside the forward.
+        for name in ("remat", "remat_attention", "flash_attention"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)) and not (
+                    isinstance(value, (int, np.integer)) and value in (0, 1)):
+                raise TypeError(f"ForwardOptions.{name} must be a bool, got {value!r} "
+                                f"({type(value).__name__})")
+            object.__setattr__(self, name, bool(value))
+        for name in ("logits_chunk", "mlp_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"ForwardOptions.{name} must be an int (0: off), got {value!r} "
+                                f"({type(value).__name__})")
+            if value < 0:
+                raise ValueError(f"ForwardOptions.{name} must be >= 0 (0: off), got {value}")
+            object.__setattr__(self, name, int(value))
         if self.remat_attention and self.flash_attention:
             raise ValueError("remat_attention=True and flash_attention=True are two ways to do the same thing: "
                              "pick one (flash_attention: the causal triangle's FLOPs only)")
-        for name in ("logits_chunk", "mlp_chunk"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"ForwardOptions.{name} must be >= 0 (0: off), got {getattr(self, name)}")
-        # Plain Python values: a record is compared and hashed as part of a traced program's identity.
-        for name in ("remat", "remat_attention", "flash_attention"):
-            object.__setattr__(self, name, bool(getattr(self, name)))
-        for name in ("logits_chunk", "mlp_chunk"):
-            object.__setattr__(self, name, int(getattr(self, name)))
 
     @property
     def for_backward(self) -> bool:

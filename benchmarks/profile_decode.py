@@ -34,9 +34,8 @@ from benchmarks.generate import small_model, smollm_model  # noqa: E402
 from benchmarks.xla_profile import op_times, print_table  # noqa: E402
 
 
-# The static arguments of the jitted functions profiled: a compiled executable is called without them.
-STATIC = {"_prefill_split": ("graphdef", "attend_buckets"),
-          "_decode_split": ("graphdef", "max_new_tokens", "pad_id", "attend_buckets")}
+# The static arguments of the jitted functions profiled (declared once, in the sampler's jit decorators).
+STATIC = {"_prefill_split": sampler.PREFILL_STATIC, "_decode_split": sampler.DECODE_STATIC}
 
 
 def run_compiled(jitted: str):

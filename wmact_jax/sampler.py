@@ -274,7 +274,13 @@ def prefill_shared_head_fn(apply_fn: ApplyFn, head, tokens, lengths, init_cache:
     return prefill_fn(apply_fn, tokens, lengths, shard(broadcast_cache(cache, B)), attend_buckets=attend_buckets)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "attend_buckets"), donate_argnames=("cache",))
+# The static arguments of the two jitted entry points (a compiled executable is called without them:
+# benchmarks/profile_decode.py runs one).
+PREFILL_STATIC = ("graphdef", "attend_buckets")
+DECODE_STATIC = ("graphdef", "max_new_tokens", "pad_id", "attend_buckets")
+
+
+@functools.partial(jax.jit, static_argnames=PREFILL_STATIC, donate_argnames=("cache",))
 def _prefill_split(graphdef, state, tokens, lengths, cache, last_logits, last_values, attend_buckets):
     from wmact_jax.models.llama import apply
     return prefill_fn(lambda t, c, n, logits_at=None: apply(graphdef, state, t, c, n, logits_at=logits_at), tokens,
@@ -419,8 +425,7 @@ def decode_fn(apply_fn: ApplyFn, cache: KVCache, last_logits, key, *, max_new_to
                         last_logits=st.last_logits, last_values=st.last_values if has_values else None)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "pad_id", "attend_buckets"),
-                   donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=DECODE_STATIC, donate_argnames=("cache",))
 def _decode_split(graphdef, state, cache, last_logits, key, params, stop_token_ids, stop_sequences, eos,
                   active, last_values, *, max_new_tokens, pad_id, attend_buckets):
     from wmact_jax.models.llama import apply, layer_weights

@@ -35,6 +35,7 @@ METHOD_ORDER = ("entire_plan", "interactive", "rescale", "wmact", "step_penalty"
 SINGLE_TURN_METHODS = ("entire_plan",)
 WARM_START_ROW = "warm start (before RL)"
 EVAL_KEY = "eval/greedy/success_rate"
+L0_KEY = "greedy_l0/success_rate"
 
 
 class ReportError(Exception):
@@ -132,6 +133,9 @@ def load_run(run_dir: str) -> dict:
                 before.update({k[len("eval/"):]: v for k, v in rec.items() if k.startswith("eval/")})
     after = metrics_of(final.get("after")) if final else None
     steps = [s for s in map(_step, records) if s is not None]
+    config = read_json(os.path.join(run_dir, "config.json"))
+    anneal = config.get("anneal") if isinstance(config, dict) else None
+    kind = anneal.get("kind") if isinstance(anneal, dict) else None
     return {
         "dir": run_dir,
         "records": records,
@@ -143,6 +147,8 @@ def load_run(run_dir: str) -> dict:
         "after_step": (final.get("after") or {}).get("step") if final else None,
         "last_step": max(steps) if steps else None,
         "seconds": _num(final.get("seconds")) if final else None,
+        # The turn cap never moves (config.json's anneal.kind 'fixed'); None: no readable config.
+        "fixed_cap": kind == "fixed" if isinstance(kind, str) else None,
     }
 
 
@@ -213,6 +219,9 @@ def _columns(transfer: list[str]) -> list[dict]:
         # Greedy episodes that came back to a state they had been in (recorded since 2026-12-05: shown only
         # where some run has it).
         {"id": "cycled", "key": "greedy/cycled", "header": "greedy, cycling (%)", "kind": "rate", "optional": True},
+        # Greedy at the starting cap L_0 (evaluated since 2026-12-06 where the cap anneals; shown where
+        # some run has it): every method on the baselines' budget.
+        {"id": "l0", "key": L0_KEY, "header": "success, starting cap (%)", "kind": "rate", "optional": True},
     ]
     for env in transfer:
         cols.append({"id": f"transfer:{env}", "key": f"transfer/{env}/success_rate",
@@ -295,6 +304,21 @@ def aggregate(exp_dir: str) -> dict:
                         and parts[1] not in transfer:
                     transfer.append(parts[1])
     cols = _columns(transfer)
+    # Where a cap never moves, success at the starting cap is greedy success itself (the runner skips
+    # that evaluation as a repeat); before RL every cap is the starting one. Filled in only when some
+    # run evaluated greedy_l0, so older tables keep their columns.
+    has_l0 = any(L0_KEY in (r[part] or {}) for m in methods for r in runs[m] for part in ("after", "before"))
+
+    def with_l0(metrics: dict, same: bool) -> dict:
+        if has_l0 and same and L0_KEY not in metrics and "greedy/success_rate" in metrics:
+            return {**metrics, L0_KEY: metrics["greedy/success_rate"]}
+        return metrics
+
+    for m in methods:
+        for r in runs[m]:
+            r["before"] = with_l0(r["before"], True)
+            if r["after"] is not None:
+                r["after"] = with_l0(r["after"], bool(r["fixed_cap"]))
 
     rows = {}
     for method in methods:
@@ -421,6 +445,10 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
               "episodes (`greedy/efficacy`).",
               "- **optimality gap**: mean (N - N_opt) / N_opt over solved levels, 0 = optimal "
               "(`greedy/optimality_gap`; a ratio, not a percentage)."]
+    if any(c["id"] == "l0" for c in agg["columns"]):
+        lines.append("- **success, starting cap**: greedy with the turn cap the runs started from, L_0 "
+                     "(`greedy_l0/success_rate`): the same budget for a method whose cap annealed as for "
+                     "the baselines, whose cap stays at L_0 (theirs is their final-cap success).")
     if any(c["id"] == "cycled" for c in agg["columns"]):
         lines.append("- **greedy, cycling**: greedy episodes that came back to a state they had been in, a "
                      "turn whose actions changed nothing included (`greedy/cycled`; greedy decoding shown the "

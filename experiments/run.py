@@ -106,16 +106,27 @@ def _as_json(x):
     return json.loads(json.dumps(x, default=str))
 
 
+# What is evaluated and logged, not how a run trains: the evaluations draw their levels from a key stream
+# of their own (`Trainer.eval_key`), so runs that differ only here are the same training runs. A command
+# may add seeds to a folder with these changed (e.g. an evaluation mode the earlier seeds lack: the
+# table's cell then says over how many seeds, `(n=k)`).
+EVALUATION_ONLY = ("train.eval_modes", "train.transcripts")
+
+
 def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
     """Why runs made with `overrides` may not join the runs already in `exp_dir` (None if they may).
 
     A results folder's table pools the seeds of each method and records one set of settings; runs of
-    another setting added to it would be averaged in under the wrong record."""
+    another setting added to it would be averaged in under the wrong record. Settings of the evaluation
+    alone (`EVALUATION_ONLY`) may differ."""
     prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
     old = prev.get("config_overrides") if isinstance(prev, dict) else None
     if not isinstance(old, dict) or old == overrides:
         return None
-    diff = [f"{k}: {a!r} there, {b!r} now" for k, a, b in config_check.differences(old, overrides)]
+    diff = [f"{k}: {a!r} there, {b!r} now" for k, a, b in config_check.differences(old, overrides)
+            if k not in EVALUATION_ONLY]
+    if not diff:
+        return None
     return (f"{exp_dir} holds runs made with other settings ({'; '.join(diff)}); "
             "write these runs to another --out")
 

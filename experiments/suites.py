@@ -72,8 +72,13 @@ FULL_WARMSTART = {"warmstart.curriculum_exit": 0.9, "warmstart.curriculum_max_st
 # start (interactive, 30 iterations): lr 1e-4 kept approx_kl <= 1e-3 and raised sampled success
 # 65 -> 73% (greedy unchanged); 5e-4 with 16 episodes lowered greedy success 77 -> 67%; GRPO
 # advantages at 1e-4 did no better (greedy 77 -> 71%).
+# Evaluated: greedy and sampled at the run's own (final) cap, greedy with one turn, and greedy at the
+# starting cap L_0 for the methods whose cap anneals (`greedy_l0`, since 2026-12-06: the budget the
+# baselines keep, so that annealed and fixed caps are also compared on one budget; a fixed-cap method's
+# greedy success is that number already). Evaluation settings only: seeds added to a folder made
+# without it still join it (run.EVALUATION_ONLY).
 RL = {"rollout.levels_per_iteration": 8, "rollout.group_size": 4, "ppo.lr": 1e-4, "ppo.minibatches": 2,
-      "train.eval_modes": ("greedy", "sampled", "single_turn"), "train.transcripts": 2}
+      "train.eval_modes": ("greedy", "sampled", "single_turn", "greedy_l0"), "train.transcripts": 2}
 
 QUICK = {**WARMSTART, **RL, "train.iterations": 10, "train.eval_levels": 48, "train.eval_every": 0,
          "train.checkpoint_every": 10, "anneal.tau": 2, "model.critic": "head", "env.eval_names": ()}

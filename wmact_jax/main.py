@@ -79,8 +79,9 @@ def _default_trainer_cls():
 def _eval_modes(trainer, config) -> list[tuple[str, dict]]:
     """(name, evaluate kwargs) of `config.train.eval_modes`: greedy and sampled at the turn cap,
     greedy with a one-turn cap (WMAct's goal: solving from the internal world model alone), greedy
-    at the starting cap L_0 (`greedy_l0`: the same budget before and after annealing), and
-    greedy on every `config.env.eval_names` environment (transfer) as mode `transfer/<name>`.
+    at the starting cap L_0 (`greedy_l0`: the same budget before and after annealing, every method's
+    budget alike; skipped where the cap never moves, `anneal.kind='fixed'`, as it would repeat `greedy`),
+    and greedy on every `config.env.eval_names` environment (transfer) as mode `transfer/<name>`.
     Modes the Trainer's `evaluate` cannot run (no such keyword) are skipped."""
     params = inspect.signature(trainer.evaluate).parameters
     extra = {"transcripts": config.train.transcripts} if "transcripts" in params else {}
@@ -92,7 +93,7 @@ def _eval_modes(trainer, config) -> list[tuple[str, dict]]:
         modes.append(("sampled", dict(greedy=False, **extra)))
     if "single_turn" in wanted and "single_turn" in params and config.method != "entire_plan":
         modes.append(("single_turn", dict(greedy=True, single_turn=True, **extra)))
-    if "greedy_l0" in wanted and "initial_cap" in params and config.method != "entire_plan":
+    if "greedy_l0" in wanted and "initial_cap" in params and config.anneal.kind != "fixed":
         modes.append(("greedy_l0", dict(greedy=True, initial_cap=True, **extra)))
     if "env_name" in params:
         for name in config.env.eval_names:

@@ -251,3 +251,35 @@ def test_a_warm_start_only_experiment_reports_zero_rl_iterations(tmp_path):
     _write_run(str(exp / "wmact" / "seed0"), 0.5)
     report.write_report(str(tmp_path))
     assert "Environment **Maze-5x5**, 0 RL iterations per run." in (exp / "table.md").read_text()
+
+
+def test_success_at_the_starting_cap_puts_every_method_on_one_budget(tmp_path):
+    """greedy_l0 is evaluated where the cap anneals; a fixed-cap method's starting cap is its final one,
+    so its greedy success fills the column; seeds run before the column existed count as absent."""
+    exp = tmp_path / "taxi"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({"env": "Taxi-v3", "methods": ["wmact", "interactive"],
+                                                      "seeds": [0, 1, 2], "iterations": ITERS}))
+    for method, kind, vals in (("wmact", "wmact", [0.5, 0.6, 0.7]), ("interactive", "fixed", [0.8, 0.9, 0.85])):
+        for seed, s in enumerate(vals):
+            run = exp / method / f"seed{seed}"
+            _write_run(str(run), s, seed=seed)
+            (run / "config.json").write_text(json.dumps({"anneal": {"kind": kind}}))
+            if method == "wmact" and seed < 2:  # seed 2 ran before greedy_l0 was evaluated
+                final = json.loads((run / "final.json").read_text())
+                final["after"]["metrics"]["greedy_l0/success_rate"] = s + 0.2
+                (run / "final.json").write_text(json.dumps(final))
+    report.write_report(str(tmp_path))
+    table = (exp / "table.md").read_text()
+    col = {h: i for i, h in enumerate(_header(table))}
+    assert _row(table, "wmact")[col["success, starting cap (%)"]] == "75.0 ± 7.1 (n=2)"  # 70, 80
+    assert _row(table, "interactive")[col["success, starting cap (%)"]] == "85.0 ± 5.0"  # = its greedy
+    assert _row(table, "*warm start (before RL)*")[col["success, starting cap (%)"]] == "25.0 ± 0.0"
+    assert "**success, starting cap**" in table
+    # Without any greedy_l0 the column stays out, fixed-cap runs or not.
+    for run in (exp / "wmact").iterdir():
+        final = json.loads((run / "final.json").read_text())
+        final["after"]["metrics"].pop("greedy_l0/success_rate", None)
+        (run / "final.json").write_text(json.dumps(final))
+    report.write_report(str(tmp_path))
+    assert "success, starting cap (%)" not in _header((exp / "table.md").read_text())

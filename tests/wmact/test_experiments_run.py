@@ -34,12 +34,14 @@ def test_suite_writes_runs_tables_and_plots(results):
         assert final["after"]["step"] == 1 and 0.0 <= after["greedy/success_rate"] <= 1.0
         assert "transfer/Maze-9x9/success_rate" in after  # transfer evaluation ran on the larger maze
         assert ("single_turn/success_rate" in after) == (m != "entire_plan")
+        assert ("greedy_l0/success_rate" in after) == (m == "wmact")  # where the cap anneals
     cfg = json.load(open(os.path.join(exp, "entire_plan", "seed0", "config.json")))
     # entire_plan: one turn carrying the whole plan, whatever the preset's per-turn budget.
     assert cfg["rollout"]["max_actions_per_turn"] == cfg["rollout"]["max_actions"]
     assert cfg["anneal"]["l0"] == 1 and cfg["warmstart"]["path"].endswith("warmstart")
     table = open(os.path.join(exp, "table.md")).read()
     assert "| wmact |" in table and "| entire_plan |" in table and "Maze-9x9" in table
+    assert "success, starting cap (%)" in table
     assert open(os.path.join(exp, "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     lines = open(os.path.join(results, "results.jsonl")).read().splitlines()
     assert len(lines) == 2
@@ -78,7 +80,13 @@ def test_runs_of_other_settings_do_not_join_a_results_folder(results, capsys):
     assert "anneal.rounding" in err and "'round' now" in err and "another --out" in err
     assert sorted(os.listdir(exp)) == before  # nothing ran, nothing was written
     # A value equal in JSON (a tuple written as a list) is the same setting.
-    assert runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", runner.parse_sets(TINY[1::2]))) is None
+    sets = runner.parse_sets(TINY[1::2])
+    assert runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", sets)) is None
+    # What is evaluated is not how the runs train: seeds evaluated in more (or fewer) modes may join.
+    more = {**sets, "train.eval_modes": ("greedy", "greedy_l0"), "train.transcripts": 0}
+    assert runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", more)) is None
+    why = runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", {**more, "ppo.lr": 3e-4}))
+    assert "ppo.lr" in why and "eval_modes" not in why
 
 
 def test_warm_start_that_does_not_fit_the_model_is_a_clear_error(results):
@@ -193,13 +201,14 @@ def test_an_answer_has_room_for_the_actions_an_override_allows():
 def _differences(config, recorded: dict) -> dict:
     """{field: (this config's value, the recorded one)} where they differ (as JSON). A field newer than the
     record, at the base config's default, is no difference (a saved config is read back with the defaults
-    of the fields it lacks: config_check.config_from_saved)."""
+    of the fields it lacks: config_check.config_from_saved). What is evaluated (run.EVALUATION_ONLY:
+    greedy_l0 was added since) is not the recipe, and is left out."""
     from configs.base import get_config
     from wmact_jax.config_check import ABSENT, differences, flatten
 
     default = flatten(json.loads(get_config().to_json()))
     return {k: (a, b) for k, a, b in differences(json.loads(config.to_json()), recorded)
-            if not (b == ABSENT and k in default and a == default[k])}
+            if not (b == ABSENT and k in default and a == default[k]) and k not in runner.EVALUATION_ONLY}
 
 
 def test_taxi_suite_is_the_published_two_command_recipe():

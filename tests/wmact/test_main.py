@@ -247,3 +247,27 @@ def test_eval_modes_and_transfer_follow_the_config(tmp_path):
     out = main_mod.run(c, str(tmp_path / "run"), trainer_cls=FakeTrainer, progress=False)
     assert out["before"]["metrics"] == {}
     assert {k.split("/")[0] for k in out["after"]["metrics"]} == {"greedy"}
+
+
+def test_the_starting_cap_is_evaluated_where_the_cap_moves():
+    """greedy_l0 (greedy at L_0, the budget every method starts from) runs for the annealed methods and
+    is skipped where the cap never moves: there it would replay `greedy` on the same levels."""
+    from wmact_jax.config_check import prepare_config
+
+    class Evaluates:
+        def evaluate(self, state, num_levels=None, greedy=True, single_turn=False, initial_cap=False,
+                     transcripts=0):
+            raise AssertionError("not called")
+
+    modes = {}
+    for method in ("interactive", "rescale", "step_penalty", "entire_plan", "anneal", "wmact"):
+        c = small_config()
+        c.method = method
+        modes[method] = [m for m, _ in main_mod._eval_modes(Evaluates(), prepare_config(c))]
+    assert modes["wmact"] == modes["anneal"] == ["greedy", "sampled", "single_turn", "greedy_l0"]
+    assert modes["interactive"] == modes["rescale"] == modes["step_penalty"] == ["greedy", "sampled", "single_turn"]
+    assert modes["entire_plan"] == ["greedy", "sampled"]
+    # A run that anneals on another schedule still has a cap that moves.
+    c = small_config()
+    c.method, c.anneal.kind = "interactive", "linear"
+    assert "greedy_l0" in [m for m, _ in main_mod._eval_modes(Evaluates(), prepare_config(c, {"anneal.kind"}))]

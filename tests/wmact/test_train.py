@@ -281,6 +281,22 @@ def test_resume_continues_identically(trainer, tmp_path):
                                   np.asarray(jax.random.key_data(restored.key) if jnp.issubdtype(restored.key.dtype, jax.dtypes.prng_key) else restored.key))
 
 
+def test_evaluating_more_modes_leaves_training_unchanged(trainer):
+    """experiments/run.py lets seeds evaluated in other modes join a results folder (EVALUATION_ONLY):
+    an evaluation, of any mode, between iterations changes nothing the training computes."""
+    plain = trainer.init_state(jax.random.PRNGKey(2))
+    plain, _ = trainer.iteration(plain)
+    plain, m_plain = trainer.iteration(plain)
+    evaluated = trainer.init_state(jax.random.PRNGKey(2))
+    for _ in range(2):
+        for kwargs in (dict(greedy=True), dict(greedy=False), dict(single_turn=True), dict(initial_cap=True)):
+            trainer.evaluate(evaluated, **kwargs)
+        evaluated, m_evaluated = trainer.iteration(evaluated)
+    for a, b in zip(_leaves(plain), _leaves(evaluated)):
+        np.testing.assert_array_equal(a, b)
+    assert jax.device_get(m_plain) == jax.device_get(m_evaluated)
+
+
 _MESH_SCRIPT = TINY + textwrap.dedent("""
     import json, sys
     import jax, numpy as np

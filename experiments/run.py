@@ -113,15 +113,27 @@ def _as_json(x):
 EVALUATION_ONLY = ("train.eval_modes", "train.transcripts")
 
 
+def _recorded(exp_dir: str) -> dict | None:
+    prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
+    old = prev.get("config_overrides") if isinstance(prev, dict) else None
+    return old if isinstance(old, dict) else None
+
+
+def evaluation_changes(exp_dir: str, overrides: dict) -> list[str]:
+    """The EVALUATION_ONLY settings in which `overrides` differ from the runs already in `exp_dir`."""
+    old = _recorded(exp_dir)
+    return [] if old is None else [f"{k}: {a!r} there, {b!r} now" for k, a, b in
+                                   config_check.differences(old, overrides) if k in EVALUATION_ONLY]
+
+
 def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
     """Why runs made with `overrides` may not join the runs already in `exp_dir` (None if they may).
 
     A results folder's table pools the seeds of each method and records one set of settings; runs of
     another setting added to it would be averaged in under the wrong record. Settings of the evaluation
     alone (`EVALUATION_ONLY`) may differ."""
-    prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
-    old = prev.get("config_overrides") if isinstance(prev, dict) else None
-    if not isinstance(old, dict) or old == overrides:
+    old = _recorded(exp_dir)
+    if old is None or old == overrides:
         return None
     diff = [f"{k}: {a!r} there, {b!r} now" for k, a, b in config_check.differences(old, overrides)
             if k not in EVALUATION_ONLY]
@@ -279,6 +291,10 @@ def main(argv=None) -> int:
         if why := settings_conflict(os.path.join(out, exp), recorded_overrides(exp, args.suite, sets)):
             print(f"error: {exp}: {why}", file=sys.stderr)
             return 2
+        if changed := evaluation_changes(os.path.join(out, exp), recorded_overrides(exp, args.suite, sets)):
+            print(f"note: {exp}: these runs are evaluated otherwise than the folder's earlier ones "
+                  f"({'; '.join(changed)}); the table counts each column over the seeds that have it, "
+                  "and each run's config.json records its own", flush=True)
     for m in methods:
         if dropped := sorted(set(sets) - set(method_sets(sets, m))):
             print(f"note: --set {', '.join(dropped)} not applied to {m} (it defines the method)", flush=True)

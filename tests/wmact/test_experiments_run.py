@@ -85,6 +85,9 @@ def test_runs_of_other_settings_do_not_join_a_results_folder(results, capsys):
     # What is evaluated is not how the runs train: seeds evaluated in more (or fewer) modes may join.
     more = {**sets, "train.eval_modes": ("greedy", "greedy_l0"), "train.transcripts": 0}
     assert runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", more)) is None
+    changed = runner.evaluation_changes(exp, runner.recorded_overrides("maze5", "quick", more))
+    assert [c.split(":")[0] for c in changed] == ["train.eval_modes", "train.transcripts"]
+    assert runner.evaluation_changes(exp, runner.recorded_overrides("maze5", "quick", sets)) == []
     why = runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", {**more, "ppo.lr": 3e-4}))
     assert "ppo.lr" in why and "eval_modes" not in why
 

@@ -107,9 +107,12 @@ SMOLLM2_SHAPES = ((8, 1024, 0, 0), (8, 1024, 1, 0), (8, 1024, 1, 256), (8, 1024,
                   (32, 4096, 3, 256, 8192), (32, 4096, 3, 256, 2048))
 
 
-# Forward only (the KL reference's log-probs, ppo.recompute_old's): the whole batch at once, as before
-# 2026-12-06, against a minibatch (what Trainer._by_minibatch now runs at a time). remat = -1 marks them.
-SMOLLM2_FORWARDS = ((256, 4096, -1, 256), (32, 4096, -1, 256))
+# Forward only (the KL reference's log-probs, ppo.recompute_old's, the separate critic's values): the whole
+# batch at once, as before 2026-12-06, against a minibatch (what Trainer._by_minibatch now runs at a time).
+# remat = -1 marks them with the plain attention, -2 with model.flash_attention (which
+# Trainer.forward_options(grad=False) passes on since 2026-12-06).
+SMOLLM2_FORWARDS = ((256, 4096, -1, 256), (32, 4096, -1, 256), (256, 4096, -2, 256), (32, 4096, -2, 256))
+FORWARD_MODES = {-1: "fwd", -2: "fwd+f"}
 
 
 def child_smollm2(rows: int, width: int, remat: int, chunk: int, mlp_chunk: int = 0) -> dict:
@@ -130,10 +133,12 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int, mlp_chunk: int 
     t0 = time.perf_counter()
     if remat < 0:
         from wmact_jax import ppo
+        from wmact_jax.models import ForwardOptions
         from wmact_jax.models.llama import apply
 
         fn = jax.jit(lambda p, tk, mk: ppo.token_logprobs_and_values(
-            apply(graphdef, p, tk, options=forward_options(0, chunk)).logits, jnp.zeros(tk.shape), tk)[0])
+            apply(graphdef, p, tk, options=ForwardOptions(logits_chunk=chunk, flash_attention=remat == -2)).logits,
+            jnp.zeros(tk.shape), tk)[0])  # Trainer.forward_options(grad=False)
     else:
         fn = jax.jit(jax.grad(lambda p, tk, mk: loss_fn(p, tk, mk)[0]))
     mem = fn.lower(params, tokens, marks).compile().memory_analysis()
@@ -143,7 +148,7 @@ def child_smollm2(rows: int, width: int, remat: int, chunk: int, mlp_chunk: int 
 
 def smollm2_table() -> None:
     print(f"# SmolLM2-135M shape {SMOLLM2}, loss + gradient compiled only (no optimizer; weights abstract); "
-          "XLA:CPU's plan, an accelerator's differs in detail; remat 'fwd' = a forward's token log-probs only")
+          "XLA:CPU's plan, an accelerator's differs in detail; remat 'fwd' = a forward's token log-probs only, 'fwd+f' with flash_attention")
     print(f"{'rows':>4} {'width':>5} {'remat':>5} {'logits_chunk':>12} {'mlp_chunk':>9} | {'XLA temp GB':>11} "
           f"{'args GB':>7} {'compile s':>9}")
     for rows, width, remat, chunk, mlp in ((*s, 0)[:5] for s in SMOLLM2_SHAPES + SMOLLM2_FORWARDS):
@@ -153,7 +158,7 @@ def smollm2_table() -> None:
         if out.returncode or not line:
             raise SystemExit(f"SmolLM2 child {rows}x{width} remat={remat} failed:\n{out.stderr[-2000:]}")
         r = json.loads(line[0][7:])
-        mode = {-1: "fwd", **LEVELS}[remat]
+        mode = {**FORWARD_MODES, **LEVELS}[remat]
         print(f"{rows:>4} {width:>5} {mode:>5} {chunk or '-':>12} {mlp or '-':>9} | {r['temp_gb']:>11.1f} "
               f"{r['args_gb']:>7.2f} {r['compile_s']:>9.1f}", flush=True)
 

@@ -204,8 +204,15 @@ def test_remat_and_logits_chunk_reach_the_update():
     assert regions(program(True, 0)[1]) >= 2  # the policy's and the separate critic's forwards
     assert regions(program(False, 0, True)[1]) >= 2  # their attention's query blocks
     assert regions(program(False, 0, mlp_chunk=8)[1]) >= 2  # their MLPs' token chunks
-    flash = program(False, 0, False, True)[1]
+    flash_t, flash = program(False, 0, False, True)
     assert "name=_backward" in flash and "name=_backward" not in plain  # flash_attention's own backward pass
+    # Forwards no gradient goes through (here the separate critic's values) use it too: they would
+    # otherwise hold every layer's whole score matrix. Nothing that only adds work there.
+    fwd = flash_t.forward_options(grad=False)
+    assert fwd.flash_attention and not (fwd.remat or fwd.remat_attention or fwd.mlp_chunk)
+    assert flash_t.config.model.critic == "separate" and not flash_t.config.ppo.recompute_old
+    # A custom_vjp call left as such (name=_flash) is one no gradient differentiated: the critic's forward.
+    assert "name=_flash" in flash and "name=_flash" not in plain
     chunked = program(False, 8)[1]
     assert regions(chunked) >= 1  # each chunk's logits recomputed in the backward pass
     S, V = t.config.rollout.context_len, t.model_config.vocab_size

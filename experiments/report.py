@@ -305,8 +305,9 @@ def aggregate(exp_dir: str) -> dict:
                     transfer.append(parts[1])
     cols = _columns(transfer)
     # Where a cap never moves, success at the starting cap is greedy success itself (the runner skips
-    # that evaluation as a repeat); before RL every cap is the starting one. Filled in only when some
-    # run evaluated greedy_l0, so older tables keep their columns.
+    # that evaluation as a repeat); before RL every cap is the starting one. Filled in for the table only
+    # (the runs, and results.jsonl, keep what was evaluated), and only when some run evaluated greedy_l0,
+    # so older tables keep their columns.
     has_l0 = any(L0_KEY in (r[part] or {}) for m in methods for r in runs[m] for part in ("after", "before"))
 
     def with_l0(metrics: dict, same: bool) -> dict:
@@ -314,17 +315,12 @@ def aggregate(exp_dir: str) -> dict:
             return {**metrics, L0_KEY: metrics["greedy/success_rate"]}
         return metrics
 
-    for m in methods:
-        for r in runs[m]:
-            r["before"] = with_l0(r["before"], True)
-            if r["after"] is not None:
-                r["after"] = with_l0(r["after"], bool(r["fixed_cap"]))
-
     rows = {}
     for method in methods:
         done = [r for r in runs[method] if r["complete"] and r["after"] is not None]
         rows[method] = {
-            "cells": _cells([r["after"] for r in done], cols, method in SINGLE_TURN_METHODS),
+            "cells": _cells([with_l0(r["after"], bool(r["fixed_cap"])) for r in done], cols,
+                            method in SINGLE_TURN_METHODS),
             "n": len(done),
             "planned": len(planned_seeds) if planned_seeds is not None else None,
             "incomplete": [r for r in runs[method] if not r["complete"]],
@@ -332,8 +328,8 @@ def aggregate(exp_dir: str) -> dict:
     # The shared warm start, evaluated before RL in each prompt format: entire_plan's one-turn prompt
     # and the interactive methods' multi-turn prompt give different numbers for the same policy.
     def befores(single: bool) -> list[dict]:
-        return [r["before"] for m in methods if (m in SINGLE_TURN_METHODS) == single for r in runs[m]
-                if any(_num(v) is not None for v in r["before"].values())]
+        return [with_l0(r["before"], True) for m in methods if (m in SINGLE_TURN_METHODS) == single
+                for r in runs[m] if any(_num(v) is not None for v in r["before"].values())]
 
     multi, one = befores(False), befores(True)
     warm = {"cells": _cells(multi, cols), "n": len(multi),

@@ -276,6 +276,9 @@ def test_success_at_the_starting_cap_puts_every_method_on_one_budget(tmp_path):
     assert _row(table, "interactive")[col["success, starting cap (%)"]] == "85.0 ± 5.0"  # = its greedy
     assert _row(table, "*warm start (before RL)*")[col["success, starting cap (%)"]] == "25.0 ± 0.0"
     assert "**success, starting cap**" in table
+    # results.jsonl keeps what was evaluated: no greedy_l0 where none ran.
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {(r["method"], r["seed"]) for r in rows if "greedy_l0/success_rate" in r} == {("wmact", 0), ("wmact", 1)}
     # Without any greedy_l0 the column stays out, fixed-cap runs or not.
     for run in (exp / "wmact").iterdir():
         final = json.loads((run / "final.json").read_text())

@@ -113,17 +113,20 @@ def _as_json(x):
 EVALUATION_ONLY = ("train.eval_modes", "train.transcripts")
 
 
-def _recorded(exp_dir: str) -> dict | None:
+def _changes(exp_dir: str, overrides: dict, evaluation: bool) -> list[str]:
+    """How `overrides` differ from the settings recorded for the runs already in `exp_dir`, one line per
+    field: the EVALUATION_ONLY fields (evaluation=True) or every other one."""
     prev = report.read_json(os.path.join(exp_dir, "experiment.json"))
     old = prev.get("config_overrides") if isinstance(prev, dict) else None
-    return old if isinstance(old, dict) else None
+    if not isinstance(old, dict) or old == overrides:
+        return []
+    return [f"{k}: {a!r} there, {b!r} now" for k, a, b in config_check.differences(old, overrides)
+            if (k in EVALUATION_ONLY) == evaluation]
 
 
 def evaluation_changes(exp_dir: str, overrides: dict) -> list[str]:
     """The EVALUATION_ONLY settings in which `overrides` differ from the runs already in `exp_dir`."""
-    old = _recorded(exp_dir)
-    return [] if old is None else [f"{k}: {a!r} there, {b!r} now" for k, a, b in
-                                   config_check.differences(old, overrides) if k in EVALUATION_ONLY]
+    return _changes(exp_dir, overrides, evaluation=True)
 
 
 def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
@@ -132,11 +135,7 @@ def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
     A results folder's table pools the seeds of each method and records one set of settings; runs of
     another setting added to it would be averaged in under the wrong record. Settings of the evaluation
     alone (`EVALUATION_ONLY`) may differ."""
-    old = _recorded(exp_dir)
-    if old is None or old == overrides:
-        return None
-    diff = [f"{k}: {a!r} there, {b!r} now" for k, a, b in config_check.differences(old, overrides)
-            if k not in EVALUATION_ONLY]
+    diff = _changes(exp_dir, overrides, evaluation=False)
     if not diff:
         return None
     return (f"{exp_dir} holds runs made with other settings ({'; '.join(diff)}); "
@@ -288,10 +287,11 @@ def main(argv=None) -> int:
                 print(f"error: {exp}/warm start stage {stage + 1}: {e}", file=sys.stderr)
                 return 2
     for exp in exps:
-        if why := settings_conflict(os.path.join(out, exp), recorded_overrides(exp, args.suite, sets)):
+        overrides = recorded_overrides(exp, args.suite, sets)
+        if why := settings_conflict(os.path.join(out, exp), overrides):
             print(f"error: {exp}: {why}", file=sys.stderr)
             return 2
-        if changed := evaluation_changes(os.path.join(out, exp), recorded_overrides(exp, args.suite, sets)):
+        if changed := evaluation_changes(os.path.join(out, exp), overrides):
             print(f"note: {exp}: these runs are evaluated otherwise than the folder's earlier ones "
                   f"({'; '.join(changed)}); the table counts each column over the seeds that have it, "
                   "and each run's config.json records its own", flush=True)

@@ -1,28 +1,42 @@
-"""Settings for the whole test session.
+"""Settings for the whole test session: XLA compiles fast, and compiles each program once.
 
-A persistent XLA compilation cache, one folder per pytest process (each xdist worker has its own: JAX
-writes cache entries without a lock, so two writers could hand a reader half a file), removed at the end.
-Many tests build a Trainer on the same tiny config, and `run_warmstart` jits its training chunk anew on
-every call: each such Trainer or call traces again and, without the cache, XLA:CPU compiles the same
-program again, which is most of those tests' time. A hit returns the program compiled before, so what a
-test checks is unchanged (the in-memory `_cache_size()` counts and `chex.assert_max_traces` still see
-every trace).
+Most of the suite's time is XLA:CPU compiling small programs that then run for a fraction of a second
+(many tests build a Trainer on the same tiny config; `run_warmstart` jits its training chunk anew on every
+call). Two settings, made here before JAX reads its configuration and inherited by the xdist workers and
+by the tests' own subprocesses (`tests/wmact/subprocess_env.py`):
+
+- `--xla_backend_optimization_level=0`: LLVM's code generation without its optimisation passes. The tiny
+  Trainer's iteration compiles in ~14 s instead of ~21 s and then runs in 0.6 s instead of 0.4 s
+  (one compile on 2 cores). It changes how fast the machine code is, not what it computes (no fast-math
+  either way); `make run`, the benchmarks and users keep XLA's default.
+- One persistent compilation cache for the session, shared by both xdist workers and the subprocesses:
+  a program compiled once (by any of them) is read back by the next Trainer or call that traces it again.
+  A size limit turns on JAX's file lock around every read and write of the cache (without one, JAX
+  writes entries without a lock, and a reader could get half a file). What a test checks is unchanged:
+  the in-memory `_cache_size()` counts and `chex.assert_max_traces` still see every trace. The session
+  that created the folder removes it at the end.
 """
+import os
 import shutil
 import tempfile
 
-import jax
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+_CACHE_ENV = "WMACT_TEST_XLA_CACHE"  # set by the session that created the cache (the xdist controller)
 
-_CACHE_DIR = None
+if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
+_OWN_CACHE = _CACHE_ENV not in os.environ
+if _OWN_CACHE:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="wmact-jax-test-xla-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_ENV]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)  # a limit (never reached) = the file lock
 
+import jax  # noqa: E402  (after the settings above: JAX reads them when its configuration is defined)
 
-def pytest_configure(config):
-    global _CACHE_DIR
-    _CACHE_DIR = tempfile.mkdtemp(prefix="wmact-jax-test-xla-cache-")
-    jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+assert jax.config.jax_compilation_cache_dir == os.environ[_CACHE_ENV], "conftest ran after JAX read its settings"
 
 
 def pytest_unconfigure(config):
-    if _CACHE_DIR:
-        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)

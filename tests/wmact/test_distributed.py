@@ -13,6 +13,8 @@ import pytest
 from configs import base
 from wmact_jax import distributed
 
+from .subprocess_env import subprocess_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GLOO_UNAVAILABLE = 77
 
@@ -84,9 +86,8 @@ def test_two_processes_agree(tmp_path):
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
-        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        env = subprocess_env(shared_cache=False, JAX_PLATFORMS="cpu",  # one CPU device per process
+                             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=str(tmp_path),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = wait_all(procs, t0, 55.0, "distributed workers")

@@ -19,6 +19,8 @@ sys.path.insert(0, ROOT)
 from configs.base import get_config  # noqa: E402
 from wmact_jax.train import Trainer  # noqa: E402
 
+from .subprocess_env import subprocess_env  # noqa: E402
+
 TINY = textwrap.dedent("""
     def tiny_config():
         from configs.base import get_config
@@ -320,27 +322,34 @@ _MESH_SCRIPT = TINY + textwrap.dedent("""
 """)
 
 
-def _start(devices, mesh):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-c", _MESH_SCRIPT.format(mesh=mesh)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+def one_device_reference(trainer=None, evaluate=False) -> dict:
+    """What _MESH_SCRIPT prints, computed in this process (one CPU device) on the tiny config's first
+    iteration from PRNGKey(0); with evaluate, also the evaluation after it. test_distributed_trainer.py
+    compares its two processes with it."""
+    trainer = trainer or Trainer(tiny_config(), "")
+    assert jax.device_count() == 1, jax.devices()
+    st, m = trainer.iteration(trainer.init_state(jax.random.PRNGKey(0)))
+    out = dict(devices=jax.device_count(), sums=[float(x.astype(np.float64).sum()) for x in _leaves(st)],
+               success=float(m["success_rate"]), gen=float(m["generated_tokens"]), loss=float(m["ppo/loss"]))
+    if evaluate:
+        out["eval"] = trainer.evaluate(st)[0]
+    return out
 
 
-def _result(proc):
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-4000:]
-    line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
-
-
-def test_eight_device_mesh_matches_one_device():
-    procs = _start(1, (-1, 1, 1)), _start(8, (2, 2, 2))  # side by side: their compiles overlap
+def test_eight_device_mesh_matches_one_device(trainer):
+    """The iteration on a (data 2, fsdp 2, tp 2) mesh of eight simulated devices (a subprocess: the device
+    count is fixed when JAX starts) against one device (this process, while the subprocess compiles)."""
+    proc = subprocess.Popen([sys.executable, "-c", _MESH_SCRIPT.format(mesh=(2, 2, 2))], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env(devices=8, PYTHONPATH=ROOT),
+                            cwd=ROOT)
     try:
-        one, eight = (_result(p) for p in procs)
+        one = one_device_reference(trainer)
+        out, err = proc.communicate(timeout=900)
     finally:
-        for p in procs:
-            if p.poll() is None:  # the other one failed: do not leave this one running
-                p.kill()
+        if proc.poll() is None:  # the reference failed: do not leave the subprocess running
+            proc.kill()
+    assert proc.returncode == 0, err[-4000:]
+    eight = json.loads([line for line in out.splitlines() if line.startswith("RESULT ")][-1][len("RESULT "):])
     assert one["devices"] == 1 and eight["devices"] == 8
     assert one["gen"] == eight["gen"]  # the same tokens were sampled
     assert one["success"] == eight["success"]

@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/train_iteration.py
 	$(PY) benchmarks/train_memory.py
 	$(PY) benchmarks/profile_update.py
+	$(PY) benchmarks/compile_time.py
 
 demo: install
 	$(PY) -m envs_jax.demo

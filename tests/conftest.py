@@ -6,9 +6,10 @@ call). Two settings, made here before JAX reads its configuration and inherited 
 by the tests' own subprocesses (`tests/wmact/subprocess_env.py`):
 
 - `--xla_backend_optimization_level=0`: LLVM's code generation without its optimisation passes. The tiny
-  Trainer's iteration compiles in ~14 s instead of ~21 s and then runs in 0.6 s instead of 0.4 s
-  (one compile on 2 cores). It changes how fast the machine code is, not what it computes (no fast-math
-  either way); `make run`, the benchmarks and users keep XLA's default.
+  Trainer's iteration compiles in about half the time and runs about twice as slowly
+  (`benchmarks/compile_time.py`), a good trade where a program runs a few times. It changes how fast the
+  machine code is, not what it computes (no fast-math either way); `make run`, the benchmarks and users
+  keep XLA's default.
 - One persistent compilation cache for the session, shared by both xdist workers and the subprocesses:
   a program compiled once (by any of them) is read back by the next Trainer or call that traces it again.
   A size limit turns on JAX's file lock around every read and write of the cache (without one, JAX

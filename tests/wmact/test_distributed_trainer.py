@@ -19,7 +19,7 @@ import pytest
 
 from .test_distributed import GLOO_UNAVAILABLE, _free_port, wait_all
 from .subprocess_env import subprocess_env
-from .test_train import TINY, one_device_reference
+from .test_train import TINY, first_iteration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 900.0  # seconds for all workers together (compiling dominates; ~1-2 min on a quiet machine)
@@ -80,7 +80,7 @@ def test_trainer_two_processes_agree_with_one_process(tmp_path):
                               cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
-        one = one_device_reference(evaluate=True)
+        one = first_iteration(evaluate=True)
     except BaseException:
         for p in procs:
             p.kill()

@@ -306,34 +306,27 @@ def test_evaluating_more_modes_leaves_training_unchanged(trainer):
     assert jax.device_get(m_plain) == jax.device_get(m_evaluated)
 
 
-_MESH_SCRIPT = TINY + textwrap.dedent("""
-    import json, sys
-    import jax, numpy as np
-    from wmact_jax.train import Trainer
-    c = tiny_config()
-    c.mesh.data, c.mesh.fsdp, c.mesh.tp = {mesh}
-    tr = Trainer(c, "")
-    st = tr.init_state(jax.random.PRNGKey(0))
-    st, m = tr.iteration(st)
-    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(st.ppo.params))]
-    out = dict(devices=jax.device_count(), sums=[float(x.sum()) for x in leaves],
-               success=float(m["success_rate"]), gen=float(m["generated_tokens"]), loss=float(m["ppo/loss"]))
-    print("RESULT " + json.dumps(out))
-""")
-
-
-def one_device_reference(trainer=None, evaluate=False) -> dict:
-    """What _MESH_SCRIPT prints, computed in this process (one CPU device) on the tiny config's first
-    iteration from PRNGKey(0); with evaluate, also the evaluation after it. test_distributed_trainer.py
-    compares its two processes with it."""
+def first_iteration(trainer=None, evaluate=False) -> dict:
+    """The tiny config's first iteration from PRNGKey(0), summarised: devices, parameter sums, success,
+    generated tokens, loss; with evaluate, the evaluation after it. One device when run here;
+    _MESH_SCRIPT runs it on a mesh of simulated devices, test_distributed_trainer.py compares with it."""
     trainer = trainer or Trainer(tiny_config(), "")
-    assert jax.device_count() == 1, jax.devices()
     st, m = trainer.iteration(trainer.init_state(jax.random.PRNGKey(0)))
     out = dict(devices=jax.device_count(), sums=[float(x.astype(np.float64).sum()) for x in _leaves(st)],
                success=float(m["success_rate"]), gen=float(m["generated_tokens"]), loss=float(m["ppo/loss"]))
     if evaluate:
         out["eval"] = trainer.evaluate(st)[0]
     return out
+
+
+_MESH_SCRIPT = textwrap.dedent("""
+    import json
+    from tests.wmact.test_train import first_iteration, tiny_config
+    from wmact_jax.train import Trainer
+    c = tiny_config()
+    c.mesh.data, c.mesh.fsdp, c.mesh.tp = {mesh}
+    print("RESULT " + json.dumps(first_iteration(Trainer(c, ""))))
+""")
 
 
 def test_eight_device_mesh_matches_one_device(trainer):
@@ -343,7 +336,7 @@ def test_eight_device_mesh_matches_one_device(trainer):
                             stderr=subprocess.PIPE, text=True, env=subprocess_env(devices=8, PYTHONPATH=ROOT),
                             cwd=ROOT)
     try:
-        one = one_device_reference(trainer)
+        one = first_iteration(trainer)
         out, err = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:  # the reference failed: do not leave the subprocess running

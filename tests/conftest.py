@@ -19,7 +19,11 @@ by the tests' own subprocesses (`tests/wmact/subprocess_env.py`):
 """
 import os
 import shutil
+import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for `tests.`
+from tests.wmact.subprocess_env import compile_cache_env  # noqa: E402  (imports only os, not JAX)
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 _CACHE_ENV = "WMACT_TEST_XLA_CACHE"  # set by the session that created the cache (the xdist controller)
@@ -29,9 +33,7 @@ if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
 _OWN_CACHE = _CACHE_ENV not in os.environ
 if _OWN_CACHE:
     os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="wmact-jax-test-xla-cache-")
-os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_ENV]
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)  # a limit (never reached) = the file lock
+os.environ.update(compile_cache_env(os.environ[_CACHE_ENV]))
 
 import jax  # noqa: E402  (after the settings above: JAX reads them when its configuration is defined)
 

@@ -5,6 +5,14 @@ import os
 _DEVICES = "--xla_force_host_platform_device_count"
 
 
+def compile_cache_env(folder: str) -> dict[str, str]:
+    """The settings that open the session's persistent compilation cache at `folder` (tests/conftest.py):
+    programs that took at least 0.5 s to compile are kept, and the size limit (never reached) is what
+    turns on JAX's file lock around each read and write of the cache."""
+    return {"JAX_COMPILATION_CACHE_DIR": folder, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+            "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30)}
+
+
 def subprocess_env(devices: int | None = None, shared_cache: bool = True, **extra) -> dict:
     """os.environ for a subprocess with `devices` simulated CPU devices (None: one, whatever the caller's
     XLA_FLAGS said). shared_cache=False leaves the session's compilation cache out: the processes of one
@@ -16,7 +24,6 @@ def subprocess_env(devices: int | None = None, shared_cache: bool = True, **extr
         flags.append(f"{_DEVICES}={devices}")
     env["XLA_FLAGS"] = " ".join(flags)
     if not shared_cache:
-        for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                  "JAX_COMPILATION_CACHE_MAX_SIZE"):
+        for k in compile_cache_env(""):
             env.pop(k, None)
     return env

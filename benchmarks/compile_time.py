@@ -57,7 +57,10 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(child()))
         return
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    sys.path.insert(0, ROOT)
+    from tests.wmact.subprocess_env import compile_cache_env  # the test session's cache settings, left out
+
+    env = {k: v for k, v in os.environ.items() if k not in compile_cache_env("")}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     results = {name: [] for name in SETTINGS}
     for _ in range(args.reps):

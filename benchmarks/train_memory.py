@@ -206,7 +206,7 @@ def child_iteration(level: int, iters: int) -> dict:
     trainer, state = taxi_trainer(level)
     c = trainer.config
     t0 = time.perf_counter()
-    switches = trainer._committed(jax.tree.map(jax.numpy.asarray, trainer.switches))
+    switches = trainer.device_switches()
     compiled = trainer._iteration_jit.lower(trainer._committed(state), switches).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()

@@ -324,11 +324,15 @@ class Trainer:
         return int(anneal_lib.current_cap(self.anneal_cfg, state.anneal))
 
     # ------------------------------------------------------------------ one iteration (jitted)
-    def iteration(self, state: TrainState):
-        """One training iteration, jitted (the state's buffers are donated) -> (new state, metrics)."""
+    def device_switches(self):
+        """`self.switches` as the committed device scalars the jitted iteration takes (made once per method)."""
         if self._switches_on_device is None:
             self._switches_on_device = self._committed(jax.tree.map(jnp.asarray, self.switches))
-        return self._iteration_jit(self._committed(state), self._switches_on_device)
+        return self._switches_on_device
+
+    def iteration(self, state: TrainState):
+        """One training iteration, jitted (the state's buffers are donated) -> (new state, metrics)."""
+        return self._iteration_jit(self._committed(state), self.device_switches())
 
     def _iteration(self, state: TrainState, switches):
         """switches: `self.switches` as traced scalars (the method)."""

@@ -142,7 +142,7 @@ def probe_init(steps: int) -> None:
               + f"{time.time() - t0:>9.0f}", flush=True)
 
 
-def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: int) -> None:
+def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: int, init: str = "") -> None:
     from configs import default
     from envs_jax.oracles import optimal_actions
     from wmact_jax import config_check, prompts
@@ -182,9 +182,15 @@ def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: i
     xtr, mtr, xte, mte = pad(xtr), pad(mtr).astype(bool), pad(xte), pad(mte).astype(bool)
     move_pos = jnp.argmax(mte, axis=1) + 3  # <think> </think> <answer> MOVE
     print(f"# first-move probe on {env_name}: {xtr.shape[0]} training / {xte.shape[0]} held-out examples of "
-          f"{width} tokens ({time.time() - t0:.0f} s); batch {batch}, lr {lr}, model {SHAPE}")
+          f"{width} tokens ({time.time() - t0:.0f} s); batch {batch}, lr {lr}, model {SHAPE}"
+          + (f", from the policy of {init}" if init else ", from scratch"))
     gd = tr.graphdef
-    p = tr.init_state(jax.random.key(0)).ppo.params["policy"]
+    params = tr.init_state(jax.random.key(0)).ppo.params
+    if init:  # another puzzle's warm start: does what it learnt about the grid carry over?
+        from wmact_jax.warmstart import load_warmstart
+
+        params, _ = load_warmstart(init, tr, params)
+    p = params["policy"]
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, 50, steps, lr * 0.1)))
     s = opt.init(p)
@@ -240,7 +246,8 @@ def probe_ceiling(experiment: str, suite: str) -> None:
         print(f"turn cap {cap}: {np.mean((lens > 0) & (lens <= cap)) * 100:.1f}% solvable with one action per turn")
 
 
-def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss: float, seed: int) -> None:
+def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss: float, seed: int,
+                  init: str = "") -> None:
     from experiments.run import warmstart_config
     from wmact_jax import config_check
     from wmact_jax.train import Trainer
@@ -248,10 +255,11 @@ def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss
 
     c = warmstart_config(experiment, suite, {}, seed=seed)
     c.warmstart.steps, c.warmstart.curriculum = steps, 0.99  # phase 1 only (the last 1%: the mix)
-    c.warmstart.lr, c.warmstart.state_loss = lr, state_loss
+    c.warmstart.lr, c.warmstart.state_loss, c.warmstart.init = lr, state_loss, init or ""
     tr = Trainer(config_check.prepare_config(c))
     print(f"# {experiment} ({c.env.name}) warm start, one-action phase: {steps} steps, lr {lr}, "
-          f"state_loss {state_loss}, seed {seed}, batch {c.warmstart.batch_size}")
+          f"state_loss {state_loss}, seed {seed}, batch {c.warmstart.batch_size}"
+          + (f", from the policy of {init}" if init else ""))
     t0 = time.perf_counter()
     run_warmstart(tr, tr.init_state(jax.random.key(seed)).ppo.params,
                   log=lambda m: print(m, flush=True) if m.startswith("warm start step") else None)
@@ -430,6 +438,8 @@ def main() -> None:
     ap.add_argument("--suite", default="full")
     ap.add_argument("--state-loss", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default="", help="first-move, plateau: start from the policy of this saved warm "
+                    "start (another puzzle's, e.g.) instead of a fresh model")
     ap.add_argument("--warmstart", help="a saved warm start of configs/default.py (critic, levels)")
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--critics", default="shared,head,separate")
@@ -446,7 +456,7 @@ def main() -> None:
     elif a.probe == "ceiling":
         probe_ceiling(a.experiment, a.suite)
     elif a.probe == "plateau":
-        probe_plateau(a.experiment, a.suite, a.steps, a.lr, a.state_loss, a.seed)
+        probe_plateau(a.experiment, a.suite, a.steps, a.lr, a.state_loss, a.seed, a.init)
     elif a.probe == "critic":
         probe_critic(a.warmstart, a.iterations, a.critics.split(","))
     elif a.probe == "levels":
@@ -456,7 +466,7 @@ def main() -> None:
             ap.error("caps needs --run DIR[,DIR...]")
         probe_caps(a.run.split(","), [int(x) for x in a.caps.split(",")], a.env)
     else:
-        probe_first_move(a.env or "Maze-5x5", a.steps, a.batch, a.lr, a.levels)
+        probe_first_move(a.env or "Maze-5x5", a.steps, a.batch, a.lr, a.levels, a.init)
 
 
 if __name__ == "__main__":

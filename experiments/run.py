@@ -96,9 +96,11 @@ def recorded_overrides(exp: str, suite: str, sets: dict) -> dict:
     """The settings an experiment's runs share beyond the defaults, as experiment.json records them."""
     sample = experiment_config(exp, suite, sets)
     extend = warmstart_stages(suite)[1:]
+    src = warmstart_source(exp, sets)
     return _as_json({**suites.COMMON, **suites.EXPERIMENTS[exp]["overrides"],
                      "rollout.max_turn_tokens": int(sample.rollout.max_turn_tokens),
                      **suites.SUITES[suite]["overrides"], **sets,
+                     **({"warmstart_from": src} if src else {}),
                      **({"warmstart_extend": extend} if extend else {})})
 
 
@@ -158,13 +160,24 @@ def warmstart_folders(exp_dir: str, suite: str) -> list[str]:
 
 def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0, stage: int = 0, init: str = ""):
     """The config of (a stage of) an experiment's shared warm start: its demos include the one-turn
-    whole plans entire_plan starts from. A later stage's overrides win over --set (they define it)."""
+    whole plans entire_plan starts from. A later stage's overrides win over --set (they define it).
+    init: the policy the stage trains from (the previous stage's, or for the first stage the warm start
+    of the experiment's `warmstart_from`)."""
     c = experiment_config(exp, suite, sets, method="interactive", seed=seed)
     c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
     if stage:
         apply(c, warmstart_stages(suite)[stage])
         c.warmstart.init = init
+    elif init:
+        c.warmstart.init = init
     return c
+
+
+def warmstart_source(exp: str, sets: dict) -> str | None:
+    """The experiment whose warm start this one's first stage trains from (`warmstart_from` in
+    suites.EXPERIMENTS), unless --set warmstart.init names a folder of the user's own."""
+    src = suites.EXPERIMENTS[exp].get("warmstart_from")
+    return None if "warmstart.init" in sets else src
 
 
 def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dict, bool]:
@@ -178,6 +191,11 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     # The runs start from the last stage: kept alone (e.g. copied from a results folder), it is used as is.
     last_kept = os.path.exists(os.path.join(folders[-1], METRICS_FILE))
     seconds, reused, prev = 0.0, True, None
+    src = warmstart_source(exp, sets)
+    if src and not last_kept and not os.path.exists(os.path.join(folders[0], METRICS_FILE)):
+        # The first stage trains from another experiment's warm start (trained first if missing; a
+        # suite that also runs that experiment then reuses it): the folder beside this experiment's.
+        prev, _, _ = warm_start(src, suite, sets, os.path.join(os.path.dirname(exp_dir), src))
     for stage, (extra, folder) in enumerate(zip(stages, folders)):
         info_path = os.path.join(folder, METRICS_FILE)
         if os.path.exists(info_path):
@@ -187,10 +205,10 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
             continue
         else:
             reused = False
-            explicit = set(sets) | set(extra) | ({"warmstart.init"} if stage else set())
+            explicit = set(sets) | set(extra) | ({"warmstart.init"} if prev else set())
             c = config_check.prepare_config(warmstart_config(exp, suite, sets, stage=stage, init=prev),
                                             explicit=explicit)
-            what = f"stage {stage + 1}, from {prev}" if stage else "stage 1" if len(stages) > 1 else ""
+            what = ", ".join(([f"stage {stage + 1}"] if len(stages) > 1 else []) + ([f"from {prev}"] if prev else []))
             print(f"[{exp}] warm start on {c.env.name}: {c.warmstart.steps} steps {what}".rstrip(), flush=True)
             trainer = Trainer(c)
             params, metrics = run_warmstart(trainer, initial_params(trainer))

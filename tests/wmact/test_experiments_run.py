@@ -289,3 +289,45 @@ def test_a_staged_warm_start_trains_each_stage_from_the_last(tmp_path, monkeypat
     assert os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json")) == stamp
     assert json.load(open(os.path.join(exp, "experiment.json")))["warmstart_reused"] is True
     assert handed == [("interactive", 0, os.path.join(exp, "warmstart"))] * 3
+
+
+def test_a_warm_start_can_train_from_another_experiments(tmp_path, monkeypatch):
+    """An experiment's `warmstart_from` trains its warm start from that experiment's (trained first, into
+    the folder beside it, when missing; reused when there); `--set warmstart.init` names one of the
+    user's own instead. The runs are left out, as in the staged test above."""
+    from experiments import suites
+
+    monkeypatch.setitem(suites.EXPERIMENTS, "maze5_from", dict(suites.EXPERIMENTS["maze5"], warmstart_from="maze5"))
+    handed = []
+
+    def run_one(exp, suite, sets, method, seed, warm, run_dir, first_seed=True, pool=None):
+        handed.append(warm)
+        return {"after": {"metrics": {}}}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    out = str(tmp_path / "a")
+    argv = ["--suite", "quick", "--experiments", "maze5_from", "--methods", "interactive", "--seeds", "0"] + TINY
+    assert runner.main(["--out", out] + argv) == 0
+    src, own = os.path.join(out, "maze5", "warmstart"), os.path.join(out, "maze5_from", "warmstart")
+    info = lambda folder: json.load(open(os.path.join(folder, "warmstart.json")))["config"]["warmstart"]
+    assert info(src)["init"] == "" and info(own)["init"] == src
+    assert handed == [own]
+    recorded = json.load(open(os.path.join(out, "maze5_from", "experiment.json")))["config_overrides"]
+    assert recorded["warmstart_from"] == "maze5"
+    # A rerun trains neither again.
+    stamps = [os.path.getmtime(os.path.join(f, "warmstart.json")) for f in (src, own)]
+    assert runner.main(["--out", out] + argv) == 0
+    assert [os.path.getmtime(os.path.join(f, "warmstart.json")) for f in (src, own)] == stamps
+    # The experiment's own warm start kept alone (as a results folder keeps it) is used as is.
+    import shutil
+
+    shutil.rmtree(os.path.join(out, "maze5"))
+    assert runner.main(["--out", out] + argv) == 0
+    assert not os.path.exists(os.path.join(out, "maze5")) and handed == [own] * 3
+    # A folder of the user's own: no source experiment is trained, and none is recorded.
+    other = str(tmp_path / "b")
+    assert runner.main(["--out", other, "--set", f"warmstart.init={own}"] + argv) == 0
+    assert not os.path.exists(os.path.join(other, "maze5"))
+    assert info(os.path.join(other, "maze5_from", "warmstart"))["init"] == own
+    recorded = json.load(open(os.path.join(other, "maze5_from", "experiment.json")))["config_overrides"]
+    assert "warmstart_from" not in recorded and recorded["warmstart.init"] == own

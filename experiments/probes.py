@@ -251,7 +251,7 @@ def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss
     from experiments.run import warmstart_config
     from wmact_jax import config_check
     from wmact_jax.train import Trainer
-    from wmact_jax.warmstart import run_warmstart
+    from wmact_jax.warmstart import initial_params, run_warmstart
 
     c = warmstart_config(experiment, suite, {}, seed=seed)
     c.warmstart.steps, c.warmstart.curriculum = steps, 0.99  # phase 1 only (the last 1%: the mix)
@@ -261,7 +261,8 @@ def probe_plateau(experiment: str, suite: str, steps: int, lr: float, state_loss
           f"state_loss {state_loss}, seed {seed}, batch {c.warmstart.batch_size}"
           + (f", from the policy of {init}" if init else ""))
     t0 = time.perf_counter()
-    run_warmstart(tr, tr.init_state(jax.random.key(seed)).ppo.params,
+    # The fresh model seeded by `seed` (warmstart_config's run seed), or the policy of `init`.
+    run_warmstart(tr, initial_params(tr),
                   log=lambda m: print(m, flush=True) if m.startswith("warm start step") else None)
     print(f"# {time.perf_counter() - t0:.0f} s")
 

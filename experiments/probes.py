@@ -149,10 +149,11 @@ def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: i
     from wmact_jax import ppo as ppo_lib
     from wmact_jax.models.llama import apply as model_apply
     from wmact_jax.train import Trainer
+    from wmact_jax.warmstart import initial_params
 
     c = default.get_config()
-    c.env.name = env_name
-    c = config_check.prepare_config(c, explicit=("env.name",))
+    c.env.name, c.warmstart.init = env_name, init
+    c = config_check.prepare_config(c, explicit=("env.name",) + (("warmstart.init",) if init else ()))
     tr = Trainer(c)
     env, ep, tok, conv = tr.env, tr.env_params, tr.tokenizer, tr.conv
     render = jax.jit(env.render_glyphs)
@@ -185,12 +186,8 @@ def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: i
           f"{width} tokens ({time.time() - t0:.0f} s); batch {batch}, lr {lr}, model {SHAPE}"
           + (f", from the policy of {init}" if init else ", from scratch"))
     gd = tr.graphdef
-    params = tr.init_state(jax.random.key(0)).ppo.params
-    if init:  # another puzzle's warm start: does what it learnt about the grid carry over?
-        from wmact_jax.warmstart import load_warmstart
-
-        params, _ = load_warmstart(init, tr, params)
-    p = params["policy"]
+    # The fresh model (seed 0), or another puzzle's warm start: does what it learnt of the grid carry over?
+    p = initial_params(tr)["policy"]
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, 50, steps, lr * 0.1)))
     s = opt.init(p)

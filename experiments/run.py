@@ -167,8 +167,7 @@ def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0, stage: int
     c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
     if stage:
         apply(c, warmstart_stages(suite)[stage])
-        c.warmstart.init = init
-    elif init:
+    if stage or init:  # a first stage without one keeps --set warmstart.init
         c.warmstart.init = init
     return c
 

@@ -50,6 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
     # last hidden state, each chunk recomputed in the backward pass, never the whole [batch, tokens, vocab]
     # (a large vocabulary's: SmolLM2's 49152). 0: all at once (the scratch model's small vocabulary).
     c.model.logits_chunk = 0
+    # The training losses apply the LM head only where they read it: the PPO update at the model's tokens
+    # (at most turns x max_turn_tokens of an episode), the warm start at the answer tokens (and the
+    # feedback's with warmstart.state_loss), not at every position of [batch, tokens, vocab]. The same
+    # numbers up to float round-off; what it saves: benchmarks/train_iteration.py, benchmarks/warmstart_step.py.
+    c.model.trained_logits_only = True
     # The training forwards' causal attention by query blocks in a rematerialised loop: one block's scores
     # [batch x heads, 128, tokens] alive at a time in the backward pass instead of a whole layer's, for up
     # to 2x the attention's FLOPs (every block attends to all keys under its mask).

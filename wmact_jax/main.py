@@ -213,6 +213,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
             t0 = time.time()
             state, metrics = trainer.iteration(state)
             host = to_host(metrics)  # also waits for the device
+            if host.get("max_trained_exceeded", 0.0) > 0:  # before this state is saved: its update read wrong log-probs
+                raise RuntimeError(
+                    f"iteration {it + 1}: an episode has more model tokens than the update's bound max_trained="
+                    f"{getattr(getattr(trainer, 'ppo_cfg', None), 'max_trained', '?')} (turns x "
+                    "rollout.max_turn_tokens), so its log-probs were read wrong: a bug of the rollout's "
+                    "shapes; set model.trained_logits_only=False to train at every position")
             step = it + 1
             seconds = time.time() - t0
             host["perf/iteration_seconds"] = seconds

@@ -67,6 +67,11 @@ class PPOConfig:
     # always S). The update trains on tokens[:, :W] for the smallest W holding every model token:
     # trailing padding is never attended to or trained on, so the result is the same, only cheaper.
     width_buckets: tuple = ()
+    # > 0: a bound on the model tokens of one episode (the rollout's turns x answer tokens). When the
+    # policy's logits come as a LogitsHead, the loss applies the LM head at that many positions per
+    # episode instead of all S (`trained_token_stats`); a minibatch with more is counted in the metric
+    # `max_trained_exceeded` (its log-probs would be wrong: `wmact_jax.main` refuses to go on).
+    max_trained: int = 0
 
     def __post_init__(self):
         if self.advantage not in ("gae", "grpo"):
@@ -75,6 +80,8 @@ class PPOConfig:
             raise ValueError(f"unknown loss_agg {self.loss_agg!r}")
         if self.epochs < 1 or self.minibatches < 1:
             raise ValueError("epochs and minibatches must be >= 1")
+        if self.max_trained < 0:
+            raise ValueError(f"max_trained must be >= 0 (0: every position), got {self.max_trained}")
 
 
 class TrainState(struct.PyTreeNode):
@@ -255,17 +262,25 @@ def compute_advantages(cfg: PPOConfig, batch: Mapping[str, Array]) -> tuple[Arra
 # Per-token quantities and losses
 
 
-def token_logprobs_and_values(logits: Array, values: Array, tokens: Array,
-                              temperature: float = 1.0) -> tuple[Array, Array, Array]:
+def token_logprobs_and_values(logits: Array, values: Array, tokens: Array, temperature: float = 1.0,
+                              mask: Array | None = None, max_trained: int = 0) -> tuple[Array, Array, Array]:
     """Shift raw model outputs to the module's alignment. All outputs ``[M, S]``, position 0 is 0.
 
     ``logits [M, S, V]`` (divided by ``temperature``: the tempered policy) at position t predict
     ``tokens[:, t + 1]``; returned
     ``logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t])``, ``values[:, t] = value_head[:, t - 1]``
     and ``entropy[:, t]`` the entropy of the distribution token t was drawn from.
+    With a LogitsHead, a ``mask [M, S]`` and ``max_trained`` K > 0 (at least the mask's count in every
+    row), the log-probs and entropies are those of the mask's positions only, 0 elsewhere, the LM head
+    computed at K positions per row instead of S (`trained_token_stats`).
     """
-    if isinstance(logits, LogitsHead):  # the logits chunk by chunk, never all at once (model.logits_chunk)
-        lp, ent, _ = chunked_next_token_stats(logits, tokens, temperature)
+    if isinstance(logits, LogitsHead):  # the LM head applied here: where it is read, or chunk by chunk
+        if mask is not None and 0 < max_trained < tokens.shape[1]:
+            lp, ent, _ = trained_token_stats(logits, tokens, mask, max_trained, temperature)
+        elif logits.chunk > 0:
+            lp, ent, _ = chunked_next_token_stats(logits, tokens, temperature)
+        else:  # every position, all at once: the plain path below
+            return token_logprobs_and_values(logits.logits(logits.hidden), values, tokens, temperature)
         v = values[:, :-1].astype(jnp.float32)
         return lp, jnp.concatenate([jnp.zeros((tokens.shape[0], 1), jnp.float32), v], axis=1), ent
     # Every position's distribution, the last one's too (it predicts nothing and is dropped after the
@@ -291,37 +306,74 @@ def token_logprobs_and_values(logits: Array, values: Array, tokens: Array,
     )
 
 
-def chunked_next_token_stats(head: LogitsHead, tokens: Array, temperature: float = 1.0
-                             ) -> tuple[Array, Array, Array]:
-    """`token_logprobs_and_values`' log-probs and entropies, plus whether the argmax was the next token
-    (`hits`), all ``[M, S]`` aligned as there (position 0 is 0), from a LogitsHead: ``head.chunk``
-    positions at a time in a rolled loop, each chunk rematerialised in the backward pass, so neither the
-    forward nor the backward holds more than one chunk's ``[M, chunk, V]`` logits."""
-    h = head.hidden  # [M, S, D]
-    M, S, D = h.shape
-    C = max(1, min(int(head.chunk), S))
-    n = -(-S // C)
-    pad = n * C - S
-    nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [M, S]; last column a placeholder
-    hs = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(M, n, C, D).swapaxes(0, 1)  # [n, M, C, D]
-    ts = jnp.pad(nxt, ((0, 0), (0, pad))).reshape(M, n, C).swapaxes(0, 1)  # [n, M, C]
+def head_stats(head: LogitsHead, h: Array, targets: Array, temperature: float = 1.0
+               ) -> tuple[Array, Array, Array]:
+    """The LM head on states ``h [M, N, D]`` against ``targets [M, N]`` (the token each state predicts):
+    log-probs, entropies and whether the argmax was the target, 3 x ``[M, N]``. With ``head.chunk`` > 0,
+    ``chunk`` positions at a time in a rolled loop, each chunk rematerialised in the backward pass, so
+    neither pass holds more than one chunk's ``[M, chunk, V]`` logits; all at once otherwise."""
 
-    @jax.checkpoint
-    def chunk_stats(weight, hc, tc):  # -> 3 x [M, C]
+    def stats(weight, hc, tc):  # [M, C, D], [M, C] -> 3 x [M, C]
         logits = head.replace(weight=weight).logits(hc)  # [M, C, V] float32
         if temperature != 1.0:
             logits = logits / temperature
         logp = jax.nn.log_softmax(logits, axis=-1)
-        pick = tc[..., None] == jnp.arange(logp.shape[-1], dtype=tc.dtype)  # a select, as above
+        pick = tc[..., None] == jnp.arange(logp.shape[-1], dtype=tc.dtype)  # a select, not a gather (above)
         lp = jnp.sum(jnp.where(pick, logp, 0.0), axis=-1)
         ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
         return lp, ent, jnp.argmax(logits, axis=-1) == tc
 
-    _, stats = jax.lax.scan(lambda c, xs: (c, chunk_stats(head.weight, *xs)), None, (hs, ts))
-    pad0 = lambda a, fill: jnp.concatenate(  # [n, M, C] -> [M, S], shifted to the module's alignment
-        [jnp.full((M, 1), fill, a.dtype), a.swapaxes(0, 1).reshape(M, n * C)[:, :S - 1]], axis=1)
-    lp, ent, hits = stats
-    return pad0(lp, 0.0), pad0(ent, 0.0), pad0(hits, False)
+    M, N, D = h.shape
+    if head.chunk <= 0:
+        return stats(head.weight, h, targets)
+    C = max(1, min(int(head.chunk), N))
+    n = -(-N // C)
+    pad = n * C - N
+    hs = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(M, n, C, D).swapaxes(0, 1)  # [n, M, C, D]
+    ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(M, n, C).swapaxes(0, 1)  # [n, M, C]
+    chunk_stats = jax.checkpoint(stats)
+    _, out = jax.lax.scan(lambda c, xs: (c, chunk_stats(head.weight, *xs)), None, (hs, ts))
+    return tuple(a.swapaxes(0, 1).reshape(M, n * C)[:, :N] for a in out)
+
+
+def chunked_next_token_stats(head: LogitsHead, tokens: Array, temperature: float = 1.0
+                             ) -> tuple[Array, Array, Array]:
+    """`token_logprobs_and_values`' log-probs and entropies, plus whether the argmax was the next token
+    (`hits`), all ``[M, S]`` aligned as there (position 0 is 0), from a LogitsHead at every position
+    (`head_stats`: chunk by chunk with ``head.chunk``)."""
+    M = tokens.shape[0]
+    nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [M, S]; last column a placeholder
+    out = head_stats(head, head.hidden, nxt, temperature)  # [M, S]: position t's prediction of token t + 1
+    shift = lambda a, fill: jnp.concatenate([jnp.full((M, 1), fill, a.dtype), a[:, :-1]], axis=1)  # noqa: E731
+    lp, ent, hits = out
+    return shift(lp, 0.0), shift(ent, 0.0), shift(hits, False)
+
+
+def trained_positions(mask: Array, k: int) -> Array:
+    """``idx [M, k]``: the first k positions t >= 1 of each row where ``mask [M, S]`` is true, ascending, then
+    zeros (position 0 has no prediction: never one of them)."""
+    mask = jnp.asarray(mask).astype(bool).at[:, 0].set(False)
+    return jax.vmap(lambda r: jnp.nonzero(r, size=k, fill_value=0)[0])(mask).astype(jnp.int32)
+
+
+def trained_token_stats(head: LogitsHead, tokens: Array, mask: Array, k: int, temperature: float = 1.0
+                        ) -> tuple[Array, Array, Array]:
+    """`chunked_next_token_stats` at the positions where ``mask [M, S]`` is true, 0 (False) elsewhere,
+    the LM head computed at k positions per row (the states at t - 1 that predict those tokens t)
+    instead of all S: a loss that reads a third of an episode's tokens (PPO's model tokens) or a tenth
+    (the warm start's answers) skips the rest of the [M, S, V] logits, forward and backward. k must be
+    at least every row's count of mask positions (beyond k they would read as 0: the callers derive k
+    from a bound, or count it)."""
+    M, S = tokens.shape
+    k = max(1, min(int(k), S))
+    idx = trained_positions(mask, k)  # [M, k]
+    real = idx > 0
+    h = jnp.take_along_axis(head.hidden, jnp.maximum(idx - 1, 0)[..., None], axis=1)  # [M, k, D]
+    targets = jnp.take_along_axis(tokens, idx, axis=1)  # [M, k]
+    lp, ent, hits = head_stats(head, h, targets, temperature)
+    rows = jnp.arange(M)[:, None]
+    back = lambda a: jnp.zeros((M, S), a.dtype).at[rows, idx].add(jnp.where(real, a, 0))  # noqa: E731
+    return back(lp), back(ent), back(hits.astype(jnp.int32)) > 0
 
 
 def entropy_from_logits(logits: Array) -> Array:
@@ -447,14 +499,19 @@ def make_update(
     ``returns`` (then used as given). Advantages are computed once on the whole batch, then
     ``cfg.epochs`` x ``cfg.minibatches`` optimizer steps run as nested ``lax.scan`` over shuffled
     episode minibatches (E must be divisible by ``cfg.minibatches``). ``apply_fn(params, tokens)``
-    returns raw ``(logits [M,S,V], values [M,S])``; the next-token shift is done here.
+    returns raw ``(logits [M,S,V] or a LogitsHead, values [M,S])``; the next-token shift is done here.
     Metrics are means over all optimizer steps, plus ``grad_norm`` (pre-clipping).
     """
 
     def loss_fn(params, mb):
         logits, vals = apply_fn(params, mb["tokens"])
-        lp, v, ent = token_logprobs_and_values(logits, vals, mb["tokens"], cfg.temperature)
-        return ppo_loss(cfg, lp, v, ent, mb)
+        lp, v, ent = token_logprobs_and_values(logits, vals, mb["tokens"], cfg.temperature, mb["mask"],
+                                               cfg.max_trained)
+        loss, metrics = ppo_loss(cfg, lp, v, ent, mb)
+        if isinstance(logits, LogitsHead) and cfg.max_trained > 0:  # every width bucket: one metrics structure
+            count = jnp.sum(jnp.asarray(mb["mask"]).astype(jnp.int32), axis=1)  # [M]
+            metrics["max_trained_exceeded"] = jnp.mean((count > cfg.max_trained).astype(jnp.float32))
+        return loss, metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -112,7 +112,10 @@ class Trainer:
             epochs=int(c.ppo.epochs), minibatches=int(c.ppo.minibatches), max_grad_norm=float(c.ppo.max_grad_norm),
             advantage=c.ppo.advantage, normalise_advantages=bool(c.ppo.normalise_advantages),
             width_buckets=(ppo_lib.width_buckets(c.rollout.context_len, int(c.ppo.width_bucket))
-                           if int(c.ppo.width_bucket) > 0 else ()))
+                           if int(c.ppo.width_bucket) > 0 else ()),
+            # The model writes at most max_turn_tokens in each of max_turns turns (the rollout's loss_mask).
+            max_trained=(min(int(c.rollout.context_len), self.max_turns * int(c.rollout.max_turn_tokens))
+                         if c.model.trained_logits_only else 0))
         # The critic always has its own Adam (one optimizer-state structure whatever ppo.critic_lr is).
         critic_lr = float(c.ppo.critic_lr) if float(c.ppo.critic_lr) > 0 else float(c.ppo.lr)
         self.optimizer = ppo_lib.make_optimizer(self._schedule(c, c.ppo.lr), max_grad_norm=c.ppo.max_grad_norm,
@@ -249,7 +252,8 @@ class Trainer:
 
     def forward_options(self, grad: bool) -> ForwardOptions:
         """The memory options (`llama.ForwardOptions`) from model.*, for a training-shape forward: the logits
-        in chunks and flash_attention always; remat, remat_attention and mlp_chunk only where a backward pass
+        in chunks and flash_attention always; remat, remat_attention, mlp_chunk and the LM head at the trained
+        tokens only (model.trained_logits_only, the losses' LogitsHead) only where a backward pass
         follows (without one they only add work: remat_attention's blocks attend to every key, mlp_chunk
         runs chunk by chunk). A forward alone (the KL reference's, the separate critic's, recompute_old's)
         with the plain attention holds a layer's scores [rows, heads, S, S]: SmolLM2 at 32 x 4096 plans
@@ -258,7 +262,8 @@ class Trainer:
         if not grad:
             return ForwardOptions(logits_chunk=m.logits_chunk, flash_attention=m.flash_attention)
         return ForwardOptions(remat=m.remat, logits_chunk=m.logits_chunk, remat_attention=m.remat_attention,
-                              flash_attention=m.flash_attention, mlp_chunk=m.mlp_chunk)
+                              flash_attention=m.flash_attention, mlp_chunk=m.mlp_chunk,
+                              logits_head=bool(m.trained_logits_only))
 
     def _train_apply(self, params, tokens, grad: bool = True):
         """(logits [M,S,V] (a LogitsHead with model.logits_chunk), values [M,S]) for PPO; the critic is the

@@ -19,6 +19,7 @@ never writes two (`mixed_one_action_share`, `plan_actions`).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Dict, List, Tuple
 
@@ -273,21 +274,26 @@ def chance_answer_loss(toks: List[List[int]], masks: List[List[int]]) -> float:
 
 
 def demo_loss_fn(graphdef, state_loss: float = 0.0, options=None):
-    """The warm start's loss: loss(params, tokens [B, W], marks [B, W]) -> (answer NLL + state_loss x
+    """The warm start's loss: loss(params, tokens [B, W], marks [B, W], k=0) -> (answer NLL + state_loss x
     feedback NLL, (answer NLL, answer token accuracy)); marks say which tokens are ANSWER / FEEDBACK.
     options: the forward's `llama.ForwardOptions` (from the model.* keys of the same names:
-    `Trainer.forward_options`)."""
-    from wmact_jax.models.llama import NO_OPTIONS
+    `Trainer.forward_options`). k (static) > 0 with options.lazy_logits: the LM head at the k positions
+    per row the loss reads (`read_counts`: at least every row's count) instead of all W."""
+    from wmact_jax.models.llama import NO_OPTIONS, LogitsHead
     from wmact_jax.models.llama import apply as model_apply
 
     options = NO_OPTIONS if options is None else options
-    logits_chunk = options.logits_chunk
 
-    def loss_fn(p, tk, marks):
+    def loss_fn(p, tk, marks, k: int = 0):
         logits = model_apply(graphdef, p, tk, options=options).logits
         m = (marks == ANSWER).astype(jnp.float32)
-        if logits_chunk:
-            lp, _, hits = ppo_lib.chunked_next_token_stats(logits, tk)
+        if isinstance(logits, LogitsHead) and not (0 < k < tk.shape[1] or logits.chunk):
+            logits = logits.logits(logits.hidden)  # every position, all at once: the plain path
+        if isinstance(logits, LogitsHead):
+            if 0 < k < tk.shape[1]:
+                lp, _, hits = ppo_lib.trained_token_stats(logits, tk, read_marks(marks, state_loss), k)
+            else:
+                lp, _, hits = ppo_lib.chunked_next_token_stats(logits, tk)
         else:
             lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
             hits = jnp.pad(jnp.argmax(logits[:, :-1], axis=-1) == tk[:, 1:], ((0, 0), (1, 0)))
@@ -300,6 +306,19 @@ def demo_loss_fn(graphdef, state_loss: float = 0.0, options=None):
         return total, (nll, acc)
 
     return loss_fn
+
+
+def read_marks(marks, state_loss: float = 0.0):
+    """Where the warm start's loss reads the model's predictions: the answers' tokens, and the feedback's with
+    a state loss. numpy or jax arrays [B, W] -> bool [B, W]."""
+    read = marks == ANSWER
+    return (read | (marks == FEEDBACK)) if state_loss else read
+
+
+def read_counts(marks: np.ndarray, state_loss: float = 0.0) -> int:
+    """The most positions (after the first) one row of ``marks [B, W]`` has the loss read: the LM head's
+    static width per row for `demo_loss_fn`'s k."""
+    return int(read_marks(np.asarray(marks)[:, 1:], state_loss).sum(axis=1).max(initial=0))
 
 
 def all_demos(trainer):
@@ -356,11 +375,16 @@ def run_warmstart(trainer, params, log=None, callback=None):
     def length_groups(idx_all):  # -> {width: positions in idx_all}
         return length_buckets([len(toks[i]) for i in idx_all], int(c.length_bucket), min(B, len(idx_all)))
 
-    def bucketed(idx_all, groups=None):  # -> {width: (tokens, mask)} on the device
+    heads = bool(trainer.forward_options(grad=True).lazy_logits)  # the LM head where the loss reads
+
+    def bucketed(idx_all, groups=None):  # -> {width: (tokens, mask, k)}, the arrays on the device
         groups = length_groups(idx_all) if groups is None else groups
-        return {w: (jnp.asarray(_pad([toks[idx_all[i]] for i in idx], w, trainer.pad_id)),
-                    jnp.asarray(_pad([masks[idx_all[i]] for i in idx], w, 0).astype(np.int8)))
-                for w, idx in groups.items()}
+        out = {}
+        for w, idx in groups.items():
+            marks = _pad([masks[idx_all[i]] for i in idx], w, 0).astype(np.int8)
+            k = read_counts(marks, float(c.state_loss)) if heads else 0  # k: the bucket's, static
+            out[w] = (jnp.asarray(_pad([toks[idx_all[i]] for i in idx], w, trainer.pad_id)), jnp.asarray(marks), k)
+        return out
 
     all_idx = list(range(len(toks)))
     groups = length_groups(all_idx)
@@ -403,13 +427,13 @@ def run_warmstart(trainer, params, log=None, callback=None):
 
     chunk = 10
 
-    @jax.jit
-    def train_chunk(p, s, key, sched_step, tokens, mask):  # compiled once per bucket width
+    @functools.partial(jax.jit, static_argnums=6)
+    def train_chunk(p, s, key, sched_step, tokens, mask, k_read):  # compiled once per bucket width (and k_read)
         def one(carry, xs):
             p, s = carry
             k, n = xs
             idx = jax.random.choice(k, tokens.shape[0], (B,), replace=tokens.shape[0] < B)
-            (_, (loss, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tokens[idx], mask[idx])
+            (_, (loss, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tokens[idx], mask[idx], k_read)
             upd, s = opt.update(g, s, p)  # adamw at rate 1, then scaled by the schedule
             lr = schedule(n)
             upd = jax.tree.map(lambda u: lr * u, upd)

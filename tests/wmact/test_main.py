@@ -111,6 +111,21 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     assert loss(records) == loss(ref_records)
 
 
+class OverBoundTrainer(FakeTrainer):
+    """Its fourth update (a checkpoint step) counts an episode over the LM head's bound (PPOConfig.max_trained)."""
+
+    def iteration(self, state):
+        state, metrics = super().iteration(state)
+        return state, dict(metrics, max_trained_exceeded=float(self.calls["iteration"] == 4))
+
+
+def test_an_update_over_its_token_bound_stops_before_its_state_is_saved(tmp_path):
+    wd = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="iteration 4: an episode has more model tokens"):
+        main_mod.run(loop_config(6), wd, trainer_cls=OverBoundTrainer, progress=False)
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints")), key=int)[-1] == "2"
+
+
 def test_extending_a_finished_run(tmp_path):
     wd = str(tmp_path / "run")
     main_mod.run(loop_config(2), wd, trainer_cls=FakeTrainer, progress=False)

@@ -164,6 +164,6 @@ def test_logits_chunks_give_the_same_logprobs_entropies_and_gradients(tied, shar
 
 def test_logits_chunk_with_a_cache_is_an_error():
     config, graphdef, state = _model()
-    with pytest.raises(ValueError, match="logits_chunk is for cache-free"):
+    with pytest.raises(ValueError, match="logits_head are for cache-free"):
         apply(graphdef, state, jnp.zeros((2, 3), jnp.int32), KVCache.init(config, 2, 16),
               options=ForwardOptions(logits_chunk=8))

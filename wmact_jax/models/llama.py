@@ -48,7 +48,7 @@ UNROLL_LAYERS_UP_TO = 8
 
 
 class ModelOutput(NamedTuple):
-    logits: "jax.Array | LogitsHead"  # [B, T, V] float32 (a LogitsHead with ForwardOptions.logits_chunk)
+    logits: "jax.Array | LogitsHead"  # [B, T, V] float32 (a LogitsHead with ForwardOptions.lazy_logits)
     values: jax.Array | None  # [B, T] float32, or None without a value head
     cache: KVCache | None
 
@@ -64,7 +64,7 @@ class LogitsHead:
     hidden: jax.Array  # [B, T, D], compute dtype
     weight: jax.Array  # [V, D] (tied embedding) or [D, V] (lm_head), compute dtype
     tied: bool = struct.field(pytree_node=False)
-    chunk: int = struct.field(pytree_node=False)  # positions per chunk
+    chunk: int = struct.field(pytree_node=False)  # positions per chunk (0: all at once)
 
     def logits(self, h):
         """h [..., C, D] (a chunk of `hidden`) -> logits [..., C, V] float32."""
@@ -271,8 +271,9 @@ class Transformer(nnx.Module):
         is none of them.
         """
         opts = NO_OPTIONS if options is None else options
-        if opts.logits_chunk and (cache is not None or logits_at is not None):
-            raise ValueError("ForwardOptions.logits_chunk is for cache-free training forwards (no cache, no logits_at)")
+        if opts.lazy_logits and (cache is not None or logits_at is not None):
+            raise ValueError("ForwardOptions.logits_chunk / logits_head are for cache-free training forwards (no cache, "
+                             "no logits_at)")
         c = self.config
         if shared_head and cache is None and 0 < shared_head < tokens.shape[1]:
             if positions is not None or attention_mask is not None or logits_at is not None:
@@ -401,18 +402,19 @@ class Transformer(nnx.Module):
         if logits_at is not None:  # only the requested position of each row goes through the heads
             idx = jnp.broadcast_to(jnp.asarray(logits_at, jnp.int32), (B,))
             x = jnp.take_along_axis(x, idx[:, None, None], axis=1)  # [B, 1, D]
-        logits, values = self._heads(x, detach_value_head, opts.logits_chunk)
+        logits, values = self._heads(x, detach_value_head, opts)
         return ModelOutput(logits, values, new_cache)
 
-    def _heads(self, x, detach_value_head: bool, logits_chunk: int = 0):
+    def _heads(self, x, detach_value_head: bool, opts: "ForwardOptions | None" = None):
         """Final norm, LM head and value head: x [B, T, D] -> (logits [B, T, V] f32 (a LogitsHead with
-        logits_chunk), values [B, T] f32 or None)."""
+        opts.lazy_logits), values [B, T] f32 or None)."""
+        opts = NO_OPTIONS if opts is None else opts
         c = self.config
         cdt = jnp.dtype(c.dtype)
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)  # [B, T, D]
         tied = bool(c.tie_word_embeddings)
-        head = LogitsHead(h, (self.embed if tied else self.lm_head)[...].astype(cdt), tied, int(logits_chunk))
-        logits = head if logits_chunk else head.logits(h)
+        head = LogitsHead(h, (self.embed if tied else self.lm_head)[...].astype(cdt), tied, int(opts.logits_chunk))
+        logits = head if opts.lazy_logits else head.logits(h)
         values = None
         if c.value_head:
             vh = self.value_head
@@ -462,9 +464,9 @@ class Transformer(nnx.Module):
         if opts.remat:
             layer, unroll = jax.checkpoint(layer), 1
         (x_h, x_r), _ = jax.lax.scan(layer, (x_h, x_r), self.stacked_layer_weights(), unroll=unroll)
-        logits_h, values_h = self._heads(x_h, detach_value_head, opts.logits_chunk)  # [1, H, V]: once for every row
-        logits_r, values_r = self._heads(x_r, detach_value_head, opts.logits_chunk)
-        if opts.logits_chunk:  # the head's state copied to every row: its logits are computed per row, chunk by chunk
+        logits_h, values_h = self._heads(x_h, detach_value_head, opts)  # [1, H, V]: once for every row
+        logits_r, values_r = self._heads(x_r, detach_value_head, opts)
+        if opts.lazy_logits:  # the head's state copied to every row: its logits are computed per row, where read
             logits = logits_r.replace(hidden=jnp.concatenate([rows(logits_h.hidden), logits_r.hidden], axis=1))
         else:
             logits = jnp.concatenate([rows(logits_h), logits_r], axis=1)
@@ -552,6 +554,9 @@ class ForwardOptions:
       ([B, H, T, T/2] chunked) and MLP activations; more FLOPs. Without autodiff it changes nothing.
     logits_chunk C > 0: `logits` is a LogitsHead, read C positions at a time by the training losses,
       instead of the [B, T, V] array.
+    logits_head: `logits` is a LogitsHead (read all at once unless logits_chunk) even without chunks: a
+      loss that reads only some positions (`ppo.token_logprobs_and_values` given a mask and a bound, the
+      warm start's answer tokens) computes the LM head there alone (`model.trained_logits_only`).
     remat_attention: the causal self-attention by query blocks in a rolled loop, each block
       rematerialised (`causal_attention_scanned`): one block's scores alive at a time in the backward
       pass instead of a layer's, for up to 2x the attention's FLOPs.
@@ -567,12 +572,13 @@ class ForwardOptions:
     remat_attention: bool = False
     flash_attention: bool = False
     mlp_chunk: int = 0
+    logits_head: bool = False
 
     def __post_init__(self):
         # Plain Python values: a record is compared and hashed as part of a traced program's identity, so
         # a string, a float or an array here is refused by name rather than left to fail (or to recompile)
         # somewhere inside the forward.
-        for name in ("remat", "remat_attention", "flash_attention"):
+        for name in ("remat", "remat_attention", "flash_attention", "logits_head"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)) and not (
                     isinstance(value, (int, np.integer)) and value in (0, 1)):
@@ -590,6 +596,11 @@ class ForwardOptions:
         if self.remat_attention and self.flash_attention:
             raise ValueError("remat_attention=True and flash_attention=True are two ways to do the same thing: "
                              "pick one (flash_attention: the causal triangle's FLOPs only)")
+
+    @property
+    def lazy_logits(self) -> bool:
+        """`logits` is a LogitsHead (the LM head applied by the loss, where it reads)."""
+        return self.logits_chunk > 0 or self.logits_head
 
     @property
     def for_backward(self) -> bool:

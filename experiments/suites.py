@@ -113,7 +113,8 @@ SUITES = {
     # One environment, few iterations: the whole pipeline (warm start + 5 methods x 3 seeds); 14.3 minutes
     # measured on 2 CPU cores on 2026-12-04 (a 5.8-minute warm start, 15 runs of 9-64 s; 19.9 minutes before
     # the methods shared one program and one trainer), 20.5 minutes on 2026-12-07's slower machine (an
-    # 8.2-minute warm start, 15 runs in 12.1 minutes; README, "Status and limits").
+    # 8.2-minute warm start, 15 runs in 12.1 minutes), 14.9 minutes later that day on a faster hour with the LM
+    # head at the trained tokens only (5.5 + 9.1 minutes; README, "Status and limits").
     # For its time budget it trades the separate critic (a second model: ~2x the update) for a value head
     # on a stop-gradient of the trunk ("head": it cannot disturb the policy, but barely learns), and skips
     # the transfer evaluations.

@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_iteration.py
 	$(PY) benchmarks/train_memory.py
+	$(PY) benchmarks/trained_logits.py
 	$(PY) benchmarks/profile_update.py
 	$(PY) benchmarks/compile_time.py
 

@@ -53,7 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The training losses apply the LM head only where they read it: the PPO update at the model's tokens
     # (at most turns x max_turn_tokens of an episode), the warm start at the answer tokens (and the
     # feedback's with warmstart.state_loss), not at every position of [batch, tokens, vocab]. The same
-    # numbers up to float round-off; what it saves: benchmarks/train_iteration.py, benchmarks/warmstart_step.py.
+    # numbers up to float round-off; what it saves: benchmarks/trained_logits.py (~11% of a warm start step and of a
+    # full-width update of the scratch model).
     c.model.trained_logits_only = True
     # The training forwards' causal attention by query blocks in a rematerialised loop: one block's scores
     # [batch x heads, 128, tokens] alive at a time in the backward pass instead of a whole layer's, for up

@@ -1,6 +1,6 @@
 """model.trained_logits_only: the training losses apply the LM head only at the positions they read (PPO's
 model tokens, the warm start's answers). The same log-probs, entropies, losses and gradients as at every
-position; what it saves is measured in benchmarks/warmstart_step.py and benchmarks/train_iteration.py."""
+position; what it saves is measured in benchmarks/trained_logits.py."""
 
 import jax
 import jax.numpy as jnp

@@ -262,32 +262,32 @@ def compute_advantages(cfg: PPOConfig, batch: Mapping[str, Array]) -> tuple[Arra
 # Per-token quantities and losses
 
 
-def token_logprobs_and_values(logits: Array, values: Array, tokens: Array, temperature: float = 1.0,
-                              mask: Array | None = None, max_trained: int = 0) -> tuple[Array, Array, Array]:
-    """Shift raw model outputs to the module's alignment. All outputs ``[M, S]``, position 0 is 0.
+def next_token_stats(logits: Array, tokens: Array, temperature: float = 1.0, mask: Array | None = None,
+                     max_trained: int = 0) -> tuple[Array, Array, Array]:
+    """Log-probs, entropies and argmax hits of each token, 3 x ``[M, S]``; position 0 is 0 / False.
 
     ``logits [M, S, V]`` (divided by ``temperature``: the tempered policy) at position t predict
-    ``tokens[:, t + 1]``; returned
-    ``logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t])``, ``values[:, t] = value_head[:, t - 1]``
-    and ``entropy[:, t]`` the entropy of the distribution token t was drawn from.
-    With a LogitsHead, a ``mask [M, S]`` and ``max_trained`` K > 0 (at least the mask's count in every
-    row), the log-probs and entropies are those of the mask's positions only, 0 elsewhere, the LM head
-    computed at K positions per row instead of S (`trained_token_stats`).
+    ``tokens[:, t + 1]``; returned ``logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t])``, ``entropy[:, t]``
+    the entropy of the distribution token t was drawn from and ``hits[:, t]`` whether its argmax was token t.
+    The one dispatch over the forward's outputs (PPO's losses and the warm start's read it): from a
+    LogitsHead with a ``mask [M, S]`` and ``max_trained`` K, 0 < K < S (at least the mask's count in every
+    row), the mask's positions only, 0 / False elsewhere, the LM head computed at K positions per row
+    (`trained_token_stats`); from a LogitsHead with chunks, every position chunk by chunk
+    (`every_token_stats`); otherwise from the whole ``[M, S, V]`` at once. Unused outputs (the hits in
+    PPO) are dead code under jit.
     """
     if isinstance(logits, LogitsHead):  # the LM head applied here: where it is read, or chunk by chunk
         if mask is not None and 0 < max_trained < tokens.shape[1]:
-            lp, ent, _ = trained_token_stats(logits, tokens, mask, max_trained, temperature)
-        elif logits.chunk > 0:
-            lp, ent, _ = chunked_next_token_stats(logits, tokens, temperature)
-        else:  # every position, all at once: the plain path below
-            return token_logprobs_and_values(logits.logits(logits.hidden), values, tokens, temperature)
-        v = values[:, :-1].astype(jnp.float32)
-        return lp, jnp.concatenate([jnp.zeros((tokens.shape[0], 1), jnp.float32), v], axis=1), ent
+            return trained_token_stats(logits, tokens, mask, max_trained, temperature)
+        if logits.chunk > 0:
+            return every_token_stats(logits, tokens, temperature)
+        logits = logits.logits(logits.hidden)  # every position, all at once: the plain path below
     # Every position's distribution, the last one's too (it predicts nothing and is dropped after the
     # reductions): slicing the [M, S, V] logits to S - 1 positions first made XLA copy them, and pad
     # their gradient back (a profile of the scratch model's training step: the copy was its largest
     # single element-wise op).
     logits = logits.astype(jnp.float32)
+    hits = jnp.argmax(logits, axis=-1)[:, :-1] == tokens[:, 1:]  # [M, S-1]; the temperature keeps the argmax
     if temperature != 1.0:  # static: the default path traces no division
         logits = logits / temperature
     logp_all = jax.nn.log_softmax(logits, axis=-1)  # [M, S, V]
@@ -298,12 +298,18 @@ def token_logprobs_and_values(logits: Array, values: Array, tokens: Array, tempe
     lp = jnp.sum(jnp.where(pick, logp_all, 0.0), axis=-1)[:, :-1]  # [M, S-1]
     ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)[:, :-1]  # [M, S-1]
     pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+    return (jnp.concatenate([pad, lp], axis=1), jnp.concatenate([pad, ent], axis=1),
+            jnp.concatenate([jnp.zeros_like(pad, bool), hits], axis=1))
+
+
+def token_logprobs_and_values(logits: Array, values: Array, tokens: Array, temperature: float = 1.0,
+                              mask: Array | None = None, max_trained: int = 0) -> tuple[Array, Array, Array]:
+    """`next_token_stats`' log-probs, the values shifted to the same alignment and its entropies, 3 x
+    ``[M, S]``: ``values[:, t] = value_head[:, t - 1]`` (the value of the state token t was drawn in);
+    position 0 is 0."""
+    lp, ent, _ = next_token_stats(logits, tokens, temperature, mask, max_trained)
     v = values[:, :-1].astype(jnp.float32)
-    return (
-        jnp.concatenate([pad, lp], axis=1),
-        jnp.concatenate([pad, v], axis=1),
-        jnp.concatenate([pad, ent], axis=1),
-    )
+    return lp, jnp.concatenate([jnp.zeros((tokens.shape[0], 1), jnp.float32), v], axis=1), ent
 
 
 def head_stats(head: LogitsHead, h: Array, targets: Array, temperature: float = 1.0
@@ -336,11 +342,10 @@ def head_stats(head: LogitsHead, h: Array, targets: Array, temperature: float = 
     return tuple(a.swapaxes(0, 1).reshape(M, n * C)[:, :N] for a in out)
 
 
-def chunked_next_token_stats(head: LogitsHead, tokens: Array, temperature: float = 1.0
-                             ) -> tuple[Array, Array, Array]:
-    """`token_logprobs_and_values`' log-probs and entropies, plus whether the argmax was the next token
-    (`hits`), all ``[M, S]`` aligned as there (position 0 is 0), from a LogitsHead at every position
-    (`head_stats`: chunk by chunk with ``head.chunk``)."""
+def every_token_stats(head: LogitsHead, tokens: Array, temperature: float = 1.0
+                      ) -> tuple[Array, Array, Array]:
+    """`next_token_stats` from a LogitsHead at every position (`head_stats`: chunk by chunk with
+    ``head.chunk``, all at once without)."""
     M = tokens.shape[0]
     nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [M, S]; last column a placeholder
     out = head_stats(head, head.hidden, nxt, temperature)  # [M, S]: position t's prediction of token t + 1
@@ -358,7 +363,7 @@ def trained_positions(mask: Array, k: int) -> Array:
 
 def trained_token_stats(head: LogitsHead, tokens: Array, mask: Array, k: int, temperature: float = 1.0
                         ) -> tuple[Array, Array, Array]:
-    """`chunked_next_token_stats` at the positions where ``mask [M, S]`` is true, 0 (False) elsewhere,
+    """`every_token_stats` at the positions where ``mask [M, S]`` is true, 0 (False) elsewhere,
     the LM head computed at k positions per row (the states at t - 1 that predict those tokens t)
     instead of all S: a loss that reads a third of an episode's tokens (PPO's model tokens) or a tenth
     (the warm start's answers) skips the rest of the [M, S, V] logits, forward and backward. k must be
@@ -561,6 +566,7 @@ __all__ = [
     "grpo_advantages",
     "compute_advantages",
     "normalise",
+    "next_token_stats",
     "token_logprobs_and_values",
     "entropy_from_logits",
     "policy_loss_per_token",

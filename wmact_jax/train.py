@@ -114,7 +114,7 @@ class Trainer:
             width_buckets=(ppo_lib.width_buckets(c.rollout.context_len, int(c.ppo.width_bucket))
                            if int(c.ppo.width_bucket) > 0 else ()),
             # The model writes at most max_turn_tokens in each of max_turns turns (the rollout's loss_mask).
-            max_trained=(min(int(c.rollout.context_len), self.max_turns * int(c.rollout.max_turn_tokens))
+            max_trained=(min(self.rollout_cfg.context_len, self.rollout_cfg.max_turns * self.rollout_cfg.max_turn_tokens)
                          if c.model.trained_logits_only else 0))
         # The critic always has its own Adam (one optimizer-state structure whatever ppo.critic_lr is).
         critic_lr = float(c.ppo.critic_lr) if float(c.ppo.critic_lr) > 0 else float(c.ppo.lr)

@@ -279,7 +279,7 @@ def demo_loss_fn(graphdef, state_loss: float = 0.0, options=None):
     options: the forward's `llama.ForwardOptions` (from the model.* keys of the same names:
     `Trainer.forward_options`). k (static) > 0 with options.lazy_logits: the LM head at the k positions
     per row the loss reads (`read_counts`: at least every row's count) instead of all W."""
-    from wmact_jax.models.llama import NO_OPTIONS, LogitsHead
+    from wmact_jax.models.llama import NO_OPTIONS
     from wmact_jax.models.llama import apply as model_apply
 
     options = NO_OPTIONS if options is None else options
@@ -287,16 +287,7 @@ def demo_loss_fn(graphdef, state_loss: float = 0.0, options=None):
     def loss_fn(p, tk, marks, k: int = 0):
         logits = model_apply(graphdef, p, tk, options=options).logits
         m = (marks == ANSWER).astype(jnp.float32)
-        if isinstance(logits, LogitsHead) and not (0 < k < tk.shape[1] or logits.chunk):
-            logits = logits.logits(logits.hidden)  # every position, all at once: the plain path
-        if isinstance(logits, LogitsHead):
-            if 0 < k < tk.shape[1]:
-                lp, _, hits = ppo_lib.trained_token_stats(logits, tk, read_marks(marks, state_loss), k)
-            else:
-                lp, _, hits = ppo_lib.chunked_next_token_stats(logits, tk)
-        else:
-            lp, _, _ = ppo_lib.token_logprobs_and_values(logits, jnp.zeros(tk.shape), tk)
-            hits = jnp.pad(jnp.argmax(logits[:, :-1], axis=-1) == tk[:, 1:], ((0, 0), (1, 0)))
+        lp, _, hits = ppo_lib.next_token_stats(logits, tk, mask=read_marks(marks, state_loss), max_trained=k)
         nll = -jnp.sum(lp * m) / jnp.maximum(jnp.sum(m), 1.0)
         total = nll
         if state_loss:  # a world-model loss: predict the environment's answer to each action

@@ -156,7 +156,7 @@ def test_logits_chunks_give_the_same_logprobs_entropies_and_gradients(tied, shar
     # The hits (argmax = next token) the warm start's accuracy reads, against the full logits.
     out = apply(graphdef, state, tokens)
     chunked = apply(graphdef, state, tokens, options=ForwardOptions(logits_chunk=chunk)).logits
-    _, _, hits = ppo.chunked_next_token_stats(chunked, tokens)
+    _, _, hits = ppo.next_token_stats(chunked, tokens)
     want = jnp.argmax(out.logits[:, :-1], axis=-1) == tokens[:, 1:]
     np.testing.assert_array_equal(np.asarray(hits[:, 1:]), np.asarray(want))
     assert not bool(jnp.any(hits[:, 0]))

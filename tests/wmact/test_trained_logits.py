@@ -88,6 +88,17 @@ def test_trained_positions_and_hits():
     logits = apply(graphdef, state, tokens).logits
     want = jnp.pad(jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:], ((0, 0), (1, 0)))
     np.testing.assert_array_equal(np.asarray(hits), np.asarray(want & mask.at[:, 0].set(False)))
+    # next_token_stats, the one dispatch both losses read: the plain logits, the head at every position (all at
+    # once, chunk by chunk) and at the mask's positions give the same three outputs where they are defined.
+    plain = ppo.next_token_stats(logits, tokens, 0.7)
+    np.testing.assert_array_equal(np.asarray(plain[2]), np.asarray(want))
+    chunked = apply(graphdef, state, tokens, options=ForwardOptions(logits_chunk=7)).logits
+    for other, where in ((ppo.next_token_stats(head, tokens, 0.7), True),
+                         (ppo.next_token_stats(chunked, tokens, 0.7), True),
+                         (ppo.next_token_stats(head, tokens, 0.7, mask, k), mask)):
+        for a, b in zip(other, plain):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(jnp.where(where, b, jnp.zeros_like(b))),
+                                       rtol=1e-5, atol=1e-5)
 
 
 def _ppo_batch(tokens, mask, seed=0):

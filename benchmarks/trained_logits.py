@@ -69,7 +69,7 @@ def alternate(fns: dict, repeats: int) -> dict:
 
 
 def warmstart_steps(tr: dict, repeats: int):
-    from wmact_jax.warmstart import ANSWER, _pad, all_demos, demo_loss_fn, length_buckets, read_counts
+    from wmact_jax.warmstart import ANSWER, all_demos, bucket_arrays, demo_loss_fn, length_buckets
 
     t = tr[True]
     c = t.config.warmstart
@@ -84,10 +84,8 @@ def warmstart_steps(tr: dict, repeats: int):
           f"{'saved':>6}")
     for w, idx in sorted(groups.items()):
         sel = np.random.default_rng(0).choice(len(idx), B, replace=len(idx) < B)
-        tk = jnp.asarray(_pad([toks[idx[i]] for i in sel], w, t.pad_id))
-        mk_np = _pad([masks[idx[i]] for i in sel], w, 0).astype(np.int8)
-        mk = jnp.asarray(mk_np)
-        k = read_counts(mk_np, float(c.state_loss))
+        tk, mk, k = bucket_arrays(toks, masks, [idx[i] for i in sel], w, t.pad_id, float(c.state_loss))
+        mk_np = np.asarray(mk)
         fns = {}
         for on in (True, False):
             loss_fn = demo_loss_fn(t.graphdef, float(c.state_loss), tr[on].forward_options(grad=True))

@@ -217,6 +217,15 @@ def _pad(rows: List[List[int]], width: int, value: int = 0) -> np.ndarray:
     return arr
 
 
+def bucket_arrays(toks: List[List[int]], masks: List[List[int]], rows: List[int], width: int, pad_id: int,
+                  state_loss: float = 0.0, heads: bool = True):
+    """The demos ``rows`` padded to ``width``, on the device: (tokens [R, width] int32, marks [R, width] int8,
+    k), k the LM head's static width per row for `demo_loss_fn` (`read_counts`; 0 without ``heads``)."""
+    marks = _pad([masks[i] for i in rows], width, 0).astype(np.int8)
+    k = read_counts(marks, state_loss) if heads else 0
+    return jnp.asarray(_pad([toks[i] for i in rows], width, pad_id)), jnp.asarray(marks), k
+
+
 def length_buckets(lengths: List[int], multiple: int, min_rows: int) -> Dict[int, List[int]]:
     """{width: demo indices}: each demo in the smallest multiple of `multiple` holding it; buckets with
     fewer than `min_rows` demos merge upward (a batch is drawn from one bucket). multiple 0: one width."""
@@ -370,12 +379,8 @@ def run_warmstart(trainer, params, log=None, callback=None):
 
     def bucketed(idx_all, groups=None):  # -> {width: (tokens, mask, k)}, the arrays on the device
         groups = length_groups(idx_all) if groups is None else groups
-        out = {}
-        for w, idx in groups.items():
-            marks = _pad([masks[idx_all[i]] for i in idx], w, 0).astype(np.int8)
-            k = read_counts(marks, float(c.state_loss)) if heads else 0  # k: the bucket's, static
-            out[w] = (jnp.asarray(_pad([toks[idx_all[i]] for i in idx], w, trainer.pad_id)), jnp.asarray(marks), k)
-        return out
+        return {w: bucket_arrays(toks, masks, [idx_all[i] for i in idx], w, trainer.pad_id, float(c.state_loss),
+                                 heads) for w, idx in groups.items()}
 
     all_idx = list(range(len(toks)))
     groups = length_groups(all_idx)

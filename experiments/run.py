@@ -95,7 +95,7 @@ def experiment_config(exp: str, suite: str, sets: dict, method: str = "interacti
 def recorded_overrides(exp: str, suite: str, sets: dict) -> dict:
     """The settings an experiment's runs share beyond the defaults, as experiment.json records them."""
     sample = experiment_config(exp, suite, sets)
-    extend = warmstart_stages(suite)[1:]
+    extend = warmstart_stages(suite, exp)[1:]
     src = warmstart_source(exp, sets)
     return _as_json({**suites.COMMON, **suites.EXPERIMENTS[exp]["overrides"],
                      "rollout.max_turn_tokens": int(sample.rollout.max_turn_tokens),
@@ -144,17 +144,21 @@ def settings_conflict(exp_dir: str, overrides: dict) -> str | None:
             "write these runs to another --out")
 
 
-def warmstart_stages(suite: str) -> list[dict]:
-    """The overrides of each stage of a suite's warm start: the first stage has none; each further
-    stage (`warmstart_extend` in the suite) trains from the previous stage's policy (`warmstart.init`)
-    with its own optimizer and schedule, the two-command recipe of a warm start extended as one."""
-    return [{}] + [dict(s) for s in suites.SUITES[suite].get("warmstart_extend", ())]
+def warmstart_stages(suite: str, exp: str) -> list[dict]:
+    """The overrides of each stage of an experiment's warm start in a suite: the first stage has none;
+    each further stage (`warmstart_extend` in the suite: a tuple for every experiment, or a dict of
+    tuples by experiment) trains from the previous stage's policy (`warmstart.init`) with its own
+    optimizer and schedule, the two-command recipe of a warm start extended as one."""
+    extend = suites.SUITES[suite].get("warmstart_extend", ())
+    if isinstance(extend, dict):
+        extend = extend.get(exp, ())
+    return [{}] + [dict(s) for s in extend]
 
 
-def warmstart_folders(exp_dir: str, suite: str) -> list[str]:
+def warmstart_folders(exp_dir: str, suite: str, exp: str) -> list[str]:
     """Where each stage is saved: the last in `warmstart/` (what the runs start from), earlier ones
     in `warmstart_stage1/`, `warmstart_stage2/`, ..."""
-    n = len(warmstart_stages(suite))
+    n = len(warmstart_stages(suite, exp))
     return [os.path.join(exp_dir, "warmstart" if i == n - 1 else f"warmstart_stage{i + 1}") for i in range(n)]
 
 
@@ -166,7 +170,7 @@ def warmstart_config(exp: str, suite: str, sets: dict, seed: int = 0, stage: int
     c = experiment_config(exp, suite, sets, method="interactive", seed=seed)
     c.warmstart.single_turn_fraction = suites.WARMSTART_SINGLE_TURN_FRACTION
     if stage:
-        apply(c, warmstart_stages(suite)[stage])
+        apply(c, warmstart_stages(suite, exp)[stage])
     if stage or init:  # a first stage without one keeps --set warmstart.init
         c.warmstart.init = init
     return c
@@ -186,7 +190,7 @@ def warm_start(exp: str, suite: str, sets: dict, exp_dir: str) -> tuple[str, dic
     from wmact_jax.train import Trainer
     from wmact_jax.warmstart import METRICS_FILE, initial_params, run_warmstart, save_warmstart
 
-    stages, folders = warmstart_stages(suite), warmstart_folders(exp_dir, suite)
+    stages, folders = warmstart_stages(suite, exp), warmstart_folders(exp_dir, suite, exp)
     # The runs start from the last stage: kept alone (e.g. copied from a results folder), it is used as is.
     last_kept = os.path.exists(os.path.join(folders[-1], METRICS_FILE))
     seconds, reused, prev = 0.0, True, None
@@ -296,7 +300,7 @@ def main(argv=None) -> int:
             except config_check.ConfigError as e:
                 print(f"error: {exp}/{m}: {e}", file=sys.stderr)
                 return 2
-        for stage, extra in enumerate(warmstart_stages(args.suite)[1:], start=1):
+        for stage, extra in enumerate(warmstart_stages(args.suite, exp)[1:], start=1):
             try:
                 config_check.prepare_config(warmstart_config(exp, args.suite, sets, stage=stage),
                                             set(sets) | set(extra))
@@ -358,7 +362,7 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
         # A reused warm start keeps the time it took when it was trained (not the second it took to find).
         if reused:
             seconds = wmetrics.get("warmstart/seconds", prev.get("warmstart_seconds"))
-        elif len(warmstart_stages(args.suite)) > 1:  # the stages' own times (an earlier one may be reused)
+        elif len(warmstart_stages(args.suite, exp)) > 1:  # the stages' own times (an earlier one may be reused)
             seconds = wmetrics["warmstart/seconds"]
         else:
             seconds = time.time() - t0

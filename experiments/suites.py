@@ -111,6 +111,17 @@ TAXI_PLAN = {"warmstart.mixed_one_action_share": 0.0, "warmstart.plan_actions": 
 TAXI_STAGE2 = {"warmstart.curriculum": 0.0, "warmstart.curriculum_exit": 0.0, "warmstart.target_loss": 0.12,
                "warmstart.max_cycles": 3}
 
+FULL = {**WARMSTART, **FULL_WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48,
+        "train.eval_every": 25, "train.checkpoint_every": 25, "anneal.tau": 5}
+
+# Sokoban 6x6 with plans as the warm start's habit (experiments/results/sokoban6_plan, 2026-12-07): the
+# suite's warm start (one action a turn, trained from Maze-5x5's: 47.9% greedy), then a second stage of
+# 600 steps on plans of up to 3 moves a turn only: 95.8% greedy at cap 5 in 1.98 turns before RL, where
+# WMAct's cap anneals (5 -> 3). Maze's plan recipe (docs/EXPERIMENTS.md, "with multi-action turns as the
+# warm start's habit") as a stage after the one-action policy rather than a longer single warm start.
+SOKOBAN6_PLAN_STAGE = {"warmstart.curriculum": 0.0, "warmstart.curriculum_exit": 0.0,
+                       "warmstart.mixed_one_action_share": 0.0, "warmstart.plan_actions": 3, "warmstart.steps": 600}
+
 SUITES = {
     # One environment, few iterations: the whole pipeline (warm start + 5 methods x 3 seeds); 14.3 minutes
     # measured on 2 CPU cores on 2026-12-04 (a 5.8-minute warm start, 15 runs of 9-64 s; 19.9 minutes before
@@ -125,12 +136,15 @@ SUITES = {
     # 48 minutes, shared critic), sokoban6 87 minutes (15-minute warm start, separate critic). sokoban_std's
     # warm start (10.5 minutes) did not leave its plateau (0% success; its runs then see no reward: stopped
     # after 2 runs of 2.3 and 7.4 minutes); taxi was not run at this budget.
-    "full": dict(experiments=("maze5", "sokoban6", "sokoban_std", "taxi"), seeds=(0, 1, 2), overrides={
-        **WARMSTART, **FULL_WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48,
-        "train.eval_every": 25, "train.checkpoint_every": 25, "anneal.tau": 5}),
+    "full": dict(experiments=("maze5", "sokoban6", "sokoban_std", "taxi"), seeds=(0, 1, 2), overrides=FULL),
     # Taxi with the published recipe (TAXI_PLAN), one command for what took two: the warm start's
     # second stage (`warmstart_extend`) trains from the first stage's policy, with cycles added while
     # its answer loss is above a target (TAXI_PLAN's comment).
     "taxi": dict(experiments=("taxi",), seeds=(0, 1, 2), overrides={**QUICK, **TAXI_PLAN},
                  warmstart_extend=(TAXI_STAGE2,)),
+    # Sokoban 6x6 from the plan warm start (SOKOBAN6_PLAN_STAGE), the full suite's budget: the chain Maze-5x5
+    # warm start -> Sokoban 6x6 one-action warm start -> plan stage, then the methods (`warmstart_extend`
+    # by experiment: Maze's warm start, the source, keeps its one stage).
+    "sokoban6_plan": dict(experiments=("sokoban6",), seeds=(0, 1, 2), overrides=FULL,
+                          warmstart_extend={"sokoban6": (SOKOBAN6_PLAN_STAGE,)}),
 }

@@ -331,3 +331,36 @@ def test_a_warm_start_can_train_from_another_experiments(tmp_path, monkeypatch):
     assert info(os.path.join(other, "maze5_from", "warmstart"))["init"] == own
     recorded = json.load(open(os.path.join(other, "maze5_from", "experiment.json")))["config_overrides"]
     assert "warmstart_from" not in recorded and recorded["warmstart.init"] == own
+
+
+def test_warm_start_stages_by_experiment_extend_only_that_experiment(tmp_path, monkeypatch):
+    """`warmstart_extend` as a dict adds stages to the experiments it names only: the chain of the
+    sokoban6_plan suite (Maze's warm start -> the experiment's first stage from it -> its plan stage),
+    the source experiment's warm start keeping its single stage."""
+    from experiments import suites
+
+    monkeypatch.setitem(suites.EXPERIMENTS, "maze5_from", dict(suites.EXPERIMENTS["maze5"], warmstart_from="maze5"))
+    stage = {"warmstart.steps": 4, "warmstart.curriculum": 0.0}
+    monkeypatch.setitem(suites.SUITES, "by_exp", dict(suites.SUITES["quick"], warmstart_extend={"maze5_from": (stage,)}))
+    assert runner.warmstart_stages("by_exp", "maze5") == [{}]
+    assert runner.warmstart_stages("by_exp", "maze5_from") == [{}, stage]
+    assert runner.warmstart_stages("sokoban6_plan", "sokoban6")[1] == suites.SOKOBAN6_PLAN_STAGE
+    handed = []
+
+    def run_one(exp, suite, sets, method, seed, warm, run_dir, first_seed=True, pool=None):
+        handed.append(warm)
+        return {"after": {"metrics": {}}}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    out = str(tmp_path)
+    argv = ["--suite", "by_exp", "--experiments", "maze5_from", "--methods", "interactive", "--seeds", "0"] + TINY
+    assert runner.main(["--out", out] + argv) == 0
+    info = lambda folder: json.load(open(os.path.join(out, folder, "warmstart.json")))["config"]["warmstart"]
+    assert sorted(d for d in os.listdir(os.path.join(out, "maze5")) if d.startswith("warmstart")) == ["warmstart"]
+    assert info("maze5/warmstart")["init"] == ""
+    assert info("maze5_from/warmstart_stage1")["init"] == os.path.join(out, "maze5", "warmstart")
+    last = info("maze5_from/warmstart")
+    assert last["init"] == os.path.join(out, "maze5_from", "warmstart_stage1") and last["steps"] == 4
+    assert handed == [os.path.join(out, "maze5_from", "warmstart")]
+    recorded = json.load(open(os.path.join(out, "maze5_from", "experiment.json")))["config_overrides"]
+    assert recorded["warmstart_extend"] == [stage] and recorded["warmstart_from"] == "maze5"

@@ -364,3 +364,25 @@ def test_warm_start_stages_by_experiment_extend_only_that_experiment(tmp_path, m
     assert handed == [os.path.join(out, "maze5_from", "warmstart")]
     recorded = json.load(open(os.path.join(out, "maze5_from", "experiment.json")))["config_overrides"]
     assert recorded["warmstart_extend"] == [stage] and recorded["warmstart_from"] == "maze5"
+
+
+def test_sokoban6_plan_suite_is_the_published_recipe():
+    """`--suite sokoban6_plan` trains what experiments/results/sokoban6_plan was made with by two folders'
+    commands (sokoban6_from_maze's warm start, then `--set` the plan stage): the same settings for both
+    warm-start stages and for the runs, but for the folders each stage started from."""
+    from experiments import suites
+    from wmact_jax import config_check
+
+    results = os.path.join(ROOT, "experiments", "results")
+    first = json.load(open(os.path.join(results, "sokoban6_from_maze", "sokoban6", "warmstart", "warmstart.json")))
+    second = json.load(open(os.path.join(results, "sokoban6_plan", "sokoban6", "warmstart", "warmstart.json")))
+    stage1 = config_check.prepare_config(runner.warmstart_config("sokoban6", "sokoban6_plan", {}, stage=0))
+    # That warm start was made by a command that trained no RL iteration (`--set train.iterations=0`).
+    assert _differences(stage1, first["config"]) == {"warmstart.init": ("", "MAZE5_WARMSTART"),
+                                                     "train.iterations": (50, 0)}
+    stage2 = config_check.prepare_config(runner.warmstart_config("sokoban6", "sokoban6_plan", {}, stage=1))
+    assert _differences(stage2, second["config"]) == {"warmstart.init": ("", "S6_MAZE_WARMSTART")}
+    for m in suites.METHODS:
+        run = config_check.prepare_config(runner.experiment_config("sokoban6", "sokoban6_plan", {}, m, 0))
+        recorded = json.load(open(os.path.join(results, "sokoban6_plan", "sokoban6", m, "seed0", "config.json")))
+        assert {k: v for k, v in _differences(run, recorded).items() if not k.startswith("warmstart.")} == {}, m

@@ -85,7 +85,6 @@ def warmstart_steps(tr: dict, repeats: int):
     for w, idx in sorted(groups.items()):
         sel = np.random.default_rng(0).choice(len(idx), B, replace=len(idx) < B)
         tk, mk, k = bucket_arrays(toks, masks, [idx[i] for i in sel], w, t.pad_id, float(c.state_loss))
-        mk_np = np.asarray(mk)
         fns = {}
         for on in (True, False):
             loss_fn = demo_loss_fn(t.graphdef, float(c.state_loss), tr[on].forward_options(grad=True))
@@ -99,7 +98,7 @@ def warmstart_steps(tr: dict, repeats: int):
             state = opt.init(params)
             fns[on] = (lambda step=step, state=state: jax.block_until_ready(step(params, state)))
         res = alternate(fns, repeats)
-        answer = float((mk_np == ANSWER).sum(axis=1).mean())
+        answer = float((mk == ANSWER).sum(axis=1).mean())
         print(f"{w:>6} {len(idx):>6} {answer:>14.1f} {k:>4} | {res[False] * 1e3:>17.1f} {res[True] * 1e3:>15.1f} "
               f"{1 - res[True] / res[False]:>6.1%}")
         rows.append(res)

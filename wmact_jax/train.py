@@ -104,6 +104,7 @@ class Trainer:
         self._init_params = init_params
         # ---- RL pieces
         self._set_method(c)
+        rc = self.rollout_cfg
         self.ppo_cfg = ppo_lib.PPOConfig(
             gamma=float(c.ppo.gamma), lam=float(c.ppo.lam), clip_low=float(c.ppo.clip_low),
             clip_high=float(c.ppo.clip_high), value_clip=float(c.ppo.value_clip) if c.ppo.value_clip > 0 else None,
@@ -114,8 +115,7 @@ class Trainer:
             width_buckets=(ppo_lib.width_buckets(c.rollout.context_len, int(c.ppo.width_bucket))
                            if int(c.ppo.width_bucket) > 0 else ()),
             # The model writes at most max_turn_tokens in each of max_turns turns (the rollout's loss_mask).
-            max_trained=(min(self.rollout_cfg.context_len, self.rollout_cfg.max_turns * self.rollout_cfg.max_turn_tokens)
-                         if c.model.trained_logits_only else 0))
+            max_trained=(min(rc.context_len, rc.max_turns * rc.max_turn_tokens) if c.model.trained_logits_only else 0))
         # The critic always has its own Adam (one optimizer-state structure whatever ppo.critic_lr is).
         critic_lr = float(c.ppo.critic_lr) if float(c.ppo.critic_lr) > 0 else float(c.ppo.lr)
         self.optimizer = ppo_lib.make_optimizer(self._schedule(c, c.ppo.lr), max_grad_norm=c.ppo.max_grad_norm,

@@ -5,7 +5,7 @@
     python experiments/probes.py ceiling --experiment maze5 [--suite full]
     python experiments/probes.py plateau --experiment maze5 --steps 300 --lr 1e-3 [--state-loss 0.5] [--seed 1]
     python experiments/probes.py critic --warmstart W [--iterations 20] [--critics shared,head,separate]
-    python experiments/probes.py levels (--warmstart W | --run DIR) [--eval-levels 256] [--cap N]
+    python experiments/probes.py levels (--warmstart W | --run DIR [--step N]) [--eval-levels 256] [--cap N]
     python experiments/probes.py caps --run DIR[,DIR...] [--caps 1,2,3] [--env Taxi-7x7]
 
 `init`: 42 random tokens from {10..13} with one P (=20) at a random position; the label is the
@@ -306,25 +306,12 @@ def probe_critic(warmstart: str, iterations: int, critics: list[str]) -> None:
         ppo.policy_loss_per_token = policy_loss
 
 
-def _run_trainer(run: str, eval_levels: int | None = None):
-    """(Trainer with the run's own config, its state at the latest checkpoint, a description)."""
-    import json
+def _run_trainer(run: str, eval_levels: int | None = None, step: int | None = None):
+    """(Trainer with the run's own config, its state at checkpoint `step` (default: the latest; 0 is the
+    policy before RL, the warm start), a description)."""
+    from experiments.reevaluate import restore_run
 
-    from wmact_jax.checkpointing import Checkpointer
-    from wmact_jax.config_check import config_from_saved
-    from wmact_jax.train import Trainer
-
-    with open(os.path.join(run, "config.json")) as f:
-        saved = json.load(f)
-    ckpt = Checkpointer(os.path.join(run, "checkpoints"), saved)
-    step = ckpt.latest_step()
-    if step is None:
-        raise SystemExit(f"{run}: no checkpoint in {os.path.join(run, 'checkpoints')}")
-    config = config_from_saved(saved)
-    if eval_levels:
-        config.train.eval_levels = eval_levels
-    tr = Trainer(config)
-    state = ckpt.restore(jax.eval_shape(tr.init_state, jax.random.key(0)), step)
+    tr, state, step, _ = restore_run(run, eval_levels, step)
     return tr, state, f"{run}, iteration {step}"
 
 
@@ -369,14 +356,15 @@ def levels_cap(requested: int | None, current: int, bound: int) -> int:
     return requested
 
 
-def probe_levels(warmstart: str, run: str | None, eval_levels: int, cap: int | None = None) -> None:
+def probe_levels(warmstart: str, run: str | None, eval_levels: int, cap: int | None = None,
+                 step: int | None = None) -> None:
     import collections
     import json
 
     from envs_jax.oracles import optimal_length
 
     if run:  # the run's own config and its latest checkpoint
-        tr, state, where = _run_trainer(run, eval_levels)
+        tr, state, where = _run_trainer(run, eval_levels, step)
         current = tr.turn_cap(state)
     else:
         tr, state = _default_trainer(warmstart, **{"train.eval_levels": eval_levels})
@@ -446,6 +434,8 @@ def main() -> None:
     ap.add_argument("--eval-levels", type=int, default=256)
     ap.add_argument("--cap", type=int, help="levels: the turn cap (default: the run's own cap at its latest "
                     "checkpoint; a warm start's static bound)")
+    ap.add_argument("--step", type=int, help="levels: the run's checkpoint at this iteration instead of its "
+                    "latest (0: its warm start, before RL)")
     a = ap.parse_args()
     if (a.probe == "critic" or a.probe == "levels" and not a.run) and not a.warmstart:
         ap.error(f"{a.probe} needs --warmstart (python -m wmact_jax.warmstart --config=configs/default.py --out=W)")
@@ -458,7 +448,7 @@ def main() -> None:
     elif a.probe == "critic":
         probe_critic(a.warmstart, a.iterations, a.critics.split(","))
     elif a.probe == "levels":
-        probe_levels(a.warmstart, a.run, a.eval_levels, a.cap)
+        probe_levels(a.warmstart, a.run, a.eval_levels, a.cap, a.step)
     elif a.probe == "caps":
         if not a.run:
             ap.error("caps needs --run DIR[,DIR...]")

@@ -5,6 +5,7 @@ Input (written by ``experiments/run.py``)::
     RESULTS_DIR/[suite.json]
     RESULTS_DIR/<exp>/experiment.json
     RESULTS_DIR/<exp>/<method>/seed<k>/metrics.jsonl, final.json
+    RESULTS_DIR/<exp>/<method>/seed<k>/eval_<N>.json   (optional: experiments/reevaluate.py)
 
 Output: ``<exp>/table.md``, ``<exp>/curves.png``, ``<exp>/eval.png``, ``results.jsonl`` and
 ``summary.md`` (every table plus image links; the file the README points to).
@@ -111,7 +112,9 @@ def load_run(run_dir: str) -> dict:
     ``final`` (final.json or None), ``complete`` (final.json present), ``before`` / ``after``
     (flat evaluation metrics; ``before`` falls back to eval_initial.json, then to the step-0 eval
     records, so unfinished runs still contribute to the warm-start row; ``after`` is None while
-    unfinished), ``last_step`` (highest step logged) and ``seconds``.
+    unfinished), ``last_step`` (highest step logged), ``seconds`` and ``reeval`` ({N: {"after", "before",
+    "step"}} from the run's eval_<N>.json files: its policy evaluated again on N levels; "before" is
+    None but in a method's first seed).
     """
     records, skipped = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     final = read_json(os.path.join(run_dir, "final.json"))
@@ -149,7 +152,27 @@ def load_run(run_dir: str) -> dict:
         "seconds": _num(final.get("seconds")) if final else None,
         # The turn cap never moves (config.json's anneal.kind 'fixed'); None: no readable config.
         "fixed_cap": kind == "fixed" if isinstance(kind, str) else None,
+        "reeval": _reevaluations(run_dir),
     }
+
+
+def _reevaluations(run_dir: str) -> dict[int, dict]:
+    """{N: {"after", "before", "step"}} of a run's eval_<N>.json files (experiments/reevaluate.py)."""
+    out = {}
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    for name in names:
+        size = name[len("eval_"):-len(".json")] if name.startswith("eval_") and name.endswith(".json") else ""
+        if not size.isdigit():
+            continue
+        data = read_json(os.path.join(run_dir, name))
+        after = data.get("after") if isinstance(data, dict) else None
+        if not (isinstance(after, dict) and isinstance(after.get("metrics"), dict)):
+            continue
+        before = data.get("before")
+        out[int(size)] = {"after": after["metrics"], "step": after.get("step"),
+                          "before": before["metrics"] if isinstance(before, dict)
+                          and isinstance(before.get("metrics"), dict) else None}
+    return out
 
 
 def _seed_of(name: str) -> int | str:
@@ -334,6 +357,23 @@ def aggregate(exp_dir: str) -> dict:
     multi, one = befores(False), befores(True)
     warm = {"cells": _cells(multi, cols), "n": len(multi),
             "one_turn": {"cells": _cells(one, cols, True), "n": len(one)}}
+    # The same table from the runs' policies evaluated again on more levels (eval_<N>.json), by size.
+    reeval = {}
+    for size in sorted({n for m in methods for r in runs[m] for n in r["reeval"]}):
+        ev = {m: [r for r in runs[m] if size in r["reeval"]] for m in methods}
+        pre = {single: [with_l0(r["reeval"][size]["before"], True) for m in methods
+                        if (m in SINGLE_TURN_METHODS) == single for r in ev[m] if r["reeval"][size]["before"]]
+               for single in (False, True)}
+        reeval[size] = {
+            "rows": {m: {"cells": _cells([with_l0(r["reeval"][size]["after"], bool(r["fixed_cap"])) for r in ev[m]],
+                                         cols, m in SINGLE_TURN_METHODS),
+                         "n": len(ev[m]), "planned": rows[m]["planned"], "incomplete": []} for m in methods},
+            "warm_start": {"cells": _cells(pre[False], cols), "n": len(pre[False]),
+                           "one_turn": {"cells": _cells(pre[True], cols, True), "n": len(pre[True])}},
+            "steps": sorted({r["reeval"][size]["step"] for m in methods for r in ev[m]} - {None}),
+            "per_seed": {m: [(r["seed"], _num(r["reeval"][size]["after"].get("greedy/success_rate"))) for r in ev[m]]
+                         for m in methods},
+        }
     cols = [c for c in cols if not c.get("optional")
             or any(r["cells"][c["id"]]["n"] for r in (*rows.values(), warm, warm["one_turn"]))]
 
@@ -353,7 +393,7 @@ def aggregate(exp_dir: str) -> dict:
     return {"exp": os.path.basename(exp_dir), "dir": exp_dir, "env": meta.get("env"),
             "transfer": transfer, "iterations": iterations if _num(iterations) is not None else None,
             "experiment": meta, "methods": methods, "runs": runs, "columns": cols, "rows": rows,
-            "warm_start": warm, "window": window, "curves": curves}
+            "warm_start": warm, "window": window, "curves": curves, "reeval": reeval}
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -483,6 +523,19 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
             else:
                 parts.append(f"seed{run['seed']} ({_run_status(run, its)})")
         lines.append(f"- {method}: " + ("; ".join(parts) if parts else "no runs yet"))
+    for size, ev in agg.get("reeval", {}).items():
+        steps = ", ".join(map(str, ev["steps"]))
+        lines += ["", f"### Re-evaluated on {size} held-out levels", "",
+                  *_table_lines({**agg, "rows": ev["rows"], "warm_start": ev["warm_start"]}), "",
+                  f"The same policies and evaluation modes on {size} held-out levels instead of the run's own "
+                  f"(`eval_{size}.json` in each run folder, written by `python experiments/reevaluate.py <exp> "
+                  f"--eval-levels {size}` from the runs' checkpoints at iteration {steps or '?'}); the warm start is "
+                  "each method's first seed's checkpoint 0. A 95% interval on one run's success rate p is about "
+                  f"+-{196 * math.sqrt(0.25 / size):.0f} points at p = 50% (+-{196 * math.sqrt(0.0475 / size):.1f} "
+                  "at 95%).", "", "Greedy success (%) per seed, re-evaluated:", ""]
+        for method in agg["methods"]:
+            parts = [f"seed{seed} {_fmt_value(v, 'rate')}" for seed, v in ev["per_seed"][method]]
+            lines.append(f"- {method}: " + ("; ".join(parts) if parts else "not re-evaluated"))
     skipped = sum(r["skipped_lines"] for m in agg["methods"] for r in agg["runs"][m])
     if skipped:
         lines += ["", f"({skipped} unreadable metrics.jsonl line(s) skipped, e.g. cut by a kill.)"]
@@ -627,6 +680,8 @@ def _flat_rows(agg: dict) -> list[dict]:
                      "seconds": run["seconds"]}
             metrics = dict(run["after"] or {})
             metrics.update({f"before/{k}": v for k, v in run["before"].items()})
+            for size, ev in run["reeval"].items():  # the policy evaluated again on more levels
+                metrics.update({f"eval{size}/{k}": v for k, v in ev["after"].items()})
             out.append({**ident, **metrics, **ident})
     return out
 

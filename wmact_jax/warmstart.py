@@ -40,8 +40,18 @@ from wmact_jax import prompts
 ANSWER, FEEDBACK = 1, 2
 
 
-def _single_step(env, params):
-    return jax.jit(lambda k, s, a: env.step_env(k, s, a, params))
+_DEMO_FNS: Dict[Tuple[int, int], tuple] = {}
+
+
+def _demo_fns(env, params):
+    """(reset of a batch of keys, one step, render) for `env` under `params`, jitted once per pair of
+    objects: a warm start writes several demo sets (and a run several warm-start stages) from one
+    trainer's environment, and fresh `jax.jit` wrappers would trace and compile all three each time."""
+    key = (id(env), id(params))
+    if key not in _DEMO_FNS:  # the entry keeps env and params alive, so their ids stay theirs
+        _DEMO_FNS[key] = (env, params, jax.jit(jax.vmap(env.reset_env, in_axes=(0, None))),
+                          jax.jit(lambda k, s, a: env.step_env(k, s, a, params)), jax.jit(env.render_glyphs))
+    return _DEMO_FNS[key][2:]
 
 
 CHUNKS = config_check.CHOICES["warmstart.chunk"]
@@ -104,10 +114,9 @@ def make_demos(trainer, num_levels: int, seed: int, max_turns: int, max_actions_
     conv = trainer.conv if conv is None else conv
     rng = np.random.default_rng(seed)
     keys = demo_level_keys(seed, level_offset, num_levels)
-    _, states = jax.jit(jax.vmap(env.reset_env, in_axes=(0, None)))(keys, ep)
+    reset, step, render = _demo_fns(env, ep)
+    _, states = reset(keys, ep)
     states = jax.device_get(states)
-    step = _single_step(env, ep)
-    render = jax.jit(env.render_glyphs)
     key = jax.random.PRNGKey(seed)
     cap_rng = np.random.default_rng([seed, 17])
     out_tok, out_mask = [], []

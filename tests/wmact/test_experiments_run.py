@@ -129,6 +129,36 @@ def test_warm_start_serves_a_separate_critic(results):
     np.testing.assert_array_equal(np.asarray(policy["embed"]), np.asarray(critic["embed"]))
 
 
+def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results, capsys):
+    """experiments/reevaluate.py rebuilds each run's Trainer from its config.json and checkpoints: at the
+    run's own level count it must give final.json's numbers exactly (after RL, and the warm start
+    before it in the method's first seed), and the experiment's table gains a section for that size."""
+    from experiments import reevaluate
+
+    exp = os.path.join(results, "maze5")
+    assert reevaluate.main([exp, "--eval-levels", "4"]) == 0
+    for m in ("wmact", "entire_plan"):
+        run = os.path.join(exp, m, "seed0")
+        final, again = (json.load(open(os.path.join(run, f))) for f in ("final.json", "eval_4.json"))
+        assert again["after"]["step"] == final["after"]["step"] == 1 and again["before"]["step"] == 0
+        for part in ("after", "before"):
+            mine = again[part]["metrics"]
+            theirs = {k: v for k, v in final[part]["metrics"].items() if not k.startswith("transfer/")}
+            assert mine == pytest.approx(theirs), (m, part)  # every mode but transfer (--transfer)
+    table = open(os.path.join(exp, "table.md")).read()
+    assert "### Re-evaluated on 4 held-out levels" in table and "eval_4.json" in table
+    section = table.split("### Re-evaluated on 4 held-out levels")[1]
+    assert "| wmact |" in section and "| *warm start (before RL)* |" in section
+    rows = [json.loads(line) for line in open(os.path.join(results, "results.jsonl"))]
+    assert all("eval4/greedy/success_rate" in r for r in rows)
+    # A second call finds both evaluations done; a run without checkpoints is named and skipped.
+    capsys.readouterr()
+    assert reevaluate.main([exp, "--eval-levels", "4", "--no-report"]) == 0
+    assert capsys.readouterr().out.count("already, skipped") == 2
+    with pytest.raises(SystemExit, match="no config.json"):
+        reevaluate.restore_run(os.path.join(exp, "warmstart"))
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
     assert runner.main(["--suite", "quick", "--out", str(tmp_path), "--methods", "wmcat"]) == 2
     assert "unknown method" in capsys.readouterr().err

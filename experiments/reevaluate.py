@@ -1,0 +1,178 @@
+"""Evaluates the kept policies of an experiment's runs again, on more held-out levels.
+
+    python experiments/reevaluate.py RESULTS/<exp> [--eval-levels 256] [--methods wmact,anneal]
+
+A suite evaluates each run on `train.eval_levels` held-out levels (48 in the full suite: a 95% interval
+of about +-10 points on one run's success rate), which is too few to tell methods 5 points apart. This
+reads each run directory's latest checkpoint (the policy after RL) with the run's own config
+(config.json), evaluates it in the run's own modes (greedy and sampled at its final turn cap, a single
+turn, the starting cap L_0 where the cap anneals; transfer environments with `--transfer`) on
+`--eval-levels` levels, and writes `<run>/eval_<N>.json`. The warm start (each run's checkpoint 0) is
+evaluated the same way in the first seed of each method (each method's prompt format). The levels are
+the evaluation's own (`Trainer.eval_key()`), the same for every run; the first 48 of 256 are the suite's
+48 (JAX's partitionable key split: the i-th key does not depend on the count). experiments/report.py
+adds a table of these files to the experiment's table.md.
+
+Runs without checkpoints (a published folder keeps none) are listed and skipped; a run whose file
+already holds its latest checkpoint's evaluation at that size is skipped too (`--force` redoes it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def eval_file(run_dir: str, eval_levels: int) -> str:
+    return os.path.join(run_dir, f"eval_{int(eval_levels)}.json")
+
+
+def restore_run(run_dir: str, eval_levels: int | None = None, step: int | None = None, trainer_cls=None):
+    """(trainer, state, step, config) of `run_dir` at checkpoint `step` (default: its latest; 0 is the warm
+    start, before RL), the Trainer built from the run's own config.json with `train.eval_levels` set to
+    `eval_levels` when given. trainer_cls: a `(config, workdir) -> Trainer` factory (experiments/run.py's
+    TrainerPool shares compiled programs across runs). A missing config or checkpoint is a SystemExit
+    naming it."""
+    import jax
+
+    from wmact_jax.checkpointing import Checkpointer
+    from wmact_jax.config_check import config_from_saved
+
+    cfg_path, ckpt_dir = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "checkpoints")
+    if not os.path.isfile(cfg_path):
+        raise SystemExit(f"{run_dir}: no config.json (not a run directory)")
+    if not os.path.isdir(ckpt_dir):
+        raise SystemExit(f"{run_dir}: no checkpoints/ (a results folder keeps none: re-run its command)")
+    with open(cfg_path) as f:
+        saved = json.load(f)
+    ckpt = Checkpointer(ckpt_dir, saved)
+    steps = ckpt.all_steps()
+    if not steps:
+        raise SystemExit(f"{run_dir}: no checkpoint in {ckpt_dir}")
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise SystemExit(f"{run_dir}: no checkpoint at iteration {step} (it has {sorted(steps)})")
+    config = config_from_saved(saved)
+    if eval_levels:
+        config.train.eval_levels = int(eval_levels)
+    config.train.transcripts = 0
+    if trainer_cls is None:
+        from wmact_jax.train import Trainer as trainer_cls
+    tr = trainer_cls(config, "")
+    state = ckpt.restore(jax.eval_shape(tr.init_state, jax.random.key(0)), step)
+    return tr, state, step, config
+
+
+def evaluate_modes(trainer, state, config, transfer: bool = False) -> dict:
+    """{'<mode>/<metric>': value} over the run's evaluation modes (wmact_jax.main's, as the run did)."""
+    from wmact_jax.main import _eval_modes
+
+    out = {}
+    for mode, kwargs in _eval_modes(trainer, config):
+        if mode.startswith("transfer/") and not transfer:
+            continue
+        metrics, _ = trainer.evaluate(state, config.train.eval_levels, **kwargs)
+        out.update({f"{mode}/{k}": float(v) for k, v in metrics.items()})
+    return out
+
+
+def run_dirs(exp_dir: str, methods: list[str] | None) -> list[tuple[str, str, str]]:
+    """[(method, seed folder name, path)] of an experiment folder, methods in folder order."""
+    from experiments.report import _method_dirs, _seed_of, _seed_sort_key
+
+    out = []
+    for method in _method_dirs(exp_dir):
+        if methods and method not in methods:
+            continue
+        mdir = os.path.join(exp_dir, method)
+        seeds = sorted((s for s in os.listdir(mdir) if s.startswith("seed") and os.path.isdir(os.path.join(mdir, s))),
+                       key=lambda s: _seed_sort_key(_seed_of(s)))
+        out += [(method, s, os.path.join(mdir, s)) for s in seeds]
+    if methods:
+        missing = sorted(set(methods) - {m for m, _, _ in out})
+        if missing:
+            raise SystemExit(f"{exp_dir}: no runs of method(s) {', '.join(missing)}")
+    return out
+
+
+def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None, transfer: bool = False,
+               force: bool = False, before: bool = True, log=print) -> list[str]:
+    """Writes eval_<N>.json in every run of `exp_dir` with checkpoints; returns the files written.
+    before: also the warm start (checkpoint 0) in each method's first seed."""
+    from experiments.run import TrainerPool
+
+    pool = TrainerPool()
+    written, seen_method = [], set()
+    for method, seed, run_dir in run_dirs(exp_dir, methods):
+        first = before and method not in seen_method
+        seen_method.add(method)
+        if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+            log(f"{method}/{seed}: no checkpoints/, skipped")
+            continue
+        path = eval_file(run_dir, eval_levels)
+        t0 = time.time()
+        trainer, state, step, config = restore_run(run_dir, eval_levels, trainer_cls=pool)
+        old = None
+        if os.path.exists(path):
+            with open(path) as f:
+                old = json.load(f)
+        if old and not force and old.get("after", {}).get("step") == step and (old.get("before") or not first):
+            log(f"{method}/{seed}: {path} holds iteration {step} already, skipped")
+            continue
+        result = {"eval_levels": int(eval_levels), "method": method,
+                  "after": {"step": step, "metrics": evaluate_modes(trainer, state, config, transfer)}}
+        if first and step != 0:  # the warm start in this method's prompt format
+            trainer, state0, _, config = restore_run(run_dir, eval_levels, 0, trainer_cls=pool)
+            result["before"] = {"step": 0, "metrics": evaluate_modes(trainer, state0, config, transfer)}
+        result["seconds"] = time.time() - t0
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, path)
+        written.append(path)
+        m = result["after"]["metrics"]
+        log(f"{method}/{seed}: iteration {step}, greedy {100 * m.get('greedy/success_rate', float('nan')):.1f}%, "
+            f"sampled {100 * m.get('sampled/success_rate', float('nan')):.1f}% on {eval_levels} levels "
+            f"({result['seconds']:.0f} s) -> {path}")
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("experiments", nargs="+", help="experiment folders (RESULTS/<exp>, holding <method>/seed<k>/)")
+    ap.add_argument("--eval-levels", type=int, default=256)
+    ap.add_argument("--methods", help="comma-separated methods (default: every method folder)")
+    ap.add_argument("--transfer", action="store_true", help="also the runs' transfer environments")
+    ap.add_argument("--force", action="store_true", help="evaluate again where eval_<N>.json exists")
+    ap.add_argument("--no-before", action="store_true", help="leave the warm start (checkpoint 0) out")
+    ap.add_argument("--no-report", action="store_true", help="leave table.md as it is")
+    a = ap.parse_args(argv)
+    if a.eval_levels < 1:
+        ap.error(f"--eval-levels must be positive, got {a.eval_levels}")
+    methods = [m for m in (a.methods or "").split(",") if m] or None
+    for exp_dir in a.experiments:
+        if not os.path.isdir(exp_dir):
+            ap.error(f"not a folder: {exp_dir}")
+        reevaluate(exp_dir, a.eval_levels, methods, a.transfer, a.force, not a.no_before)
+        if not a.no_report:
+            from experiments import report
+
+            parent = os.path.dirname(os.path.abspath(exp_dir))
+            if any(os.path.exists(os.path.join(parent, f)) for f in ("suite.json", "results.jsonl")):
+                report.write_report(parent)  # a suite's folder: its summary.md and results.jsonl too
+                print(f"{parent}: reports updated")
+            else:
+                report.write_experiment_report(exp_dir)
+                print(f"{os.path.join(exp_dir, 'table.md')} updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -531,7 +531,7 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
                   f"(`eval_{size}.json` in each run folder, written by `python experiments/reevaluate.py <exp> "
                   f"--eval-levels {size}` from the runs' checkpoints at iteration {steps or '?'}); the warm start is "
                   "each method's first seed's checkpoint 0. A 95% interval on one run's success rate p is about "
-                  f"+-{196 * math.sqrt(0.25 / size):.0f} points at p = 50% (+-{196 * math.sqrt(0.0475 / size):.1f} "
+                  f"±{196 * math.sqrt(0.25 / size):.0f} points at p = 50% (±{196 * math.sqrt(0.0475 / size):.1f} "
                   "at 95%).", "", "Greedy success (%) per seed, re-evaluated:", ""]
         for method in agg["methods"]:
             parts = [f"seed{seed} {_fmt_value(v, 'rate')}" for seed, v in ev["per_seed"][method]]

@@ -132,12 +132,14 @@ def test_warm_start_serves_a_separate_critic(results):
 def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results, capsys):
     """experiments/reevaluate.py rebuilds each run's Trainer from its config.json and checkpoints: at the
     run's own level count it must give final.json's numbers exactly (after RL, and the warm start
-    before it in the method's first seed), and the experiment's table gains a section for that size."""
+    before it in the method's first seed), and the experiment's table gains a section for that size.
+    (One method: every method's runs take the same path; the other stays out of the new table.)"""
     from experiments import reevaluate
 
     exp = os.path.join(results, "maze5")
-    assert reevaluate.main([exp, "--eval-levels", "4"]) == 0
-    for m in ("wmact", "entire_plan"):
+    assert reevaluate.main([exp, "--eval-levels", "4", "--methods", "wmact"]) == 0
+    assert not os.path.exists(os.path.join(exp, "entire_plan", "seed0", "eval_4.json"))
+    for m in ("wmact",):
         run = os.path.join(exp, m, "seed0")
         final, again = (json.load(open(os.path.join(run, f))) for f in ("final.json", "eval_4.json"))
         assert again["after"]["step"] == final["after"]["step"] == 1 and again["before"]["step"] == 0
@@ -149,12 +151,13 @@ def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results
     assert "### Re-evaluated on 4 held-out levels" in table and "eval_4.json" in table
     section = table.split("### Re-evaluated on 4 held-out levels")[1]
     assert "| wmact |" in section and "| *warm start (before RL)* |" in section
-    rows = [json.loads(line) for line in open(os.path.join(results, "results.jsonl"))]
-    assert all("eval4/greedy/success_rate" in r for r in rows)
-    # A second call finds both evaluations done; a run without checkpoints is named and skipped.
+    assert "- entire_plan: not re-evaluated" in section
+    rows = {r["method"]: r for r in map(json.loads, open(os.path.join(results, "results.jsonl")))}
+    assert "eval4/greedy/success_rate" in rows["wmact"] and "eval4/greedy/success_rate" not in rows["entire_plan"]
+    # A second call finds the evaluation done; a folder that is not a run is a clear error.
     capsys.readouterr()
-    assert reevaluate.main([exp, "--eval-levels", "4", "--no-report"]) == 0
-    assert capsys.readouterr().out.count("already, skipped") == 2
+    assert reevaluate.main([exp, "--eval-levels", "4", "--methods", "wmact", "--no-report"]) == 0
+    assert capsys.readouterr().out.count("already, skipped") == 1
     with pytest.raises(SystemExit, match="no config.json"):
         reevaluate.restore_run(os.path.join(exp, "warmstart"))
 

@@ -286,3 +286,27 @@ def test_success_at_the_starting_cap_puts_every_method_on_one_budget(tmp_path):
         (run / "final.json").write_text(json.dumps(final))
     report.write_report(str(tmp_path))
     assert "success, starting cap (%)" not in _header((exp / "table.md").read_text())
+
+
+def test_published_reevaluations_belong_to_their_runs():
+    """Every eval_<N>.json in experiments/results (experiments/reevaluate.py) sits in a finished run folder
+    and holds that run's final policy: the same iteration as its final.json, played at the same final
+    turn cap; a warm-start part is the before-RL policy at the starting cap. The report shows it."""
+    import glob
+
+    found = [p for p in glob.glob(os.path.join(ROOT, "experiments", "results", "*", "*", "*", "seed*", "eval_*.json"))
+             if os.path.basename(p)[len("eval_"):-len(".json")].isdigit()]  # not eval_initial.json
+    assert found, "no published re-evaluation (experiments/results/sokoban6_plan has them)"
+    for path in found:
+        run = os.path.dirname(path)
+        final, again = (json.load(open(os.path.join(run, f))) for f in ("final.json", os.path.basename(path)))
+        assert again["eval_levels"] == int(os.path.basename(path)[len("eval_"):-len(".json")]) > 48, path
+        assert again["after"]["step"] == final["after"]["step"], path
+        cap = again["after"]["metrics"]["greedy/turn_cap"]
+        assert cap == final["after"]["metrics"]["greedy/turn_cap"], path
+        if "before" in again:
+            assert again["before"]["step"] == 0
+            assert again["before"]["metrics"]["greedy/turn_cap"] == final["before"]["metrics"]["greedy/turn_cap"]
+        exp_dir = os.path.dirname(os.path.dirname(run))
+        assert f"### Re-evaluated on {again['eval_levels']} held-out levels" in open(
+            os.path.join(exp_dir, "table.md")).read(), exp_dir

@@ -13,8 +13,9 @@ the evaluation's own (`Trainer.eval_key()`), the same for every run; the first 4
 48 (JAX's partitionable key split: the i-th key does not depend on the count). experiments/report.py
 adds a table of these files to the experiment's table.md.
 
-Runs without checkpoints (a published folder keeps none) are listed and skipped; a run whose file
-already holds its latest checkpoint's evaluation at that size is skipped too (`--force` redoes it).
+Unfinished runs (no final.json) and runs without checkpoints (a published folder keeps none) are listed
+and skipped; a run whose file already holds its latest checkpoint's evaluation at that size is skipped
+too (`--force` redoes it).
 """
 from __future__ import annotations
 
@@ -113,19 +114,24 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
     for method, seed, run_dir in run_dirs(exp_dir, methods):
         first = before and method not in seen_method
         seen_method.add(method)
-        if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        ckpt_dir = os.path.join(run_dir, "checkpoints")
+        if not os.path.isfile(os.path.join(run_dir, "final.json")):
+            log(f"{method}/{seed}: unfinished (no final.json), skipped")  # a policy mid-training
+            continue
+        if not os.path.isdir(ckpt_dir):
             log(f"{method}/{seed}: no checkpoints/, skipped")
             continue
         path = eval_file(run_dir, eval_levels)
-        t0 = time.time()
-        trainer, state, step, config = restore_run(run_dir, eval_levels, trainer_cls=pool)
         old = None
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-        if old and not force and old.get("after", {}).get("step") == step and (old.get("before") or not first):
-            log(f"{method}/{seed}: {path} holds iteration {step} already, skipped")
+        latest = max((int(n) for n in os.listdir(ckpt_dir) if n.isdigit()), default=None)
+        if old and not force and old.get("after", {}).get("step") == latest and (old.get("before") or not first):
+            log(f"{method}/{seed}: {path} holds iteration {latest} already, skipped")
             continue
+        t0 = time.time()
+        trainer, state, step, config = restore_run(run_dir, eval_levels, trainer_cls=pool)
         result = {"eval_levels": int(eval_levels), "method": method,
                   "after": {"step": step, "metrics": evaluate_modes(trainer, state, config, transfer)}}
         if first and step != 0:  # the warm start in this method's prompt format

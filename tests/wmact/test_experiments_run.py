@@ -129,7 +129,7 @@ def test_warm_start_serves_a_separate_critic(results):
     np.testing.assert_array_equal(np.asarray(policy["embed"]), np.asarray(critic["embed"]))
 
 
-def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results, capsys):
+def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results, capsys, tmp_path):
     """experiments/reevaluate.py rebuilds each run's Trainer from its config.json and checkpoints: at the
     run's own level count it must give final.json's numbers exactly (after RL, and the warm start
     before it in the method's first seed), and the experiment's table gains a section for that size.
@@ -160,6 +160,12 @@ def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results
     assert capsys.readouterr().out.count("already, skipped") == 1
     with pytest.raises(SystemExit, match="no config.json"):
         reevaluate.restore_run(os.path.join(exp, "warmstart"))
+    # A run still training (no final.json) is not evaluated: its policy is not the one the table reports.
+    unfinished = tmp_path / "exp" / "wmact" / "seed0"
+    os.makedirs(unfinished / "checkpoints")
+    assert reevaluate.main([str(tmp_path / "exp"), "--no-report"]) == 0
+    assert "unfinished (no final.json), skipped" in capsys.readouterr().out
+    assert not os.path.exists(unfinished / "eval_256.json")
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys):

@@ -112,8 +112,6 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
     pool = TrainerPool()
     written, seen_method = [], set()
     for method, seed, run_dir in run_dirs(exp_dir, methods):
-        first = before and method not in seen_method
-        seen_method.add(method)
         ckpt_dir = os.path.join(run_dir, "checkpoints")
         if not os.path.isfile(os.path.join(run_dir, "final.json")):
             log(f"{method}/{seed}: unfinished (no final.json), skipped")  # a policy mid-training
@@ -121,12 +119,16 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
         if not os.path.isdir(ckpt_dir):
             log(f"{method}/{seed}: no checkpoints/, skipped")
             continue
+        steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+        # The warm start in the first seed of each method that is evaluated, if its checkpoint 0 was kept.
+        first = before and method not in seen_method and 0 in steps
+        seen_method.add(method)
         path = eval_file(run_dir, eval_levels)
         old = None
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-        latest = max((int(n) for n in os.listdir(ckpt_dir) if n.isdigit()), default=None)
+        latest = steps[-1] if steps else None
         if old and not force and old.get("after", {}).get("step") == latest and (old.get("before") or not first):
             log(f"{method}/{seed}: {path} holds iteration {latest} already, skipped")
             continue

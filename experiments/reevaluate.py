@@ -86,16 +86,14 @@ def evaluate_modes(trainer, state, config, transfer: bool = False) -> dict:
 
 def run_dirs(exp_dir: str, methods: list[str] | None) -> list[tuple[str, str, str]]:
     """[(method, seed folder name, path)] of an experiment folder, methods in folder order."""
-    from experiments.report import _method_dirs, _seed_of, _seed_sort_key
+    from experiments.report import _method_dirs, seed_dirs
 
     out = []
     for method in _method_dirs(exp_dir):
         if methods and method not in methods:
             continue
         mdir = os.path.join(exp_dir, method)
-        seeds = sorted((s for s in os.listdir(mdir) if s.startswith("seed") and os.path.isdir(os.path.join(mdir, s))),
-                       key=lambda s: _seed_sort_key(_seed_of(s)))
-        out += [(method, s, os.path.join(mdir, s)) for s in seeds]
+        out += [(method, s, os.path.join(mdir, s)) for s in seed_dirs(mdir)]
     if methods:
         missing = sorted(set(methods) - {m for m, _, _ in out})
         if missing:

@@ -197,6 +197,13 @@ def _names(items: Any) -> list[str]:
     return out
 
 
+def seed_dirs(method_dir: str) -> list[str]:
+    """The `seed<k>` run folders of a method folder, by seed (none if the folder is missing)."""
+    names = os.listdir(method_dir) if os.path.isdir(method_dir) else []
+    return sorted((s for s in names if s.startswith("seed") and os.path.isdir(os.path.join(method_dir, s))),
+                  key=lambda s: _seed_sort_key(_seed_of(s)))
+
+
 def _method_dirs(exp_dir: str) -> list[str]:
     """Sub-directories holding at least one ``seed*`` directory."""
     out = []
@@ -312,10 +319,7 @@ def aggregate(exp_dir: str) -> dict:
     runs: dict[str, list[dict]] = {}
     for method in methods:
         mdir = os.path.join(exp_dir, method)
-        names = sorted((s for s in (os.listdir(mdir) if os.path.isdir(mdir) else [])
-                        if s.startswith("seed") and os.path.isdir(os.path.join(mdir, s))),
-                       key=lambda s: _seed_sort_key(_seed_of(s)))
-        runs[method] = [dict(load_run(os.path.join(mdir, s)), seed=_seed_of(s)) for s in names]
+        runs[method] = [dict(load_run(os.path.join(mdir, s)), seed=_seed_of(s)) for s in seed_dirs(mdir)]
 
     # Transfer envs: those experiment.json names, then any other found in the final metrics.
     transfer = _names(meta.get("transfer"))

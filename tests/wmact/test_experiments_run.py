@@ -139,14 +139,13 @@ def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results
     exp = os.path.join(results, "maze5")
     assert reevaluate.main([exp, "--eval-levels", "4", "--methods", "wmact"]) == 0
     assert not os.path.exists(os.path.join(exp, "entire_plan", "seed0", "eval_4.json"))
-    for m in ("wmact",):
-        run = os.path.join(exp, m, "seed0")
-        final, again = (json.load(open(os.path.join(run, f))) for f in ("final.json", "eval_4.json"))
-        assert again["after"]["step"] == final["after"]["step"] == 1 and again["before"]["step"] == 0
-        for part in ("after", "before"):
-            mine = again[part]["metrics"]
-            theirs = {k: v for k, v in final[part]["metrics"].items() if not k.startswith("transfer/")}
-            assert mine == pytest.approx(theirs), (m, part)  # every mode but transfer (--transfer)
+    run = os.path.join(exp, "wmact", "seed0")
+    final, again = (json.load(open(os.path.join(run, f))) for f in ("final.json", "eval_4.json"))
+    assert again["after"]["step"] == final["after"]["step"] == 1 and again["before"]["step"] == 0
+    for part in ("after", "before"):
+        mine = again[part]["metrics"]
+        theirs = {k: v for k, v in final[part]["metrics"].items() if not k.startswith("transfer/")}
+        assert mine == pytest.approx(theirs), part  # every mode but transfer (--transfer)
     table = open(os.path.join(exp, "table.md")).read()
     assert "### Re-evaluated on 4 held-out levels" in table and "eval_4.json" in table
     section = table.split("### Re-evaluated on 4 held-out levels")[1]

@@ -11,7 +11,8 @@ turn, the starting cap L_0 where the cap anneals; transfer environments with `--
 evaluated the same way in the first seed of each method (each method's prompt format). The levels are
 the evaluation's own (`Trainer.eval_key()`), the same for every run; the first 48 of 256 are the suite's
 48 (JAX's partitionable key split: the i-th key does not depend on the count). experiments/report.py
-adds a table of these files to the experiment's table.md.
+adds a table of these files to the experiment's table.md. A run made with `train.final_eval_levels=N`
+(the full suite's 256) wrote its own `eval_<N>.json` (wmact_jax.main): this is for runs made without.
 
 Unfinished runs (no final.json) and runs without checkpoints (a published folder keeps none) are listed
 and skipped; a run whose file already holds its latest checkpoint's evaluation at that size is skipped
@@ -28,10 +29,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-
-
-def eval_file(run_dir: str, eval_levels: int) -> str:
-    return os.path.join(run_dir, f"eval_{int(eval_levels)}.json")
 
 
 def restore_run(run_dir: str, eval_levels: int | None = None, step: int | None = None, trainer_cls=None):
@@ -71,19 +68,6 @@ def restore_run(run_dir: str, eval_levels: int | None = None, step: int | None =
     return tr, state, step, config
 
 
-def evaluate_modes(trainer, state, config, transfer: bool = False) -> dict:
-    """{'<mode>/<metric>': value} over the run's evaluation modes (wmact_jax.main's, as the run did)."""
-    from wmact_jax.main import _eval_modes
-
-    out = {}
-    for mode, kwargs in _eval_modes(trainer, config):
-        if mode.startswith("transfer/") and not transfer:
-            continue
-        metrics, _ = trainer.evaluate(state, config.train.eval_levels, **kwargs)
-        out.update({f"{mode}/{k}": float(v) for k, v in metrics.items()})
-    return out
-
-
 def run_dirs(exp_dir: str, methods: list[str] | None) -> list[tuple[str, str, str]]:
     """[(method, seed folder name, path)] of an experiment folder, methods in folder order."""
     from experiments.report import _method_dirs, seed_dirs
@@ -106,6 +90,7 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
     """Writes eval_<N>.json in every run of `exp_dir` with checkpoints; returns the files written.
     before: also the warm start (checkpoint 0) in each method's first seed."""
     from experiments.run import TrainerPool
+    from wmact_jax.main import eval_levels_file, evaluate_modes
 
     pool = TrainerPool()
     written, seen_method = [], set()
@@ -121,7 +106,7 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
         # The warm start in the first seed of each method that is evaluated, if its checkpoint 0 was kept.
         first = before and method not in seen_method and 0 in steps
         seen_method.add(method)
-        path = eval_file(run_dir, eval_levels)
+        path = eval_levels_file(run_dir, eval_levels)
         old = None
         if os.path.exists(path):
             with open(path) as f:

@@ -112,7 +112,7 @@ def _as_json(x):
 # of their own (`Trainer.eval_key`), so runs that differ only here are the same training runs. A command
 # may add seeds to a folder with these changed (e.g. an evaluation mode the earlier seeds lack: the
 # table's cell then says over how many seeds, `(n=k)`).
-EVALUATION_ONLY = ("train.eval_modes", "train.transcripts")
+EVALUATION_ONLY = ("train.eval_modes", "train.transcripts", "train.final_eval_levels")
 
 
 def _changes(exp_dir: str, overrides: dict, evaluation: bool) -> list[str]:

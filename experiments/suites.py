@@ -111,8 +111,12 @@ TAXI_PLAN = {"warmstart.mixed_one_action_share": 0.0, "warmstart.plan_actions": 
 TAXI_STAGE2 = {"warmstart.curriculum": 0.0, "warmstart.curriculum_exit": 0.0, "warmstart.target_loss": 0.12,
                "warmstart.max_cycles": 3}
 
+# The curves and the first table evaluate 48 levels; each run's final policy (and the warm start, in each
+# method's first seed) is also evaluated on 256 (`eval_256.json`, the tables' "Re-evaluated" section): on
+# 48 levels the methods were not told apart below ~8 points (experiments/results/sokoban6_plan). About a
+# minute a Sokoban 6x6 run on 2 CPU cores.
 FULL = {**WARMSTART, **FULL_WARMSTART, **RL, "train.iterations": 50, "train.eval_levels": 48,
-        "train.eval_every": 25, "train.checkpoint_every": 25, "anneal.tau": 5}
+        "train.final_eval_levels": 256, "train.eval_every": 25, "train.checkpoint_every": 25, "anneal.tau": 5}
 
 # Sokoban 6x6 with plans as the warm start's habit (experiments/results/sokoban6_plan, 2026-12-07): the
 # suite's warm start (one action a turn, trained from Maze-5x5's: 47.9% greedy), then a second stage of

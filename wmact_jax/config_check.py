@@ -276,7 +276,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
              f"'warmstart.init' {w.init!r} is not a saved warm start (no warmstart.json in it)")
 
     # Training loop.
-    nonneg("train.iterations", "train.eval_every", "train.transcripts", "ppo.width_bucket")
+    nonneg("train.iterations", "train.eval_every", "train.transcripts", "train.final_eval_levels", "ppo.width_bucket")
     for mode in c.train.eval_modes:
         need(mode in EVAL_MODES, f"'train.eval_modes': unknown mode {mode!r}, must be among {list(EVAL_MODES)}")
     positive("train.log_every", "train.eval_levels", "train.checkpoint_every",

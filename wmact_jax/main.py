@@ -125,6 +125,75 @@ def _evaluate(trainer, state, config, step: int, writer: MetricsWriter, workdir:
     return results
 
 
+def evaluate_modes(trainer, state, config, transfer: bool = True) -> dict[str, float]:
+    """{'<mode>/<metric>': value} over the run's evaluation modes on `config.train.eval_levels` levels
+    (the trainer's: its evaluation shapes are static), no transcripts, nothing logged; transfer modes
+    only with `transfer`. What `train.final_eval_levels` and experiments/reevaluate.py record."""
+    out = {}
+    for mode, kwargs in _eval_modes(trainer, config):
+        if mode.startswith("transfer/") and not transfer:
+            continue
+        kwargs.pop("transcripts", None)
+        metrics, _ = trainer.evaluate(state, config.train.eval_levels, **kwargs)
+        out.update({f"{mode}/{k}": v for k, v in to_host(metrics).items()})
+    return out
+
+
+def eval_levels_file(workdir: str, levels: int) -> str:
+    """Where a run's evaluation on `levels` held-out levels beyond its own count is kept."""
+    return os.path.join(workdir, f"eval_{int(levels)}.json")
+
+
+class _FinalLevels:
+    """`train.final_eval_levels`: the run's policy before RL and after it evaluated again, in every mode,
+    on that many held-out levels (the first `train.eval_levels` of them are the run's own), into
+    `eval_<N>.json` (experiments/report.py tables it; the format of experiments/reevaluate.py). The
+    evaluation's shapes are static, so this is a second Trainer built for N levels, made at first use."""
+
+    def __init__(self, config, workdir: str, trainer_cls, is_main: bool):
+        self.levels = int(config.train.final_eval_levels)
+        self.enabled = self.levels > 0 and self.levels != int(config.train.eval_levels)
+        self.path = eval_levels_file(workdir, self.levels) if self.enabled else ""
+        self.config, self.trainer_cls, self.is_main = config, trainer_cls, is_main
+        self._trainer, self._before = None, None
+
+    def _evaluate(self, state) -> dict[str, float]:
+        c = self.config
+        if self._trainer is None:
+            c = c.copy_and_resolve_references()
+            c.train.eval_levels, c.train.transcripts = self.levels, 0
+            self._trainer = self.trainer_cls(c, "")
+        return evaluate_modes(self._trainer, state, self._trainer.config)
+
+    def before(self, state) -> None:
+        """At iteration 0: the warm-started policy, kept in the file until the run ends."""
+        if self.enabled:
+            self._before = {"step": 0, "metrics": self._evaluate(state)}
+            if self.is_main:
+                _write_json(self.path, {"eval_levels": self.levels, "method": self.config.method,
+                                        "before": self._before})
+
+    def resumed(self) -> None:
+        """A resumed run: the `before` an earlier process of this run wrote survives."""
+        if self.enabled and self.is_main and os.path.exists(self.path):
+            with open(self.path) as f:
+                part = json.load(f).get("before") or {}
+            self._before = part if part.get("step") == 0 else None
+
+    def after(self, state, step: int) -> None:
+        """At the end: the final policy, and the warm start's evaluation if this run made one."""
+        if not self.enabled:
+            return
+        t0 = time.time()
+        out = {"eval_levels": self.levels, "method": self.config.method,
+               "after": {"step": step, "metrics": self._evaluate(state)}}
+        if self._before is not None:
+            out["before"] = self._before
+        out["seconds"] = time.time() - t0
+        if self.is_main:
+            _write_json(self.path, out)
+
+
 def _saved_steps(ckpt_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
 
@@ -194,13 +263,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
 
     total = config.train.iterations
     before = None
+    final_levels = _FinalLevels(config, workdir, trainer_cls or _default_trainer_cls(), is_main)
     if start == 0 and config.train.eval_before:  # decided alike on every process (evaluate may run collectives)
         before = {"step": 0, "metrics": _evaluate(trainer, state, config, 0, writer, workdir, is_main)}
         if is_main:
             _write_json(initial_path, before)
-    elif is_main and os.path.exists(initial_path):  # resumed: the "before" column survives
-        with open(initial_path) as f:
-            before = json.load(f)
+        final_levels.before(state)
+    else:
+        if is_main and os.path.exists(initial_path):  # resumed: the "before" column survives
+            with open(initial_path) as f:
+                before = json.load(f)
+        if latest is not None:
+            final_levels.resumed()
 
     step = start
     bar = None
@@ -239,6 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[s
         after = {"step": step,
                  "metrics": _evaluate(trainer, state, config, step, writer, workdir, is_main)}
         ckpt.save(step, state, force=True)
+        final_levels.after(state, step)
     except KeyboardInterrupt:
         logging.warning("interrupted at iteration %d: saving a checkpoint", step)
         ckpt.save(step, state, force=True)

@@ -17,12 +17,15 @@ TINY = ["--set", "model.hidden_size=32", "--set", "model.intermediate_size=64", 
         "--set", "warmstart.num_levels=40", "--set", "warmstart.batch_size=8",
         "--set", "rollout.levels_per_iteration=2", "--set", "env.eval_names=('Maze-9x9',)",
         "--set", "rollout.max_turn_tokens=16"]
+# Each run's warm start and final policy evaluated again on 6 levels (eval_6.json).
+FINAL = ["--set", "train.final_eval_levels=6"]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("suite"))
-    assert runner.main(["--suite", "quick", "--out", out, "--methods", "wmact,entire_plan", "--seeds", "0"] + TINY) == 0
+    assert runner.main(["--suite", "quick", "--out", out, "--methods", "wmact,entire_plan", "--seeds", "0"] + TINY
+                       + FINAL) == 0
     return out
 
 
@@ -52,12 +55,13 @@ def test_rerun_skips_finished_runs_and_reuses_the_warm_start(results, capsys):
     exp = os.path.join(results, "maze5")
     stamp = os.path.getmtime(os.path.join(exp, "wmact", "seed0", "final.json"))
     warm = os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json"))
-    assert runner.main(["--suite", "quick", "--out", results, "--methods", "wmact", "--seeds", "0"] + TINY) == 0
+    assert runner.main(["--suite", "quick", "--out", results, "--methods", "wmact", "--seeds", "0"] + TINY
+                       + FINAL) == 0
     assert os.path.getmtime(os.path.join(exp, "wmact", "seed0", "final.json")) == stamp
     assert os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json")) == warm
     # The first command's record survives the second one (suite.json keeps a history; summary.md shows it).
     meta = json.load(open(os.path.join(results, "suite.json")))
-    assert meta["command"].endswith(" ".join(["--methods", "wmact", "--seeds", "0"] + TINY))
+    assert meta["command"].endswith(" ".join(["--methods", "wmact", "--seeds", "0"] + TINY + FINAL))
     assert len(meta["history"]) == 1 and "wmact,entire_plan" in meta["history"][0]["command"]
     assert meta["history"][0]["seconds"] > 0 and meta["experiments"] == {"maze5": "Maze-5x5"}
     assert "Earlier commands into this directory:" in open(os.path.join(results, "summary.md")).read()
@@ -80,13 +84,14 @@ def test_runs_of_other_settings_do_not_join_a_results_folder(results, capsys):
     assert "anneal.rounding" in err and "'round' now" in err and "another --out" in err
     assert sorted(os.listdir(exp)) == before  # nothing ran, nothing was written
     # A value equal in JSON (a tuple written as a list) is the same setting.
-    sets = runner.parse_sets(TINY[1::2])
+    sets = runner.parse_sets((TINY + FINAL)[1::2])
     assert runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", sets)) is None
-    # What is evaluated is not how the runs train: seeds evaluated in more (or fewer) modes may join.
-    more = {**sets, "train.eval_modes": ("greedy", "greedy_l0"), "train.transcripts": 0}
+    # What is evaluated is not how the runs train: seeds evaluated in more (or fewer) modes or levels may join.
+    more = {**sets, "train.eval_modes": ("greedy", "greedy_l0"), "train.transcripts": 0,
+            "train.final_eval_levels": 0}
     assert runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", more)) is None
     changed = runner.evaluation_changes(exp, runner.recorded_overrides("maze5", "quick", more))
-    assert [c.split(":")[0] for c in changed] == ["train.eval_modes", "train.transcripts"]
+    assert [c.split(":")[0] for c in changed] == ["train.eval_modes", "train.final_eval_levels", "train.transcripts"]
     assert runner.evaluation_changes(exp, runner.recorded_overrides("maze5", "quick", sets)) == []
     why = runner.settings_conflict(exp, runner.recorded_overrides("maze5", "quick", {**more, "ppo.lr": 3e-4}))
     assert "ppo.lr" in why and "eval_modes" not in why
@@ -129,34 +134,35 @@ def test_warm_start_serves_a_separate_critic(results):
     np.testing.assert_array_equal(np.asarray(policy["embed"]), np.asarray(critic["embed"]))
 
 
-def test_reevaluation_repeats_the_runs_evaluation_and_the_table_shows_it(results, capsys, tmp_path):
-    """experiments/reevaluate.py rebuilds each run's Trainer from its config.json and checkpoints: at the
-    run's own level count it must give final.json's numbers exactly (after RL, and the warm start
-    before it in the method's first seed), and the experiment's table gains a section for that size.
-    (One method: every method's runs take the same path; the other stays out of the new table.)"""
+def test_more_levels_at_the_end_and_reevaluation_agree(results, capsys, tmp_path):
+    """train.final_eval_levels=6: each run evaluates its warm start (a method's first seed) and its final
+    policy again on 6 levels into eval_6.json, and the table shows it. experiments/reevaluate.py rebuilds a
+    run's Trainer from its config.json and checkpoints: it must give the run's own numbers exactly, and it
+    skips a run whose file is done. (One method re-evaluated: every method's runs take the same path.)"""
     from experiments import reevaluate
 
     exp = os.path.join(results, "maze5")
-    assert reevaluate.main([exp, "--eval-levels", "4", "--methods", "wmact"]) == 0
-    assert not os.path.exists(os.path.join(exp, "entire_plan", "seed0", "eval_4.json"))
     run = os.path.join(exp, "wmact", "seed0")
-    final, again = (json.load(open(os.path.join(run, f))) for f in ("final.json", "eval_4.json"))
-    assert again["after"]["step"] == final["after"]["step"] == 1 and again["before"]["step"] == 0
+    final, own = (json.load(open(os.path.join(run, f))) for f in ("final.json", "eval_6.json"))
+    assert own["eval_levels"] == 6 and own["after"]["step"] == final["after"]["step"] == 1
+    assert own["before"]["step"] == 0
     for part in ("after", "before"):
-        mine = again[part]["metrics"]
-        theirs = {k: v for k, v in final[part]["metrics"].items() if not k.startswith("transfer/")}
-        assert mine == pytest.approx(theirs), part  # every mode but transfer (--transfer)
-    table = open(os.path.join(exp, "table.md")).read()
-    assert "### Re-evaluated on 4 held-out levels" in table and "eval_4.json" in table
-    section = table.split("### Re-evaluated on 4 held-out levels")[1]
-    assert "| wmact |" in section and "| *warm start (before RL)* |" in section
-    assert "- entire_plan: not re-evaluated" in section
-    rows = {r["method"]: r for r in map(json.loads, open(os.path.join(results, "results.jsonl")))}
-    assert "eval4/greedy/success_rate" in rows["wmact"] and "eval4/greedy/success_rate" not in rows["entire_plan"]
-    # A second call finds the evaluation done; a folder that is not a run is a clear error.
+        assert own[part]["metrics"].keys() == final[part]["metrics"].keys(), part  # transfer too
+    assert json.load(open(os.path.join(exp, "entire_plan", "seed0", "eval_6.json")))["after"]["step"] == 1
     capsys.readouterr()
-    assert reevaluate.main([exp, "--eval-levels", "4", "--methods", "wmact", "--no-report"]) == 0
+    assert reevaluate.main([exp, "--eval-levels", "6", "--methods", "wmact", "--no-report"]) == 0
     assert capsys.readouterr().out.count("already, skipped") == 1
+    assert reevaluate.main([exp, "--eval-levels", "6", "--methods", "wmact", "--force"]) == 0
+    again = json.load(open(os.path.join(run, "eval_6.json")))
+    for part in ("after", "before"):
+        theirs = {k: v for k, v in own[part]["metrics"].items() if not k.startswith("transfer/")}
+        assert again[part]["metrics"] == pytest.approx(theirs), part  # every mode but transfer (--transfer)
+    table = open(os.path.join(exp, "table.md")).read()
+    assert "### Re-evaluated on 6 held-out levels" in table and "eval_6.json" in table
+    section = table.split("### Re-evaluated on 6 held-out levels")[1]
+    assert "| wmact |" in section and "| entire_plan |" in section and "| *warm start (before RL)* |" in section
+    rows = {r["method"]: r for r in map(json.loads, open(os.path.join(results, "results.jsonl")))}
+    assert "eval6/greedy/success_rate" in rows["wmact"] and "eval6/greedy/success_rate" in rows["entire_plan"]
     with pytest.raises(SystemExit, match="no config.json"):
         reevaluate.restore_run(os.path.join(exp, "warmstart"))
     # A run still training (no final.json) is not evaluated: its policy is not the one the table reports.

@@ -286,3 +286,41 @@ def test_the_starting_cap_is_evaluated_where_the_cap_moves():
     c = small_config()
     c.method, c.anneal.kind = "interactive", "linear"
     assert "greedy_l0" in [m for m, _ in main_mod._eval_modes(Evaluates(), prepare_config(c, {"anneal.kind"}))]
+
+
+def test_final_evaluation_on_more_levels(tmp_path):
+    """train.final_eval_levels: the warm start and the final policy evaluated again, in every mode, on more
+    levels (a second trainer built for that count) into eval_<N>.json; a kill between the two keeps the
+    first; off where the count is the run's own."""
+    built = []
+
+    class Counting(FakeTrainer):
+        def __init__(self, config, workdir):
+            super().__init__(config, workdir)
+            built.append(int(config.train.eval_levels))
+
+    ref_dir, wd = str(tmp_path / "ref"), str(tmp_path / "run")
+    ref = main_mod.run(loop_config(6, train__final_eval_levels=16), ref_dir, trainer_cls=Counting, progress=False)
+    assert built == [8, 16]  # the run's trainer, then one for the larger count
+    more = json.load(open(os.path.join(ref_dir, "eval_16.json")))
+    assert more["eval_levels"] == 16 and more["method"] == "wmact"
+    assert more["before"]["step"] == 0 and more["after"]["step"] == 6
+    for part in ("before", "after"):
+        mine, own = more[part]["metrics"], ref[part]["metrics"]
+        assert mine.keys() == own.keys()  # every mode of the run's own evaluation
+        assert mine["greedy/mean_turns"] == own["greedy/mean_turns"]
+        assert mine["greedy/success_rate"] != own["greedy/success_rate"]  # on other levels
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        main_mod.run(loop_config(6, train__final_eval_levels=16), wd, trainer_cls=CrashingTrainer, progress=False)
+    assert "after" not in json.load(open(os.path.join(wd, "eval_16.json")))
+    main_mod.run(loop_config(6, train__final_eval_levels=16), wd, trainer_cls=FakeTrainer, progress=False)
+    assert json.load(open(os.path.join(wd, "eval_16.json")))["before"] == more["before"]
+    # The run's own count, or 0: no second evaluation.
+    built.clear()
+    main_mod.run(loop_config(2, train__final_eval_levels=8), str(tmp_path / "own"), trainer_cls=Counting,
+                 progress=False)
+    assert built == [8] and not any(n.startswith("eval_") and n != "eval_initial.json"
+                                    for n in os.listdir(tmp_path / "own"))
+    with pytest.raises(ConfigError, match="train.final_eval_levels"):
+        main_mod.run(loop_config(2, train__final_eval_levels=-1), str(tmp_path / "bad"), trainer_cls=Counting,
+                     progress=False)

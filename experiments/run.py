@@ -325,11 +325,13 @@ def main(argv=None) -> int:
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint save at INFO
     # Every seed, and every multi-turn method (their differences are traced arguments: Trainer.switches),
-    # runs the same compiled iteration: a persistent cache compiles it once per experiment.
+    # runs the same compiled iteration: a persistent cache compiles it once per experiment. A cache the
+    # caller has open already (JAX_COMPILATION_CACHE_DIR; the test session's) is kept: it serves more.
     saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
                                                  "jax_persistent_cache_min_compile_time_secs")}
-    jax.config.update("jax_compilation_cache_dir", os.path.join(out, ".jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if not saved["jax_compilation_cache_dir"]:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(out, ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     try:
         return _run_suite(args, exps, methods, seeds, sets, out)
     finally:  # a caller (e.g. a test process) keeps its own settings

@@ -158,12 +158,11 @@ class _FinalLevels:
         self._trainer, self._before = None, None
 
     def _evaluate(self, state) -> dict[str, float]:
-        c = self.config
         if self._trainer is None:
-            c = c.copy_and_resolve_references()
-            c.train.eval_levels, c.train.transcripts = self.levels, 0
-            self._trainer = self.trainer_cls(c, "")
-        return evaluate_modes(self._trainer, state, self._trainer.config)
+            self._eval_config = self.config.copy_and_resolve_references()
+            self._eval_config.train.eval_levels, self._eval_config.train.transcripts = self.levels, 0
+            self._trainer = self.trainer_cls(self._eval_config, "")
+        return evaluate_modes(self._trainer, state, self._eval_config)
 
     def before(self, state) -> None:
         """At iteration 0: the warm-started policy, kept in the file until the run ends."""

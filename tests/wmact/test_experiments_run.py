@@ -48,6 +48,8 @@ def test_suite_writes_runs_tables_and_plots(results):
     assert open(os.path.join(exp, "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     lines = open(os.path.join(results, "results.jsonl")).read().splitlines()
     assert len(lines) == 2
+    # The compilation cache the caller had open (the test session's) served the suite: no cache of its own.
+    assert not os.path.exists(os.path.join(results, ".jax_cache"))
     assert "maze5" in open(os.path.join(results, "summary.md")).read()
 
 

@@ -532,9 +532,10 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
         lines += ["", f"### Re-evaluated on {size} held-out levels", "",
                   *_table_lines({**agg, "rows": ev["rows"], "warm_start": ev["warm_start"]}), "",
                   f"The same policies and evaluation modes on {size} held-out levels instead of the run's own "
-                  f"(`eval_{size}.json` in each run folder, written by `python experiments/reevaluate.py <exp> "
-                  f"--eval-levels {size}` from the runs' checkpoints at iteration {steps or '?'}); the warm start is "
-                  "each method's first seed's checkpoint 0. A 95% interval on one run's success rate p is about "
+                  f"(`eval_{size}.json` in each run folder, policies of iteration {steps or '?'}: written at the end "
+                  f"of a run made with `train.final_eval_levels={size}`, or by `python experiments/reevaluate.py "
+                  f"<exp> --eval-levels {size}` from its checkpoints); the warm start is evaluated in each method's "
+                  "first seed. A 95% interval on one run's success rate p is about "
                   f"±{196 * math.sqrt(0.25 / size):.0f} points at p = 50% (±{196 * math.sqrt(0.0475 / size):.1f} "
                   "at 95%).", "", "Greedy success (%) per seed, re-evaluated:", ""]
         for method in agg["methods"]:

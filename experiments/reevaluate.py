@@ -90,7 +90,7 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
     """Writes eval_<N>.json in every run of `exp_dir` with checkpoints; returns the files written.
     before: also the warm start (checkpoint 0) in each method's first seed."""
     from experiments.run import TrainerPool
-    from wmact_jax.main import eval_levels_file, evaluate_modes
+    from wmact_jax.main import _saved_steps, _write_json, eval_levels_file, evaluate_modes
 
     pool = TrainerPool()
     written, seen_method = [], set()
@@ -102,7 +102,7 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
         if not os.path.isdir(ckpt_dir):
             log(f"{method}/{seed}: no checkpoints/, skipped")
             continue
-        steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+        steps = _saved_steps(ckpt_dir)
         # The warm start in the first seed of each method that is evaluated, if its checkpoint 0 was kept.
         first = before and method not in seen_method and 0 in steps
         seen_method.add(method)
@@ -123,10 +123,7 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
             trainer, state0, _, config = restore_run(run_dir, eval_levels, 0, trainer_cls=pool)
             result["before"] = {"step": 0, "metrics": evaluate_modes(trainer, state0, config, transfer)}
         result["seconds"] = time.time() - t0
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, path)
+        _write_json(path, result)
         written.append(path)
         m = result["after"]["metrics"]
         log(f"{method}/{seed}: iteration {step}, greedy {100 * m.get('greedy/success_rate', float('nan')):.1f}%, "

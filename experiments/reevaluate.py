@@ -31,12 +31,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def restore_run(run_dir: str, eval_levels: int | None = None, step: int | None = None, trainer_cls=None):
-    """(trainer, state, step, config) of `run_dir` at checkpoint `step` (default: its latest; 0 is the warm
-    start, before RL), the Trainer built from the run's own config.json with `train.eval_levels` set to
-    `eval_levels` when given. trainer_cls: a `(config, workdir) -> Trainer` factory (experiments/run.py's
-    TrainerPool shares compiled programs across runs). A missing config or checkpoint is a SystemExit
-    naming it."""
+def open_run(run_dir: str, eval_levels: int | None = None, trainer_cls=None):
+    """(trainer, restore, steps, config) of `run_dir`: the Trainer built from the run's own config.json
+    (config.json read and the checkpoints opened once), with `train.eval_levels` set to `eval_levels`
+    when given; `restore(step)` the run's state at a saved iteration (0 is the warm start, before RL);
+    `steps` the saved iterations, ascending. trainer_cls: a `(config, workdir) -> Trainer` factory
+    (experiments/run.py's TrainerPool shares compiled programs across runs). A missing config or
+    checkpoint is a SystemExit naming it."""
     import jax
 
     from wmact_jax.checkpointing import Checkpointer
@@ -50,13 +51,9 @@ def restore_run(run_dir: str, eval_levels: int | None = None, step: int | None =
     with open(cfg_path) as f:
         saved = json.load(f)
     ckpt = Checkpointer(ckpt_dir, saved)
-    steps = ckpt.all_steps()
+    steps = sorted(ckpt.all_steps())
     if not steps:
         raise SystemExit(f"{run_dir}: no checkpoint in {ckpt_dir}")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise SystemExit(f"{run_dir}: no checkpoint at iteration {step} (it has {sorted(steps)})")
     config = config_from_saved(saved)
     if eval_levels:
         config.train.eval_levels = int(eval_levels)
@@ -64,8 +61,22 @@ def restore_run(run_dir: str, eval_levels: int | None = None, step: int | None =
     if trainer_cls is None:
         from wmact_jax.train import Trainer as trainer_cls
     tr = trainer_cls(config, "")
-    state = ckpt.restore(jax.eval_shape(tr.init_state, jax.random.key(0)), step)
-    return tr, state, step, config
+    abstract = jax.eval_shape(tr.init_state, jax.random.key(0))
+
+    def restore(step: int):
+        if step not in steps:
+            raise SystemExit(f"{run_dir}: no checkpoint at iteration {step} (it has {steps})")
+        return ckpt.restore(abstract, step)
+
+    return tr, restore, steps, config
+
+
+def restore_run(run_dir: str, eval_levels: int | None = None, step: int | None = None, trainer_cls=None):
+    """(trainer, state, step, config) of `run_dir` at checkpoint `step` (default: its latest), as
+    `open_run` builds them."""
+    tr, restore, steps, config = open_run(run_dir, eval_levels, trainer_cls)
+    step = steps[-1] if step is None else step
+    return tr, restore(step), step, config
 
 
 def run_dirs(exp_dir: str, methods: list[str] | None) -> list[tuple[str, str, str]]:
@@ -90,7 +101,7 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
     """Writes eval_<N>.json in every run of `exp_dir` with checkpoints; returns the files written.
     before: also the warm start (checkpoint 0) in each method's first seed."""
     from experiments.run import TrainerPool
-    from wmact_jax.main import _saved_steps, _write_json, eval_levels_file, evaluate_modes
+    from wmact_jax.main import _saved_steps, _write_json, eval_levels_file, eval_levels_record, evaluate_modes
 
     pool = TrainerPool()
     written, seen_method = [], set()
@@ -116,13 +127,13 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
             log(f"{method}/{seed}: {path} holds iteration {latest} already, skipped")
             continue
         t0 = time.time()
-        trainer, state, step, config = restore_run(run_dir, eval_levels, trainer_cls=pool)
-        result = {"eval_levels": int(eval_levels), "method": method,
-                  "after": {"step": step, "metrics": evaluate_modes(trainer, state, config, transfer)}}
+        trainer, restore, saved, config = open_run(run_dir, eval_levels, trainer_cls=pool)
+        step = saved[-1]
+        after = {"step": step, "metrics": evaluate_modes(trainer, restore(step), config, transfer)}
+        before = None
         if first and step != 0:  # the warm start in this method's prompt format
-            trainer, state0, _, config = restore_run(run_dir, eval_levels, 0, trainer_cls=pool)
-            result["before"] = {"step": 0, "metrics": evaluate_modes(trainer, state0, config, transfer)}
-        result["seconds"] = time.time() - t0
+            before = {"step": 0, "metrics": evaluate_modes(trainer, restore(0), config, transfer)}
+        result = eval_levels_record(eval_levels, method, after, before, time.time() - t0)
         _write_json(path, result)
         written.append(path)
         m = result["after"]["metrics"]

@@ -144,6 +144,21 @@ def eval_levels_file(workdir: str, levels: int) -> str:
     return os.path.join(workdir, f"eval_{int(levels)}.json")
 
 
+def eval_levels_record(levels: int, method: str, after: dict | None = None, before: dict | None = None,
+                       seconds: float | None = None) -> dict[str, Any]:
+    """The `eval_<N>.json` record, for both of its writers (`train.final_eval_levels` here and
+    experiments/reevaluate.py): {eval_levels, method, [after], [before], [seconds]}, where `after` and
+    `before` are {"step", "metrics"} (the policy after RL; the warm start, step 0). experiments/report.py
+    reads it."""
+    out: dict[str, Any] = {"eval_levels": int(levels), "method": str(method)}
+    for key, part in (("after", after), ("before", before)):
+        if part is not None:
+            out[key] = {"step": int(part["step"]), "metrics": part["metrics"]}
+    if seconds is not None:
+        out["seconds"] = float(seconds)
+    return out
+
+
 class _FinalLevels:
     """`train.final_eval_levels`: the run's policy before RL and after it evaluated again, in every mode,
     on that many held-out levels (the first `train.eval_levels` of them are the run's own), into
@@ -169,8 +184,7 @@ class _FinalLevels:
         if self.enabled:
             self._before = {"step": 0, "metrics": self._evaluate(state)}
             if self.is_main:
-                _write_json(self.path, {"eval_levels": self.levels, "method": self.config.method,
-                                        "before": self._before})
+                _write_json(self.path, eval_levels_record(self.levels, self.config.method, before=self._before))
 
     def resumed(self) -> None:
         """A resumed run: the `before` an earlier process of this run wrote survives."""
@@ -184,13 +198,10 @@ class _FinalLevels:
         if not self.enabled:
             return
         t0 = time.time()
-        out = {"eval_levels": self.levels, "method": self.config.method,
-               "after": {"step": step, "metrics": self._evaluate(state)}}
-        if self._before is not None:
-            out["before"] = self._before
-        out["seconds"] = time.time() - t0
+        after = {"step": step, "metrics": self._evaluate(state)}
         if self.is_main:
-            _write_json(self.path, out)
+            _write_json(self.path, eval_levels_record(self.levels, self.config.method, after, self._before,
+                                                      time.time() - t0))
 
 
 def _saved_steps(ckpt_dir: str) -> list[int]:

@@ -15,8 +15,11 @@ each cell says over how many seeds it is aggregated. Final numbers come only fro
 (a run's last eval before finishing was taken after fewer iterations: mixing it in would bias the
 table); curves use every training record, also of unfinished runs.
 
-Self-contained (numpy, matplotlib, standard library) and never imports jax, so it runs in a second
-on a laptop holding only the results. CLI: ``python experiments/report.py RESULTS_DIR``.
+Each table also sets every method's greedy success against PPO-Interactive's (the paper's baseline):
+the difference of the means over seeds with a Welch 95% interval.
+
+Self-contained (numpy, matplotlib, scipy for the t quantile, standard library) and never imports jax,
+so it runs in a second on a laptop holding only the results. CLI: ``python experiments/report.py RESULTS_DIR``.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ METHOD_ORDER = ("entire_plan", "interactive", "rescale", "wmact", "step_penalty"
 SINGLE_TURN_METHODS = ("entire_plan",)
 WARM_START_ROW = "warm start (before RL)"
 EVAL_KEY = "eval/greedy/success_rate"
+BASELINE = "interactive"  # the paper's baseline: every other method's greedy success is set against it
 L0_KEY = "greedy_l0/success_rate"
 
 
@@ -518,15 +522,18 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
             lines += ["", "Warm start: " + ", ".join(items) + "."]
 
     lines += ["", "Greedy success (%) per seed after RL:", ""]
+    finished = {}
     for method in agg["methods"]:
         parts = []
         for run in agg["runs"][method]:
             if run["complete"]:
                 value = _num((run["after"] or {}).get("greedy/success_rate"))
+                finished.setdefault(method, []).append(value)
                 parts.append(f"seed{run['seed']} {_fmt_value(value, 'rate')}")
             else:
                 parts.append(f"seed{run['seed']} ({_run_status(run, its)})")
         lines.append(f"- {method}: " + ("; ".join(parts) if parts else "no runs yet"))
+    lines += _against_baseline(finished, agg["methods"])
     for size, ev in agg.get("reeval", {}).items():
         steps = ", ".join(map(str, ev["steps"]))
         lines += ["", f"### Re-evaluated on {size} held-out levels", "",
@@ -541,6 +548,7 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
         for method in agg["methods"]:
             parts = [f"seed{seed} {_fmt_value(v, 'rate')}" for seed, v in ev["per_seed"][method]]
             lines.append(f"- {method}: " + ("; ".join(parts) if parts else "not re-evaluated"))
+        lines += _against_baseline({m: [v for _, v in ev["per_seed"][m]] for m in agg["methods"]}, agg["methods"])
     skipped = sum(r["skipped_lines"] for m in agg["methods"] for r in agg["runs"][m])
     if skipped:
         lines += ["", f"({skipped} unreadable metrics.jsonl line(s) skipped, e.g. cut by a kill.)"]
@@ -548,6 +556,41 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
         if os.path.exists(os.path.join(agg["dir"], name)):
             lines += ["", f"![{alt}]({image_prefix}{name})"]
     return "\n".join(lines) + "\n"
+
+
+def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """(mean(a) - mean(b), low, high): the difference of two methods' means over seeds with its Welch
+    interval (unequal variances; t quantile at the Welch-Satterthwaite degrees of freedom). None with
+    fewer than two values on either side (no spread to judge by)."""
+    a, b = [x for x in a if x is not None], [x for x in b if x is not None]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = float(np.mean(a) - np.mean(b))
+    va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
+    if va + vb == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half
+
+
+def _against_baseline(per_seed: dict[str, list[float | None]], methods: list[str]) -> list[str]:
+    """Lines: each method's greedy success against BASELINE's, in points, with a Welch 95% interval over seeds."""
+    base = [v for v in per_seed.get(BASELINE, []) if v is not None]
+    if BASELINE not in methods or len(base) < 2:
+        return []
+    lines = ["", f"Greedy success against {BASELINE}, in points: the difference of the means over seeds with its "
+             "Welch 95% interval (an interval that holds 0 does not tell the two apart):", ""]
+    for method in methods:
+        if method == BASELINE:
+            continue
+        own = [v for v in per_seed.get(method, []) if v is not None]
+        w = welch_interval([100 * v for v in own], [100 * v for v in base])
+        lines.append(f"- {method}: " + (f"{w[0]:+.1f} [{w[1]:+.1f}, {w[2]:+.1f}] ({len(own)} vs {len(base)} seeds)"
+                                          if w else f"fewer than 2 seeds ({len(own)})"))
+    return lines
 
 
 def _title(agg: dict) -> str:

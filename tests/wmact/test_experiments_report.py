@@ -159,6 +159,28 @@ def test_table_cells_and_seed_counts(results):
     assert "unreadable metrics.jsonl line" in table
 
 
+def test_every_method_against_the_baseline_with_a_welch_interval(results):
+    """Each method's greedy success against PPO-Interactive's: the difference of the means with scipy's
+    Welch interval (the killed rescale seed left out); no interval where a side has one seed or the
+    baseline did not run; zero spread on both sides is no interval's width."""
+    from scipy import stats
+
+    root, _ = results
+    table = open(os.path.join(root, "maze7", "table.md")).read()
+    assert "Greedy success against interactive, in points" in table
+    base = [43.75, 50.0, 45.0]
+    for method, vals in (("wmact", [50.0, 60.0, 70.0]), ("rescale", [20.0, 30.0])):
+        ci = stats.ttest_ind(vals, base, equal_var=False).confidence_interval(0.95)
+        diff = np.mean(vals) - np.mean(base)
+        line = f"- {method}: {diff:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] ({len(vals)} vs 3 seeds)"
+        assert line in table, (line, table)
+    soko = open(os.path.join(root, "sokoban6", "table.md")).read()  # interactive 20, 20; entire_plan 10, 30
+    assert "- entire_plan: +0.0 [-127.1, +127.1] (2 vs 2 seeds)" in soko  # t(0.975, 1) = 12.71, se = 10
+    assert report.welch_interval([1.0, 3.0], [2.0]) is None and report.welch_interval([2, 2], [1, 1]) == (1, 1, 1)
+    assert report._against_baseline({"wmact": [0.5, 0.6], "interactive": [0.5]}, ["wmact", "interactive"]) == []
+    assert report._against_baseline({"wmact": [0.5, 0.6]}, ["wmact"]) == []  # no baseline in the experiment
+
+
 def test_fixed_order_and_entire_plan_single_turn(results):
     root, _ = results
     table = open(os.path.join(root, "sokoban6", "table.md")).read()

@@ -5,7 +5,7 @@ Input (written by ``experiments/run.py``)::
     RESULTS_DIR/[suite.json]
     RESULTS_DIR/<exp>/experiment.json
     RESULTS_DIR/<exp>/<method>/seed<k>/metrics.jsonl, final.json
-    RESULTS_DIR/<exp>/<method>/seed<k>/eval_<N>.json   (optional: experiments/reevaluate.py)
+    RESULTS_DIR/<exp>/<method>/seed<k>/eval_<N>.json   (optional: train.final_eval_levels, experiments/reevaluate.py)
 
 Output: ``<exp>/table.md``, ``<exp>/curves.png``, ``<exp>/eval.png``, ``results.jsonl`` and
 ``summary.md`` (every table plus image links; the file the README points to).

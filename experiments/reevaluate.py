@@ -14,9 +14,13 @@ the evaluation's own (`Trainer.eval_key()`), the same for every run; the first 4
 adds a table of these files to the experiment's table.md. A run made with `train.final_eval_levels=N`
 (the full suite's 256) wrote its own `eval_<N>.json` (wmact_jax.main): this is for runs made without.
 
+Each mode's per-level episodes are kept beside its metrics (`levels`: solved, turns, actions, N_eff, end,
+the oracle's optimal length; `Trainer.evaluate_levels`): every run is scored on the same levels, so
+experiments/levels.py can split a method's spread over seeds into the levels' share and the training's.
+
 Unfinished runs (no final.json) and runs without checkpoints (a published folder keeps none) are listed
-and skipped; a run whose file already holds its latest checkpoint's evaluation at that size is skipped
-too (`--force` redoes it).
+and skipped; a run whose file already holds its latest checkpoint's evaluation at that size, per-level
+records included, is skipped too (`--force` redoes it).
 """
 from __future__ import annotations
 
@@ -123,18 +127,21 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
             with open(path) as f:
                 old = json.load(f)
         latest = steps[-1] if steps else None
-        if old and not force and old.get("after", {}).get("step") == latest and (old.get("before") or not first):
+        done = old and old.get("after", {}).get("step") == latest and old["after"].get("levels")
+        if done and not force and (old.get("before") or not first):
             log(f"{method}/{seed}: {path} holds iteration {latest} already, skipped")
             continue
         t0 = time.time()
         trainer, restore, saved, config = open_run(run_dir, eval_levels, trainer_cls=pool)
         step = saved[-1]
-        after = {"step": step, "metrics": evaluate_modes(trainer, restore(step), config, transfer)}
-        before = None
-        if first and step != 0:  # the warm start in this method's prompt format
-            before = {"step": 0, "metrics": evaluate_modes(trainer, restore(0), config, transfer)}
+        def evaluated(at: int) -> dict:
+            metrics, levels = evaluate_modes(trainer, restore(at), config, transfer)
+            return {"step": at, "metrics": metrics, "levels": levels}
+
+        after = evaluated(step)
+        before = evaluated(0) if first and step != 0 else None  # the warm start in this method's prompt format
         result = eval_levels_record(eval_levels, method, after, before, time.time() - t0)
-        _write_json(path, result)
+        _write_json(path, result, compact_lists=True)
         written.append(path)
         m = result["after"]["metrics"]
         log(f"{method}/{seed}: iteration {step}, greedy {100 * m.get('greedy/success_rate', float('nan')):.1f}%, "

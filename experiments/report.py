@@ -16,9 +16,11 @@ each cell says over how many seeds it is aggregated. Final numbers come only fro
 table); curves use every training record, also of unfinished runs.
 
 Each table also sets every method's greedy success against PPO-Interactive's (the paper's baseline):
-the difference of the means over seeds with a Welch 95% interval.
+the difference of the means over seeds with a Welch 95% interval; where the runs kept per-level records,
+experiments/levels.py's study (the seeds' spread split into the levels' and the training's, success by
+optimal length) follows.
 
-Self-contained (numpy, matplotlib, scipy for the t quantile, standard library) and never imports jax,
+Self-contained (numpy, matplotlib, scipy for the t and F quantiles, standard library) and never imports jax,
 so it runs in a second on a laptop holding only the results. CLI: ``python experiments/report.py RESULTS_DIR``.
 """
 from __future__ import annotations
@@ -32,6 +34,12 @@ import time
 from typing import Any
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script: experiments/levels.py beside it, as a package module
+    sys.path.insert(0, ROOT)
+
+from experiments import levels  # noqa: E402
 
 # Table order when experiment.json does not list the methods; other methods follow alphabetically.
 METHOD_ORDER = ("entire_plan", "interactive", "rescale", "wmact", "step_penalty")
@@ -174,6 +182,9 @@ def _reevaluations(run_dir: str) -> dict[int, dict]:
             continue
         before = data.get("before")
         out[int(size)] = {"after": after["metrics"], "step": after.get("step"),
+                          "levels": after.get("levels") if isinstance(after.get("levels"), dict) else None,
+                          "before_levels": before.get("levels") if isinstance(before, dict)
+                          and isinstance(before.get("levels"), dict) else None,
                           "before": before["metrics"] if isinstance(before, dict)
                           and isinstance(before.get("metrics"), dict) else None}
     return out
@@ -381,6 +392,11 @@ def aggregate(exp_dir: str) -> dict:
             "steps": sorted({r["reeval"][size]["step"] for m in methods for r in ev[m]} - {None}),
             "per_seed": {m: [(r["seed"], _num(r["reeval"][size]["after"].get("greedy/success_rate"))) for r in ev[m]]
                          for m in methods},
+            "levels": {m: [r["reeval"][size]["levels"] for r in ev[m] if r["reeval"][size]["levels"]]
+                       for m in methods},  # per-level episodes (experiments/levels.py)
+            "warm_levels": next((r["reeval"][size]["before_levels"] for m in sorted(methods, key=lambda m: m != BASELINE)
+                                 if m not in SINGLE_TURN_METHODS for r in ev[m] if r["reeval"][size]["before_levels"]),
+                                None),  # the warm start's, in a multi-turn method's prompt format
         }
     cols = [c for c in cols if not c.get("optional")
             or any(r["cells"][c["id"]]["n"] for r in (*rows.values(), warm, warm["one_turn"]))]
@@ -549,6 +565,7 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
             parts = [f"seed{seed} {_fmt_value(v, 'rate')}" for seed, v in ev["per_seed"][method]]
             lines.append(f"- {method}: " + ("; ".join(parts) if parts else "not re-evaluated"))
         lines += _against_baseline({m: [v for _, v in ev["per_seed"][m]] for m in agg["methods"]}, agg["methods"])
+        lines += levels.section_lines(ev["levels"], agg["methods"], size, BASELINE, ev["warm_levels"])
     skipped = sum(r["skipped_lines"] for m in agg["methods"] for r in agg["runs"][m])
     if skipped:
         lines += ["", f"({skipped} unreadable metrics.jsonl line(s) skipped, e.g. cut by a kill.)"]

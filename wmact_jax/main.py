@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Iterable
@@ -125,18 +126,24 @@ def _evaluate(trainer, state, config, step: int, writer: MetricsWriter, workdir:
     return results
 
 
-def evaluate_modes(trainer, state, config, transfer: bool = True) -> dict[str, float]:
-    """{'<mode>/<metric>': value} over the run's evaluation modes on `config.train.eval_levels` levels
-    (the trainer's: its evaluation shapes are static), no transcripts, nothing logged; transfer modes
-    only with `transfer`. What `train.final_eval_levels` and experiments/reevaluate.py record."""
-    out = {}
+def evaluate_modes(trainer, state, config, transfer: bool = True) -> tuple[dict[str, float], dict[str, dict]]:
+    """({'<mode>/<metric>': value}, {mode: per-level lists}) over the run's evaluation modes on
+    `config.train.eval_levels` levels (the trainer's: its evaluation shapes are static), no transcripts,
+    nothing logged; transfer modes only with `transfer`. The per-level lists are `Trainer.evaluate_levels`'
+    (each level's episode), empty for a trainer without it. What `train.final_eval_levels` and
+    experiments/reevaluate.py record."""
+    out, levels = {}, {}
+    per_level = getattr(trainer, "evaluate_levels", None)
     for mode, kwargs in _eval_modes(trainer, config):
         if mode.startswith("transfer/") and not transfer:
             continue
         kwargs.pop("transcripts", None)
-        metrics, _ = trainer.evaluate(state, config.train.eval_levels, **kwargs)
+        if per_level is not None:
+            metrics, levels[mode] = per_level(state, config.train.eval_levels, **kwargs)
+        else:
+            metrics, _ = trainer.evaluate(state, config.train.eval_levels, **kwargs)
         out.update({f"{mode}/{k}": v for k, v in to_host(metrics).items()})
-    return out
+    return out, levels
 
 
 def eval_levels_file(workdir: str, levels: int) -> str:
@@ -148,12 +155,14 @@ def eval_levels_record(levels: int, method: str, after: dict | None = None, befo
                        seconds: float | None = None) -> dict[str, Any]:
     """The `eval_<N>.json` record, for both of its writers (`train.final_eval_levels` here and
     experiments/reevaluate.py): {eval_levels, method, [after], [before], [seconds]}, where `after` and
-    `before` are {"step", "metrics"} (the policy after RL; the warm start, step 0). experiments/report.py
-    reads it."""
+    `before` are {"step", "metrics", ["levels"]} (the policy after RL; the warm start, step 0), "levels"
+    {mode: per-level lists} (`evaluate_modes`). experiments/report.py and experiments/levels.py read it."""
     out: dict[str, Any] = {"eval_levels": int(levels), "method": str(method)}
     for key, part in (("after", after), ("before", before)):
         if part is not None:
             out[key] = {"step": int(part["step"]), "metrics": part["metrics"]}
+            if part.get("levels"):
+                out[key]["levels"] = part["levels"]
     if seconds is not None:
         out["seconds"] = float(seconds)
     return out
@@ -172,19 +181,21 @@ class _FinalLevels:
         self.config, self.trainer_cls, self.is_main = config, trainer_cls, is_main
         self._trainer, self._before = None, None
 
-    def _evaluate(self, state) -> dict[str, float]:
+    def _evaluate(self, state, step: int) -> dict[str, Any]:
         if self._trainer is None:
             self._eval_config = self.config.copy_and_resolve_references()
             self._eval_config.train.eval_levels, self._eval_config.train.transcripts = self.levels, 0
             self._trainer = self.trainer_cls(self._eval_config, "")
-        return evaluate_modes(self._trainer, state, self._eval_config)
+        metrics, levels = evaluate_modes(self._trainer, state, self._eval_config)
+        return {"step": step, "metrics": metrics, "levels": levels}
 
     def before(self, state) -> None:
         """At iteration 0: the warm-started policy, kept in the file until the run ends."""
         if self.enabled:
-            self._before = {"step": 0, "metrics": self._evaluate(state)}
+            self._before = self._evaluate(state, 0)
             if self.is_main:
-                _write_json(self.path, eval_levels_record(self.levels, self.config.method, before=self._before))
+                _write_json(self.path, eval_levels_record(self.levels, self.config.method, before=self._before),
+                            compact_lists=True)
 
     def resumed(self) -> None:
         """A resumed run: the `before` an earlier process of this run wrote survives."""
@@ -198,21 +209,30 @@ class _FinalLevels:
         if not self.enabled:
             return
         t0 = time.time()
-        after = {"step": step, "metrics": self._evaluate(state)}
+        after = self._evaluate(state, step)
         if self.is_main:
             _write_json(self.path, eval_levels_record(self.levels, self.config.method, after, self._before,
-                                                      time.time() - t0))
+                                                      time.time() - t0), compact_lists=True)
 
 
 def _saved_steps(ckpt_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
 
 
-def _write_json(path: str, obj: Any) -> None:
+def _write_json(path: str, obj: Any, compact_lists: bool = False) -> None:
+    """Atomic write (a kill leaves the old file or the new one). compact_lists: lists of numbers or strings
+    on one line (per-level records: 256 numbers a list)."""
+    text = json.dumps(obj, indent=1, default=str)
+    if compact_lists:
+        text = _SCALAR_LIST.sub(lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(1)) + "]", text)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
+        f.write(text)
     os.replace(tmp, path)
+
+
+_SCALAR = r'(?:-?[0-9][0-9.eE+-]*|"[^"\n]*"|null|true|false)'
+_SCALAR_LIST = re.compile(r"\[\s*\n\s*(" + _SCALAR + r"(?:,\s*\n\s*" + _SCALAR + r")*)\s*\n\s*\]")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, explicit: Iterable[str] = (),

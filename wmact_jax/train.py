@@ -474,6 +474,33 @@ class Trainer:
         env_name: another environment with the same actions (transfer, config.env.eval_names).
         Returns (metrics, transcripts).
         """
+        m, batch, _ = self._evaluate_batch(state, greedy, single_turn, env_name, initial_cap, oracle=False)
+        texts = [self.transcript(batch, i) for i in range(min(transcripts, batch.tokens.shape[0]))]
+        return m, texts
+
+    def evaluate_levels(self, state: TrainState, num_levels: Optional[int] = None, greedy: bool = True,
+                        single_turn: bool = False, env_name: Optional[str] = None, initial_cap: bool = False):
+        """`evaluate`'s metrics and each held-out level's episode, for paired and per-difficulty studies
+        (every run is scored on the same levels, `eval_key()`'s): (metrics, {"solved", "turns", "actions",
+        "effective", "format_errors", "end", "optimal"}), lists in level order; "end" the END_REASONS name,
+        "optimal" the oracle's shortest solution (-1 where the environment has no oracle or the level none)."""
+        m, batch, opt = self._evaluate_batch(state, greedy, single_turn, env_name, initial_cap, oracle=True)
+        n = int(np.asarray(batch.success).shape[0])
+        levels = {
+            "solved": np.asarray(batch.success).astype(int).tolist(),
+            "turns": np.asarray(batch.turns).astype(int).tolist(),
+            "actions": np.asarray(batch.n_actions).astype(int).tolist(),
+            "effective": np.asarray(batch.n_effective).astype(int).tolist(),
+            "format_errors": np.asarray(batch.format_errors).astype(int).tolist(),
+            "end": [END_REASONS[int(r)] for r in np.asarray(batch.end_reason)],
+            "optimal": [-1] * n if opt is None else np.asarray(opt).astype(int).tolist(),
+        }
+        return m, levels
+
+    def _evaluate_batch(self, state: TrainState, greedy: bool, single_turn: bool, env_name: Optional[str],
+                        initial_cap: bool, oracle: bool):
+        """(metrics, host batch, optimal lengths or None) of one evaluation mode. oracle: the levels'
+        optimal lengths even when nothing was solved (else only the gap's own need)."""
         if single_turn and initial_cap:
             raise ValueError("evaluate: single_turn and initial_cap are exclusive")
         cap = 1 if single_turn else self.max_turns if initial_cap else min(self.turn_cap(state), self.max_turns)
@@ -485,11 +512,13 @@ class Trainer:
         env, ep, rollout, _ = self._eval_target(env_name)
         m = {k: float(v) for k, v in jax.device_get(rollout_metrics(batch)).items()}
         m["turn_cap"] = float(cap)
-        gap = self._optimality_gap(batch, key, env_name, env, ep, rollout)
+        opt = None
+        if oracle or np.asarray(batch.success).any():
+            opt = self._oracle_lengths(key, env_name, env, ep, rollout)
+        gap = self._optimality_gap(batch, opt)
         if gap is not None:
             m["optimality_gap"] = gap
-        texts = [self.transcript(batch, i) for i in range(min(transcripts, batch.tokens.shape[0]))]
-        return m, texts
+        return m, batch, opt
 
     def _eval_target(self, env_name: str):
         """(env, env_params, Rollout, jitted run) of the held-out evaluation on `env_name`."""
@@ -511,13 +540,11 @@ class Trainer:
         out = run(self._committed(params), self.eval_key(), jnp.int32(cap), jnp.float32(temperature))
         return jax.tree.map(to_host, out)
 
-    def _optimality_gap(self, batch, key, env_name, env, env_params, rollout) -> Optional[float]:
+    @staticmethod
+    def _optimality_gap(batch, opt: Optional[np.ndarray]) -> Optional[float]:
         """Mean (N - N_opt) / N_opt over solved episodes (0 = every solved level solved optimally)."""
         solved = np.asarray(batch.success)
-        if not solved.any():
-            return None
-        opt = self._oracle_lengths(key, env_name, env, env_params, rollout)
-        if opt is None:
+        if not solved.any() or opt is None:
             return None
         n = np.asarray(batch.n_actions)
         ok = solved & (opt > 0)

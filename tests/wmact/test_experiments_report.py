@@ -310,6 +310,35 @@ def test_success_at_the_starting_cap_puts_every_method_on_one_budget(tmp_path):
     assert "success, starting cap (%)" not in _header((exp / "table.md").read_text())
 
 
+def test_per_level_records_add_the_level_study(tmp_path):
+    """eval_<N>.json with each level's episode: under its re-evaluated table, experiments/levels.py's split
+    of the seeds' spread and success by optimal length, the warm start's row from a multi-turn method."""
+    exp = tmp_path / "sokoban6"
+    opt = [2, 3, 4, 5, 6, 7, 8, 9] * 2
+    for method, solved in (("entire_plan", [[1] * 8 + [0] * 8, [1] * 12 + [0] * 4]),
+                           ("interactive", [[1] * 10 + [0] * 6, [1] * 16]), ("wmact", [[0, 1] * 8, [1, 0] * 8])):
+        for seed, bits in enumerate(solved):
+            run = exp / method / f"seed{seed}"
+            _write_run(str(run), float(np.mean(bits)), seed=seed)
+            per = {"greedy": {"solved": bits, "optimal": opt}}
+            if method != "entire_plan":
+                per["single_turn"] = {"solved": bits[::-1], "optimal": opt}
+            record = {"eval_levels": 16, "method": method,
+                      "after": {"step": ITERS, "metrics": _eval("", float(np.mean(bits))), "levels": per}}
+            if seed == 0:
+                record["before"] = {"step": 0, "metrics": _eval("", 0.25),
+                                    "levels": {"greedy": {"solved": [1] * 4 + [0] * 12, "optimal": opt},
+                                               "single_turn": {"solved": [0] * 16, "optimal": opt}}}
+            (run / "eval_16.json").write_text(json.dumps(record))
+    report.write_report(str(tmp_path))
+    section = (exp / "table.md").read_text().split("### Re-evaluated on 16 held-out levels")[1]
+    assert "#### Per level (16 levels, greedy)" in section
+    # The same rate from other levels: no spread seen, all of what is expected from the level sample.
+    assert "| wmact | 2 | 0.0 | 18.3 | 0.0 | 1.000 |" in section
+    assert "| *warm start (before RL)* | 1 | 50.0 | 16.7 | 0.0 |" in section  # greedy: 3 of 6, 1 of 6, 0 of 4
+    assert section.count("by the level's optimal solution length") == 2  # greedy, 1 turn
+
+
 def test_published_reevaluations_belong_to_their_runs():
     """Every eval_<N>.json in experiments/results (experiments/reevaluate.py) sits in a finished run folder
     and holds that run's final policy: the same iteration as its final.json, played at the same final
@@ -326,6 +355,12 @@ def test_published_reevaluations_belong_to_their_runs():
         assert again["after"]["step"] == final["after"]["step"], path
         cap = again["after"]["metrics"]["greedy/turn_cap"]
         assert cap == final["after"]["metrics"]["greedy/turn_cap"], path
+        for part in ("after", "before"):  # each level's episode, where kept: the metrics are their means
+            for mode, per in again.get(part, {}).get("levels", {}).items():
+                m = again[part]["metrics"]
+                assert len(per["solved"]) == again["eval_levels"], (path, mode)
+                assert np.mean(per["solved"]) == pytest.approx(m[f"{mode}/success_rate"]), (path, part, mode)
+                assert np.mean(per["turns"]) == pytest.approx(m[f"{mode}/mean_turns"]), (path, part, mode)
         if "before" in again:
             assert again["before"]["step"] == 0
             assert again["before"]["metrics"]["greedy/turn_cap"] == final["before"]["metrics"]["greedy/turn_cap"]

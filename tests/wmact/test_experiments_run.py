@@ -4,12 +4,14 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from experiments import run as runner  # noqa: E402
+from wmact_jax.rollout import END_REASONS  # noqa: E402
 
 TINY = ["--set", "model.hidden_size=32", "--set", "model.intermediate_size=64", "--set", "model.num_layers=2",
         "--set", "model.num_heads=2", "--set", "model.num_kv_heads=1",
@@ -150,6 +152,16 @@ def test_more_levels_at_the_end_and_reevaluation_agree(results, capsys, tmp_path
     assert own["before"]["step"] == 0
     for part in ("after", "before"):
         assert own[part]["metrics"].keys() == final[part]["metrics"].keys(), part  # transfer too
+        # Each level's episode: the metrics are its means (Trainer.evaluate_levels), the oracle's lengths known.
+        per, m = own[part]["levels"], own[part]["metrics"]
+        assert set(per) == {k.split("/")[0] if not k.startswith("transfer/") else "/".join(k.split("/")[:2])
+                            for k in m}
+        for mode, lv in per.items():
+            assert {len(v) for v in lv.values()} == {6}, mode
+            assert np.mean(lv["solved"]) == pytest.approx(m[f"{mode}/success_rate"]), mode
+            assert np.mean(lv["turns"]) == pytest.approx(m[f"{mode}/mean_turns"]), mode
+            assert sum(lv["effective"]) / max(1, sum(lv["actions"])) == pytest.approx(m[f"{mode}/efficacy"]), mode
+            assert all(o > 0 for o in lv["optimal"]) and set(lv["end"]) <= set(END_REASONS), mode
     assert json.load(open(os.path.join(exp, "entire_plan", "seed0", "eval_6.json")))["after"]["step"] == 1
     capsys.readouterr()
     assert reevaluate.main([exp, "--eval-levels", "6", "--methods", "wmact", "--no-report"]) == 0
@@ -159,6 +171,8 @@ def test_more_levels_at_the_end_and_reevaluation_agree(results, capsys, tmp_path
     for part in ("after", "before"):
         theirs = {k: v for k, v in own[part]["metrics"].items() if not k.startswith("transfer/")}
         assert again[part]["metrics"] == pytest.approx(theirs), part  # every mode but transfer (--transfer)
+        assert again[part]["levels"] == {k: v for k, v in own[part]["levels"].items()
+                                         if not k.startswith("transfer/")}, part
     table = open(os.path.join(exp, "table.md")).read()
     assert "### Re-evaluated on 6 held-out levels" in table and "eval_6.json" in table
     section = table.split("### Re-evaluated on 6 held-out levels")[1]

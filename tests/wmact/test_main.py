@@ -324,3 +324,30 @@ def test_final_evaluation_on_more_levels(tmp_path):
     with pytest.raises(ConfigError, match="train.final_eval_levels"):
         main_mod.run(loop_config(2, train__final_eval_levels=-1), str(tmp_path / "bad"), trainer_cls=Counting,
                      progress=False)
+
+
+class PerLevelTrainer(FakeTrainer):
+    """Also `evaluate_levels`: each level's episode beside the metrics (made-up: level i solved when i is
+    even, in i % 3 + 1 turns)."""
+
+    def evaluate_levels(self, state, num_levels=None, greedy=True, single_turn=False, initial_cap=False):
+        m, _ = self.evaluate(state, num_levels, greedy, single_turn)
+        n = num_levels or self.config.train.eval_levels
+        return m, {"solved": [int(i % 2 == 0) for i in range(n)], "turns": [i % 3 + 1 for i in range(n)],
+                   "end": ["solved" if i % 2 == 0 else "turn_cap" for i in range(n)]}
+
+
+def test_the_final_evaluation_keeps_each_levels_episode(tmp_path):
+    """A trainer with `evaluate_levels`: eval_<N>.json keeps every mode's per-level lists, before and after,
+    one list a line; a trainer without it keeps the metrics alone (test above)."""
+    wd = str(tmp_path / "run")
+    main_mod.run(loop_config(2, train__final_eval_levels=16), wd, trainer_cls=PerLevelTrainer, progress=False)
+    text = open(os.path.join(wd, "eval_16.json")).read()
+    record = json.loads(text)
+    for part in ("before", "after"):
+        per = record[part]["levels"]
+        assert set(per) == {k.split("/")[0] for k in record[part]["metrics"]}  # every mode
+        assert per["greedy"]["solved"] == [1, 0] * 8 and per["sampled"]["turns"][:4] == [1, 2, 3, 1]
+    assert '"solved": [1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0]' in text
+    assert '"end": ["solved", "turn_cap", "solved"' in text
+    assert len(text.splitlines()) < 120  # not one line per number

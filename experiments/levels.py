@@ -1,0 +1,214 @@
+"""Per-level study of an experiment's runs: where a method's spread over seeds comes from, and which levels
+it solves.
+
+    python experiments/levels.py RESULTS/<exp> [--size 256]
+
+Every run of an experiment is scored on the same held-out levels, and `eval_<N>.json` keeps each level's
+episode (`levels`, written by `train.final_eval_levels` and experiments/reevaluate.py). For the greedy
+success y[seed, level] (0/1) of one method this reads a two-way random-effects model,
+y = mu + level + seed + residual, without replication (one episode per seed and level):
+
+- the spread of the seeds' success rates (the std over seeds the tables show) splits into the **level
+  sample's** share, the residual variance over the N levels (sigma_e^2 / N: which of these particular
+  levels a policy happens to solve) and the **training's**, sigma_seed^2 (policies that differ on levels in
+  general). With N levels, var(seed means) = sigma_seed^2 + sigma_e^2 / N; the residual mean square
+  estimates sigma_e^2 and an F test (seed mean square over residual) asks whether the seeds differ beyond
+  what the levels explain;
+- from them, the spread and the Welch half-width against the baseline that more levels would give: more
+  levels shrink only the level share, so when the training share dominates only more seeds help;
+- agreement: the levels every seed solves, that none solves;
+- success by the level's difficulty, the oracle's optimal solution length (bins of about equal size).
+
+experiments/report.py adds these tables under each re-evaluated table of table.md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+MODES = ("greedy", "single_turn")  # the tables' success columns that have a per-level study
+WARM_START = "*warm start (before RL)*"
+
+
+def seed_components(y: np.ndarray) -> dict | None:
+    """The variance split of y [seeds, levels] (0/1 or rates): {seeds, levels, std (of the seed means),
+    level_var (sigma_e^2, per level), seed_var (sigma_seed^2, clamped at 0), level_share (of var(seed
+    means)), F, p}. None with fewer than 2 seeds or 2 levels."""
+    y = np.asarray(y, np.float64)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
+        return None
+    s, n = y.shape
+    v = float(np.var(y.mean(1), ddof=1))  # var of the seed means
+    w = float(np.var(y, axis=0, ddof=1).mean())  # mean over levels of the variance over seeds
+    resid = max(0.0, (w - v) * n / (n - 1))  # residual mean square: E = sigma_e^2
+    seed_var = v - resid / n  # E[var of seed means] = sigma_seed^2 + sigma_e^2 / n
+    out = {"seeds": s, "levels": n, "std": math.sqrt(v), "level_var": resid, "seed_var": max(0.0, seed_var),
+           "level_share": (resid / n) / v if v > 0 else float("nan"), "F": float("nan"), "p": float("nan")}
+    if resid > 0:
+        from scipy.stats import f as f_dist
+
+        out["F"] = n * v / resid
+        out["p"] = float(f_dist.sf(out["F"], s - 1, (s - 1) * (n - 1)))
+    return out
+
+
+def projected_var(comp: dict, levels: float) -> float:
+    """The variance of one seed's success rate on `levels` levels (inf: the training's share alone)."""
+    return comp["seed_var"] + (0.0 if math.isinf(levels) else comp["level_var"] / levels)
+
+
+def _welch_df(va: float, vb: float, na: int, nb: int) -> float:
+    if va + vb == 0:
+        return float(na + nb - 2)
+    return (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+
+
+def projected_half_width(a: dict, b: dict, levels: float, level: float = 0.95) -> float:
+    """The Welch half-width of mean(a) - mean(b) with the same seeds scored on `levels` levels: the
+    projected variances, the t quantile at the Welch df of the variances seen (a df from the projected
+    ones would jump where a side's training share is 0)."""
+    va, vb = projected_var(a, levels) / a["seeds"], projected_var(b, levels) / b["seeds"]
+    df = _welch_df(a["std"] ** 2 / a["seeds"], b["std"] ** 2 / b["seeds"], a["seeds"], b["seeds"])
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
+
+
+def length_bins(optimal: np.ndarray, count: int = 3) -> list[tuple[int, int]]:
+    """[(lo, hi)] inclusive ranges of optimal lengths in about `count` bins of equal size (levels without
+    an optimal length, -1, are in none)."""
+    known = np.sort(optimal[optimal >= 0])
+    if known.size == 0:
+        return []
+    edges = sorted({int(np.quantile(known, q, method="lower")) for q in np.linspace(0, 1, count + 1)[1:-1]})
+    bins, lo = [], int(known[0])
+    for e in edges + [int(known[-1])]:
+        if e >= lo:
+            bins.append((lo, e))
+            lo = e + 1
+    return bins
+
+
+def stack(runs: list[dict], mode: str, field: str = "solved") -> np.ndarray | None:
+    """[seeds, levels] of one per-level field over a method's runs (None if a run lacks the mode or the
+    runs disagree on the level count)."""
+    rows = [r.get(mode, {}).get(field) for r in runs]
+    if not rows or any(not isinstance(x, list) for x in rows) or len({len(x) for x in rows}) != 1:
+        return None
+    return np.asarray(rows, np.float64)
+
+
+def _pts(x: float) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
+
+
+def _p(x: float) -> str:
+    return "-" if not math.isfinite(x) else ("< 0.001" if x < 1e-3 else f"{x:.3f}")
+
+
+def section_lines(per_method: dict[str, list[dict]], methods: list[str], size: int, baseline: str,
+                  warm: dict | None = None) -> list[str]:
+    """The markdown tables of the per-level study; per_method {method: [a run's `levels` record]}, warm the
+    warm start's record (a row of the by-length tables). Empty when no method has per-level records from 2
+    seeds."""
+    lines: list[str] = []
+    comps = {m: seed_components(y) for m in methods
+             if (y := stack(per_method.get(m, []), "greedy")) is not None}
+    comps = {m: c for m, c in comps.items() if c}
+    if not comps:
+        return lines
+    more = 4 * size
+    base = comps.get(baseline)
+    lines += ["", f"#### Per level ({size} levels, greedy): the spread over seeds, split", "",
+              "| method | seeds | std over seeds | level sample's (expected) | training's | F test p | "
+              f"std at {more} levels | solved by every seed | by none | Welch half-width vs {baseline}: now, "
+              f"at {more} levels, at infinitely many |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m, c in comps.items():
+        y = stack(per_method[m], "greedy")
+        every, none = float((y.min(0) == 1).mean()), float((y.max(0) == 0).mean())
+        widths = "-"
+        if base is not None and m != baseline:
+            widths = ", ".join(f"{100 * projected_half_width(c, base, n):.1f}" for n in (size, more, math.inf))
+        lines.append(f"| {m} | {c['seeds']} | {_pts(c['std'])} | {_pts(math.sqrt(c['level_var'] / size))} | "
+                     f"{_pts(math.sqrt(c['seed_var']))} | {_p(c['p'])} | {_pts(math.sqrt(projected_var(c, more)))} | "
+                     f"{_pts(every)} | {_pts(none)} | {widths} |")
+    lines += ["", "Points of greedy success. The std over seeds (the tables' ±) is expected to be "
+              f"sqrt(level sample's² + training's²): the **level sample's** is what scoring on these {size} "
+              f"particular levels adds (residual variance / {size}: which of them a policy happens to solve; "
+              "estimated, so it can exceed the std seen), the **training's** the seeds' difference on levels in "
+              "general (two-way random effects, one episode per seed and level; 0 where the seeds differ no "
+              "more than the level sample explains). The F test asks whether they differ more (a small p: the "
+              f"training's spread is real). At {more} levels only the level sample's share shrinks (by half); the Welch "
+              f"half-widths against {baseline}, with the same seeds, show what more levels could separate "
+              "and what only more seeds can. `solved by every seed` / `by none`: shares of the levels."]
+    for mode in MODES:
+        ys = {m: y for m in methods if (y := stack(per_method.get(m, []), mode)) is not None}
+        opt = next((np.asarray(r[mode]["optimal"]) for m in ys for r in per_method[m][:1]
+                    if isinstance(r.get(mode, {}).get("optimal"), list)), None)
+        if not ys or opt is None or len(opt) != next(iter(ys.values())).shape[1]:
+            continue
+        bins = length_bins(opt)
+        if len(bins) < 2:
+            continue
+        masks = [(opt >= lo) & (opt <= hi) for lo, hi in bins]
+        head = " | ".join(f"N_opt {lo}-{hi} ({int(k.sum())} levels)" if lo != hi else
+                          f"N_opt {lo} ({int(k.sum())} levels)" for (lo, hi), k in zip(bins, masks))
+        label = "greedy, final cap" if mode == "greedy" else "greedy, 1 turn"
+        lines += ["", f"Success ({label}) by the level's optimal solution length, mean over seeds (%):", "",
+                  f"| method | seeds | {head} |", "| --- | ---: |" + " ---: |" * len(bins)]
+        rows = list(ys.items())
+        if warm is not None and (w := stack([warm], mode)) is not None and w.shape[1] == len(opt):
+            rows.insert(0, (WARM_START, w))
+        for m, y in rows:
+            cells = []
+            for k in masks:
+                per_seed = y[:, k].mean(1)
+                cells.append(f"{_pts(per_seed.mean())}" + (f" ± {_pts(np.std(per_seed, ddof=1))}"
+                                                             if len(per_seed) > 1 else ""))
+            lines.append(f"| {m} | {y.shape[0]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def load(exp_dir: str, size: int) -> tuple[list[str], dict[str, list[dict]], dict | None]:
+    """(methods, {method: [each finished run's per-level record of eval_<size>.json]}, the warm start's)."""
+    from experiments.report import aggregate
+
+    agg = aggregate(exp_dir)
+    ev = agg["reeval"].get(size)
+    if ev is None:
+        raise SystemExit(f"{exp_dir}: no run has eval_{size}.json (python experiments/reevaluate.py "
+                         f"{exp_dir} --eval-levels {size})")
+    return agg["methods"], ev["levels"], ev["warm_levels"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("experiment", help="an experiment folder (RESULTS/<exp>, holding <method>/seed<k>/)")
+    ap.add_argument("--size", type=int, default=256, help="which eval_<N>.json (default 256)")
+    a = ap.parse_args(argv)
+    if not os.path.isdir(a.experiment):
+        ap.error(f"not a folder: {a.experiment}")
+    from experiments.report import BASELINE
+
+    methods, per_method, warm = load(a.experiment, a.size)
+    lines = section_lines(per_method, methods, a.size, BASELINE, warm)
+    if not lines:
+        print(f"{a.experiment}: no method has per-level records of eval_{a.size}.json from 2 seeds "
+              f"(runs evaluated before they were kept: python experiments/reevaluate.py {a.experiment} "
+              f"--eval-levels {a.size} --force)")
+        return 1
+    print("\n".join(lines).strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

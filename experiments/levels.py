@@ -1,7 +1,7 @@
 """Per-level study of an experiment's runs: where a method's spread over seeds comes from, and which levels
 it solves.
 
-    python experiments/levels.py RESULTS/<exp> [--size 256]
+    python experiments/levels.py RESULTS/<exp> [RESULTS/<exp2> ...] [--size 256]
 
 Every run of an experiment is scored on the same held-out levels, and `eval_<N>.json` keeps each level's
 episode (`levels`, written by `train.final_eval_levels` and experiments/reevaluate.py). For the greedy
@@ -190,20 +190,43 @@ def load(exp_dir: str, size: int) -> tuple[list[str], dict[str, list[dict]], dic
     return agg["methods"], ev["levels"], ev["warm_levels"]
 
 
+def pool(exp_dirs: list[str], size: int) -> tuple[list[str], dict[str, list[dict]], dict | None]:
+    """`load` over several folders of the same experiment (more seeds of a method, or re-runs), the runs of
+    a method put together. The folders must have scored the same levels: every run's optimal lengths agree,
+    else a SystemExit names the folder (another environment, level count or evaluation key)."""
+    methods, per_method, warm, ref = [], {}, None, None
+    for d in exp_dirs:
+        ms, per, w = load(d, size)
+        methods += [m for m in ms if m not in methods]
+        warm = warm if warm is not None else w
+        for m, runs in per.items():
+            for r in runs:
+                opt = r.get("greedy", {}).get("optimal")
+                if ref is None:
+                    ref = opt
+                elif opt != ref:
+                    raise SystemExit(f"{d}: a {m} run was scored on other levels than {exp_dirs[0]}'s (its "
+                                     "optimal lengths differ): not the same experiment")
+            per_method.setdefault(m, []).extend(runs)
+    return methods, per_method, warm
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("experiment", help="an experiment folder (RESULTS/<exp>, holding <method>/seed<k>/)")
+    ap.add_argument("experiments", nargs="+", help="experiment folders (RESULTS/<exp>, holding <method>/seed<k>/); "
+                    "several: the runs of each method put together (the same levels are checked)")
     ap.add_argument("--size", type=int, default=256, help="which eval_<N>.json (default 256)")
     a = ap.parse_args(argv)
-    if not os.path.isdir(a.experiment):
-        ap.error(f"not a folder: {a.experiment}")
+    for d in a.experiments:
+        if not os.path.isdir(d):
+            ap.error(f"not a folder: {d}")
     from experiments.report import BASELINE
 
-    methods, per_method, warm = load(a.experiment, a.size)
+    methods, per_method, warm = pool(a.experiments, a.size)
     lines = section_lines(per_method, methods, a.size, BASELINE, warm)
     if not lines:
-        print(f"{a.experiment}: no method has per-level records of eval_{a.size}.json from 2 seeds "
-              f"(runs evaluated before they were kept: python experiments/reevaluate.py {a.experiment} "
+        print(f"{', '.join(a.experiments)}: no method has per-level records of eval_{a.size}.json from 2 seeds "
+              f"(runs evaluated before they were kept: python experiments/reevaluate.py <exp> "
               f"--eval-levels {a.size} --force)")
         return 1
     print("\n".join(lines).strip())

@@ -339,13 +339,33 @@ def main(argv=None) -> int:
             jax.config.update(k, v)
 
 
+def cpu_name() -> str:
+    """The CPU's model and widest x86 vector extension ("Intel(R) Xeon(R) Processor, avx512f"): XLA's CPU
+    code, hence the float rounding, follows them, and a run that samples its episodes goes its own way
+    from the first differing bit (docs/EXPERIMENTS.md: the same seed re-run on another machine)."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name in ("unknown CPU", platform.machine()):
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = next((x for x in ("avx512f", "avx2", "avx", "neon", "asimd") if x in flags), "")
+    return f"{name}, {isa}" if isa else name
+
+
 def _run_suite(args, exps, methods, seeds, sets, out) -> int:
     import jax
 
     command = "python experiments/run.py " + " ".join(args.argv)
     meta_path = os.path.join(out, "suite.json")
     meta = {"suite": args.suite, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+            "machine": f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
                        f"({jax.default_backend()})", "experiments": {}, "history": []}
     prev = report.read_suite_meta(meta_path)
     if prev.get("suite") == args.suite:  # an earlier command wrote into this directory: keep its record

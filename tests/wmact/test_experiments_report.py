@@ -310,10 +310,9 @@ def test_success_at_the_starting_cap_puts_every_method_on_one_budget(tmp_path):
     assert "success, starting cap (%)" not in _header((exp / "table.md").read_text())
 
 
-def test_per_level_records_add_the_level_study(tmp_path):
-    """eval_<N>.json with each level's episode: under its re-evaluated table, experiments/levels.py's split
-    of the seeds' spread and success by optimal length, the warm start's row from a multi-turn method."""
-    exp = tmp_path / "sokoban6"
+def _per_level_experiment(root):
+    """An experiment of 3 methods x 2 seeds whose eval_16.json keep each level's episode; its report written."""
+    exp = root / "sokoban6"
     opt = [2, 3, 4, 5, 6, 7, 8, 9] * 2
     for method, solved in (("entire_plan", [[1] * 8 + [0] * 8, [1] * 12 + [0] * 4]),
                            ("interactive", [[1] * 10 + [0] * 6, [1] * 16]), ("wmact", [[0, 1] * 8, [1, 0] * 8])):
@@ -330,13 +329,44 @@ def test_per_level_records_add_the_level_study(tmp_path):
                                     "levels": {"greedy": {"solved": [1] * 4 + [0] * 12, "optimal": opt},
                                                "single_turn": {"solved": [0] * 16, "optimal": opt}}}
             (run / "eval_16.json").write_text(json.dumps(record))
-    report.write_report(str(tmp_path))
+    report.write_report(str(root))
+    return exp
+
+
+def test_per_level_records_add_the_level_study(tmp_path):
+    """eval_<N>.json with each level's episode: under its re-evaluated table, experiments/levels.py's split
+    of the seeds' spread and success by optimal length, the warm start's row from a multi-turn method."""
+    exp = _per_level_experiment(tmp_path)
     section = (exp / "table.md").read_text().split("### Re-evaluated on 16 held-out levels")[1]
     assert "#### Per level (16 levels, greedy)" in section
     # The same rate from other levels: no spread seen, all of what is expected from the level sample.
     assert "| wmact | 2 | 0.0 | 18.3 | 0.0 | 1.000 |" in section
     assert "| *warm start (before RL)* | 1 | 50.0 | 16.7 | 0.0 |" in section  # greedy: 3 of 6, 1 of 6, 0 of 4
     assert section.count("by the level's optimal solution length") == 2  # greedy, 1 turn
+
+
+def test_levels_cli_pools_folders_of_the_same_levels(tmp_path, capsys):
+    """experiments/levels.py over two folders puts each method's runs together (re-runs, more seeds), and
+    refuses a folder scored on other levels."""
+    import shutil
+
+    from experiments import levels
+
+    exp = _per_level_experiment(tmp_path / "a")
+    more = tmp_path / "b" / "sokoban6"
+    shutil.copytree(exp / "wmact", more / "wmact")
+    assert levels.main([str(exp), str(more), "--size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "| wmact | 4 |" in out and "| interactive | 2 |" in out
+    assert levels.main([str(more), "--size", "16"]) == 0 and "| wmact | 2 |" in capsys.readouterr().out
+    for run in (more / "wmact").iterdir():  # the same runs, scored on other levels
+        record = json.loads((run / "eval_16.json").read_text())
+        record["after"]["levels"]["greedy"]["optimal"] = list(range(16))
+        (run / "eval_16.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="scored on other levels"):
+        levels.main([str(exp), str(more), "--size", "16"])
+    with pytest.raises(SystemExit, match="no run has eval_32.json"):
+        levels.main([str(exp), "--size", "32"])
 
 
 def test_published_reevaluations_belong_to_their_runs():

@@ -69,6 +69,7 @@ def test_rerun_skips_finished_runs_and_reuses_the_warm_start(results, capsys):
     assert len(meta["history"]) == 1 and "wmact,entire_plan" in meta["history"][0]["command"]
     assert meta["history"][0]["seconds"] > 0 and meta["experiments"] == {"maze5": "Maze-5x5"}
     assert "Earlier commands into this directory:" in open(os.path.join(results, "summary.md")).read()
+    assert runner.cpu_name() in meta["machine"]  # the CPU's model: XLA's float rounding follows it
     # experiment.json keeps every method and seed run into the directory (the table's order and counts).
     info = json.load(open(os.path.join(exp, "experiment.json")))
     assert info["methods"] == ["wmact", "entire_plan"] and info["seeds"] == [0]

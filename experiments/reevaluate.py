@@ -139,8 +139,8 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
             return {"step": at, "metrics": metrics, "levels": levels}
 
         after = evaluated(step)
-        before = evaluated(0) if first and step != 0 else None  # the warm start in this method's prompt format
-        result = eval_levels_record(eval_levels, method, after, before, time.time() - t0)
+        warm = evaluated(0) if first and step != 0 else None  # the warm start in this method's prompt format
+        result = eval_levels_record(eval_levels, method, after, warm, time.time() - t0)
         _write_json(path, result, compact_lists=True)
         written.append(path)
         m = result["after"]["metrics"]

@@ -447,3 +447,28 @@ def test_sokoban6_plan_suite_is_the_published_recipe():
         run = config_check.prepare_config(runner.experiment_config("sokoban6", "sokoban6_plan", {}, m, 0))
         recorded = json.load(open(os.path.join(results, "sokoban6_plan", "sokoban6", m, "seed0", "config.json")))
         assert {k: v for k, v in _differences(run, recorded).items() if not k.startswith("warmstart.")} == {}, m
+
+
+def test_reevaluation_scores_the_warm_start_in_every_methods_first_seed(tmp_path, monkeypatch):
+    """The warm start (checkpoint 0) is evaluated in the first seed of each method, whatever ran before it
+    (a method's later seed without it once switched it off for every method after: the `before` argument
+    was reused as the loop's record)."""
+    from experiments import reevaluate
+    from wmact_jax import main as main_mod
+
+    exp = tmp_path / "exp"
+    for method, seeds in (("interactive", (0, 1)), ("wmact", (0, 1)), ("entire_plan", (0,))):
+        for seed in seeds:
+            run = exp / method / f"seed{seed}"
+            for step in (0, 2):
+                os.makedirs(run / "checkpoints" / str(step))
+            (run / "final.json").write_text("{}")
+    monkeypatch.setattr(reevaluate, "open_run", lambda run_dir, *a, **k: (None, lambda step: step, [0, 2], None))
+    monkeypatch.setattr(main_mod, "evaluate_modes",
+                        lambda trainer, state, config, transfer: ({"greedy/success_rate": state / 4}, {}))
+    written = reevaluate.reevaluate(str(exp), 8, log=lambda *a: None)
+    assert len(written) == 5
+    with_warm = {os.path.relpath(os.path.dirname(p), exp) for p in written if "before" in json.load(open(p))}
+    assert with_warm == {"interactive/seed0", "wmact/seed0", "entire_plan/seed0"}
+    assert reevaluate.reevaluate(str(exp), 8, before=False, force=True, log=lambda *a: None) and not any(
+        "before" in json.load(open(p)) for p in written)

@@ -17,7 +17,9 @@ y = mu + level + seed + residual, without replication (one episode per seed and 
 - from them, the spread and the Welch half-width against the baseline that more levels would give: more
   levels shrink only the level share, so when the training share dominates only more seeds help;
 - agreement: the levels every seed solves, that none solves;
-- success by the level's difficulty, the oracle's optimal solution length (bins of about equal size).
+- success by the level's difficulty, the oracle's optimal solution length (bins of about equal size), and
+  how the failures ended: how many stopped with fewer actions than the optimal solution (too short to
+  solve: a plan cut off, or turns run out) rather than wandering.
 
 experiments/report.py adds these tables under each re-evaluated table of table.md.
 """
@@ -175,6 +177,26 @@ def section_lines(per_method: dict[str, list[dict]], methods: list[str], size: i
                 cells.append(f"{_pts(per_seed.mean())}" + (f" ± {_pts(np.std(per_seed, ddof=1))}"
                                                              if len(per_seed) > 1 else ""))
             lines.append(f"| {m} | {y.shape[0]} | " + " | ".join(cells) + " |")
+        short = {m: a for m in ys if (a := stack(per_method[m], mode, "actions")) is not None}
+        if short:
+            lines += ["", f"Failures ({label}) by optimal length: the share of the bin's episodes that failed; of "
+                      "those, the share that ended with fewer actions than the optimal solution has (an answer too "
+                      "short to solve it), and their mean actions and turns; means over seeds:", "",
+                      f"| method | seeds | {head} |", "| --- | ---: |" + " ---: |" * len(bins)]
+            for m, acts in short.items():
+                failed, turns = ys[m] == 0, stack(per_method[m], mode, "turns")
+                cells = []
+                for k in masks:
+                    f = failed[:, k]
+                    runs = [i for i in range(len(f)) if f[i].any()]
+                    if not runs:
+                        cells.append(f"{_pts(f.mean())}% failed")
+                        continue
+                    too_short = np.mean([(acts[i, k][f[i]] < opt[k][f[i]]).mean() for i in runs])
+                    n_act = np.mean([acts[i, k][f[i]].mean() for i in runs])
+                    n_turn = "" if turns is None else f", {np.mean([turns[i, k][f[i]].mean() for i in runs]):.1f} turns"
+                    cells.append(f"{_pts(f.mean())}% failed ({_pts(too_short)}% short; {n_act:.1f} actions{n_turn})")
+                lines.append(f"| {m} | {acts.shape[0]} | " + " | ".join(cells) + " |")
     return lines
 
 

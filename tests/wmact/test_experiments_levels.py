@@ -110,3 +110,19 @@ def test_the_section_tables_each_method_against_the_baseline():
     cells = [c.strip() for c in by_length[0].split("| interactive | 3 |")[1].splitlines()[0].split("|")[:-1]]
     assert float(cells[0].split()[0]) > float(cells[-1].split()[0])
     assert levels.section_lines({"wmact": per["wmact"][:1]}, ["wmact"], 96, "interactive") == []
+
+
+def test_failures_that_stopped_short_of_the_optimal_length():
+    """The failure table: of the failed episodes of a bin, those with fewer actions than the optimal
+    solution (too short to solve), averaged over the runs that failed there."""
+    opt = [2, 2, 6, 6]
+    runs = [{"greedy": {"solved": [1, 0, 0, 0], "actions": [2, 9, 3, 12], "optimal": opt}},
+            {"greedy": {"solved": [1, 1, 0, 1], "actions": [2, 2, 4, 6], "optimal": opt}}]
+    text = "\n".join(levels.section_lines({"wmact": runs}, ["wmact"], 4, "interactive"))
+    table = text.split("Failures (greedy, final cap)")[1]
+    # N_opt 2: run 0 failed 1 of 2 (9 actions: not short), run 1 none -> 25% failed, 0% short.
+    # N_opt 6: run 0 failed both (3 short, 12 not), run 1 one (4, short) -> 75% failed, (50 + 100) / 2 short,
+    # (7.5 + 4) / 2 actions. No turns recorded: no turns shown.
+    assert "| wmact | 2 | 25.0% failed (0.0% short; 9.0 actions) | 75.0% failed (75.0% short; 5.8 actions) |" in table
+    no_actions = [{"greedy": {k: v for k, v in r["greedy"].items() if k != "actions"}} for r in runs]
+    assert "Failures" not in "\n".join(levels.section_lines({"wmact": no_actions}, ["wmact"], 4, "interactive"))

@@ -17,6 +17,7 @@ y = mu + level + seed + residual, without replication (one episode per seed and 
 - from them, the spread and the Welch half-width against the baseline that more levels would give: more
   levels shrink only the level share, so when the training share dominates only more seeds help;
 - agreement: the levels every seed solves, that none solves;
+- (the CLI) every run's metrics of eval_<N>.json, per-level records or not, against the baseline;
 - success by the level's difficulty, the oracle's optimal solution length (bins of about equal size), and
   how the failures ended: how many stopped with fewer actions than the optimal solution (too short to
   solve: a plan cut off, or turns run out) rather than wandering.
@@ -233,6 +234,52 @@ def pool(exp_dirs: list[str], size: int) -> tuple[list[str], dict[str, list[dict
     return methods, per_method, warm
 
 
+EVERY_RUN = (("greedy/success_rate", "greedy success (%)", 100.0), ("greedy/mean_turns", "mean turns", 1.0),
+             ("single_turn/success_rate", "1 turn (%)", 100.0), ("greedy/efficacy", "N_eff/N (%)", 100.0),
+             ("greedy/cycled", "greedy cycling (%)", 100.0))
+
+
+def every_run_lines(exp_dirs: list[str], size: int, baseline: str) -> list[str]:
+    """A table of every run's `eval_<size>.json` metrics in the folders, per-level records or not (runs
+    evaluated before those were kept count here): mean ± std over the runs, and each method's difference
+    from `baseline` with its Welch 95% interval (greedy success and mean turns)."""
+    from experiments.report import aggregate, welch_interval
+
+    methods, vals = [], {}
+    for d in exp_dirs:
+        agg = aggregate(d)
+        for m in agg["methods"]:
+            for r in agg["runs"][m]:
+                after = (r["reeval"].get(size) or {}).get("after")
+                if not after:
+                    continue
+                if m not in methods:
+                    methods.append(m)
+                for key, _, scale in EVERY_RUN:
+                    if isinstance(after.get(key), (int, float)):
+                        vals.setdefault(m, {}).setdefault(key, []).append(scale * after[key])
+    if not methods:
+        return []
+
+    def cell(v):
+        return "-" if not v else f"{np.mean(v):.2f}" if len(v) == 1 else f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"
+
+    def against(m, key):
+        w = welch_interval(vals[m].get(key, []), vals.get(baseline, {}).get(key, [])) if m != baseline else None
+        return "-" if w is None else f"{w[0]:+.2f} [{w[1]:+.2f}, {w[2]:+.2f}]"
+
+    lines = ["", f"#### Every run on {size} levels ({len(exp_dirs)} folder(s), per-level records or not)", "",
+             "| method | runs | " + " | ".join(h for _, h, _ in EVERY_RUN) + f" | success against {baseline} "
+             f"| turns against {baseline} |", "| --- | ---: |" + " ---: |" * (len(EVERY_RUN) + 2)]
+    for m in methods:
+        n = len(vals[m]["greedy/success_rate"]) if "greedy/success_rate" in vals[m] else 0
+        lines.append(f"| {m} | {n} | " + " | ".join(cell(vals[m].get(k)) for k, _, _ in EVERY_RUN)
+                     + f" | {against(m, 'greedy/success_rate')} | {against(m, 'greedy/mean_turns')} |")
+    lines += ["", f"Mean ± std over the runs; the differences from {baseline} with Welch 95% intervals (points of "
+              "success, turns)."]
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("experiments", nargs="+", help="experiment folders (RESULTS/<exp>, holding <method>/seed<k>/); "
@@ -246,6 +293,8 @@ def main(argv=None) -> int:
 
     methods, per_method, warm = pool(a.experiments, a.size)
     lines = section_lines(per_method, methods, a.size, BASELINE, warm)
+    if lines:
+        lines += every_run_lines(a.experiments, a.size, BASELINE)
     if not lines:
         print(f"{', '.join(a.experiments)}: no method has per-level records of eval_{a.size}.json from 2 seeds "
               f"(runs evaluated before they were kept: python experiments/reevaluate.py <exp> "

@@ -358,6 +358,9 @@ def test_levels_cli_pools_folders_of_the_same_levels(tmp_path, capsys):
     assert levels.main([str(exp), str(more), "--size", "16"]) == 0
     out = capsys.readouterr().out
     assert "| wmact | 4 |" in out and "| interactive | 2 |" in out
+    # Every run's metrics too, against the baseline: wmact's four runs at 50%, interactive's at 62.5 and 100.
+    every = out.split("#### Every run on 16 levels (2 folder(s)")[1]
+    assert "| wmact | 4 | 50.00 ± 0.00 |" in every and "| interactive | 2 | 81.25 ± 26.52 |" in every
     assert levels.main([str(more), "--size", "16"]) == 0 and "| wmact | 2 |" in capsys.readouterr().out
     for run in (more / "wmact").iterdir():  # the same runs, scored on other levels
         record = json.loads((run / "eval_16.json").read_text())

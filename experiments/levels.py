@@ -68,19 +68,16 @@ def projected_var(comp: dict, levels: float) -> float:
     return comp["seed_var"] + (0.0 if math.isinf(levels) else comp["level_var"] / levels)
 
 
-def _welch_df(va: float, vb: float, na: int, nb: int) -> float:
-    if va + vb == 0:
-        return float(na + nb - 2)
-    return (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-
-
 def projected_half_width(a: dict, b: dict, levels: float, level: float = 0.95) -> float:
     """The Welch half-width of mean(a) - mean(b) with the same seeds scored on `levels` levels: the
     projected variances, the t quantile at the Welch df of the variances seen (a df from the projected
     ones would jump where a side's training share is 0)."""
-    va, vb = projected_var(a, levels) / a["seeds"], projected_var(b, levels) / b["seeds"]
-    df = _welch_df(a["std"] ** 2 / a["seeds"], b["std"] ** 2 / b["seeds"], a["seeds"], b["seeds"])
     from scipy.stats import t
+
+    from experiments.report import welch_df  # report imports this module: not at the top
+
+    va, vb = projected_var(a, levels) / a["seeds"], projected_var(b, levels) / b["seeds"]
+    df = welch_df(a["std"] ** 2 / a["seeds"], b["std"] ** 2 / b["seeds"], a["seeds"], b["seeds"])
 
     return float(t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
 
@@ -201,11 +198,13 @@ def section_lines(per_method: dict[str, list[dict]], methods: list[str], size: i
     return lines
 
 
-def load(exp_dir: str, size: int) -> tuple[list[str], dict[str, list[dict]], dict | None]:
-    """(methods, {method: [each finished run's per-level record of eval_<size>.json]}, the warm start's)."""
-    from experiments.report import aggregate
+def load(exp_dir: str, size: int, agg: dict | None = None) -> tuple[list[str], dict[str, list[dict]], dict | None]:
+    """(methods, {method: [each finished run's per-level record of eval_<size>.json]}, the warm start's);
+    agg: the folder's `report.aggregate`, if already read."""
+    if agg is None:
+        from experiments.report import aggregate
 
-    agg = aggregate(exp_dir)
+        agg = aggregate(exp_dir)
     ev = agg["reeval"].get(size)
     if ev is None:
         raise SystemExit(f"{exp_dir}: no run has eval_{size}.json (python experiments/reevaluate.py "
@@ -213,13 +212,15 @@ def load(exp_dir: str, size: int) -> tuple[list[str], dict[str, list[dict]], dic
     return agg["methods"], ev["levels"], ev["warm_levels"]
 
 
-def pool(exp_dirs: list[str], size: int) -> tuple[list[str], dict[str, list[dict]], dict | None]:
+def pool(exp_dirs: list[str], size: int, aggs: list[dict] | None = None) -> tuple[list[str], dict[str, list[dict]],
+                                                                                 dict | None]:
     """`load` over several folders of the same experiment (more seeds of a method, or re-runs), the runs of
-    a method put together. The folders must have scored the same levels: every run's optimal lengths agree,
-    else a SystemExit names the folder (another environment, level count or evaluation key)."""
+    a method put together (aggs: their `report.aggregate`s, if already read). The folders must have scored
+    the same levels: every run's optimal lengths agree, else a SystemExit names the folder (another
+    environment, level count or evaluation key)."""
     methods, per_method, warm, ref = [], {}, None, None
-    for d in exp_dirs:
-        ms, per, w = load(d, size)
+    for i, d in enumerate(exp_dirs):
+        ms, per, w = load(d, size, aggs[i] if aggs else None)
         methods += [m for m in ms if m not in methods]
         warm = warm if warm is not None else w
         for m, runs in per.items():
@@ -239,15 +240,14 @@ EVERY_RUN = (("greedy/success_rate", "greedy success (%)", 100.0), ("greedy/mean
              ("greedy/cycled", "greedy cycling (%)", 100.0))
 
 
-def every_run_lines(exp_dirs: list[str], size: int, baseline: str) -> list[str]:
-    """A table of every run's `eval_<size>.json` metrics in the folders, per-level records or not (runs
-    evaluated before those were kept count here): mean ± std over the runs, and each method's difference
-    from `baseline` with its Welch 95% interval (greedy success and mean turns)."""
-    from experiments.report import aggregate, welch_interval
+def every_run_lines(aggs: list[dict], size: int, baseline: str) -> list[str]:
+    """A table of every run's `eval_<size>.json` metrics in the folders (their `report.aggregate`s),
+    per-level records or not (runs evaluated before those were kept count here): mean ± std over the runs,
+    and each method's difference from `baseline` with its Welch 95% interval (greedy success and mean turns)."""
+    from experiments.report import welch_interval
 
     methods, vals = [], {}
-    for d in exp_dirs:
-        agg = aggregate(d)
+    for agg in aggs:
         for m in agg["methods"]:
             for r in agg["runs"][m]:
                 after = (r["reeval"].get(size) or {}).get("after")
@@ -268,7 +268,7 @@ def every_run_lines(exp_dirs: list[str], size: int, baseline: str) -> list[str]:
         w = welch_interval(vals[m].get(key, []), vals.get(baseline, {}).get(key, [])) if m != baseline else None
         return "-" if w is None else f"{w[0]:+.2f} [{w[1]:+.2f}, {w[2]:+.2f}]"
 
-    lines = ["", f"#### Every run on {size} levels ({len(exp_dirs)} folder(s), per-level records or not)", "",
+    lines = ["", f"#### Every run on {size} levels ({len(aggs)} folder(s), per-level records or not)", "",
              "| method | runs | " + " | ".join(h for _, h, _ in EVERY_RUN) + f" | success against {baseline} "
              f"| turns against {baseline} |", "| --- | ---: |" + " ---: |" * (len(EVERY_RUN) + 2)]
     for m in methods:
@@ -289,12 +289,13 @@ def main(argv=None) -> int:
     for d in a.experiments:
         if not os.path.isdir(d):
             ap.error(f"not a folder: {d}")
-    from experiments.report import BASELINE
+    from experiments.report import BASELINE, aggregate
 
-    methods, per_method, warm = pool(a.experiments, a.size)
+    aggs = [aggregate(d) for d in a.experiments]  # each folder read once, for both tables
+    methods, per_method, warm = pool(a.experiments, a.size, aggs)
     lines = section_lines(per_method, methods, a.size, BASELINE, warm)
     if lines:
-        lines += every_run_lines(a.experiments, a.size, BASELINE)
+        lines += every_run_lines(aggs, a.size, BASELINE)
     if not lines:
         print(f"{', '.join(a.experiments)}: no method has per-level records of eval_{a.size}.json from 2 seeds "
               f"(runs evaluated before they were kept: python experiments/reevaluate.py <exp> "

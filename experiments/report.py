@@ -575,6 +575,14 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def welch_df(va: float, vb: float, na: int, nb: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of a difference of two means whose squared standard errors are
+    va and vb (na, nb values); na + nb - 2 where both are 0."""
+    if va + vb == 0:
+        return float(na + nb - 2)
+    return (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+
+
 def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
     """(mean(a) - mean(b), low, high): the difference of two methods' means over seeds with its Welch
     interval (unequal variances; t quantile at the Welch-Satterthwaite degrees of freedom). None with
@@ -586,7 +594,7 @@ def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple
     va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
     if va + vb == 0:
         return diff, diff, diff
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = welch_df(va, vb, len(a), len(b))
     from scipy.stats import t
 
     half = float(t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)

@@ -330,6 +330,14 @@ def aggregate(exp_dir: str) -> dict:
     meta = meta if isinstance(meta, dict) else {}
     methods = _order_methods(_names(meta.get("methods")), _method_dirs(exp_dir))
     planned_seeds = meta.get("seeds") if isinstance(meta.get("seeds"), list) else None
+    # Seeds planned per method (run.py records them since 2026-12-08); older records have one list for all.
+    by_method = meta.get("method_seeds") if isinstance(meta.get("method_seeds"), dict) else {}
+
+    def planned(method: str):
+        own = by_method.get(method)
+        if isinstance(own, list):
+            return len(own)
+        return len(planned_seeds) if planned_seeds is not None else None
 
     runs: dict[str, list[dict]] = {}
     for method in methods:
@@ -364,7 +372,7 @@ def aggregate(exp_dir: str) -> dict:
             "cells": _cells([with_l0(r["after"], bool(r["fixed_cap"])) for r in done], cols,
                             method in SINGLE_TURN_METHODS),
             "n": len(done),
-            "planned": len(planned_seeds) if planned_seeds is not None else None,
+            "planned": planned(method),
             "incomplete": [r for r in runs[method] if not r["complete"]],
         }
     # The shared warm start, evaluated before RL in each prompt format: entire_plan's one-turn prompt
@@ -527,6 +535,14 @@ def _experiment_body(agg: dict, image_prefix: str = "") -> str:
         setup.append("methods " + ", ".join(_names(meta["methods"])))
     if isinstance(meta.get("seeds"), list):
         setup.append("seeds " + ", ".join(map(str, meta["seeds"])))
+        by_method = meta.get("method_seeds") if isinstance(meta.get("method_seeds"), dict) else {}
+        groups: dict[tuple, list[str]] = {}  # seed list -> methods, where the methods' seeds differ
+        for m, own in by_method.items():
+            if isinstance(own, list):
+                groups.setdefault(tuple(own), []).append(str(m))
+        if len(groups) > 1:
+            setup.append("by method: " + "; ".join(f"{', '.join(ms)}: {', '.join(map(str, s))}"
+                                                   for s, ms in groups.items()))
     if meta.get("config_overrides"):
         setup.append("config overrides `" + _compact(meta["config_overrides"]) + "`")
     if setup:

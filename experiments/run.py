@@ -389,16 +389,23 @@ def _run_suite(args, exps, methods, seeds, sets, out) -> int:
         else:
             seconds = time.time() - t0
         exp_info = {"env": sample.env.name, "transfer": list(sample.env.eval_names), "methods": methods,
-                    "seeds": seeds, "iterations": int(sample.train.iterations),
+                    "seeds": seeds, "method_seeds": {m: list(seeds) for m in methods},
+                    "iterations": int(sample.train.iterations),
                     "episodes_per_iteration": int(sample.rollout.levels_per_iteration * sample.rollout.group_size),
                     "eval_levels": int(sample.train.eval_levels), "warmstart": wmetrics,
                     "warmstart_seconds": seconds, "warmstart_reused": reused,
                     "config_overrides": recorded_overrides(exp, args.suite, sets)}
         # Commands that add methods or seeds to this directory extend its record (the table counts
         # every seed run, not only the last command's).
+        # Seeds are kept per method too: seeds added to two methods do not make the others look unfinished.
         if isinstance(prev.get("methods"), list) and isinstance(prev.get("seeds"), list):
             exp_info["methods"] = prev["methods"] + [m for m in methods if m not in prev["methods"]]
             exp_info["seeds"] = sorted(set(prev["seeds"]) | set(seeds))
+            # A record from before method_seeds: every method it lists had every seed it lists.
+            old = prev.get("method_seeds") if isinstance(prev.get("method_seeds"), dict) else {
+                m: prev["seeds"] for m in prev["methods"]}
+            exp_info["method_seeds"] = {m: sorted(set(old.get(m, [])) | set(seeds if m in methods else []))
+                                        for m in exp_info["methods"]}
         with open(os.path.join(exp_dir, "experiment.json"), "w") as f:
             json.dump(exp_info, f, indent=1, default=str)
         meta["experiments"][exp] = exp_info["env"]

@@ -400,3 +400,22 @@ def test_published_reevaluations_belong_to_their_runs():
         exp_dir = os.path.dirname(os.path.dirname(run))
         assert f"### Re-evaluated on {again['eval_levels']} held-out levels" in open(
             os.path.join(exp_dir, "table.md")).read(), exp_dir
+
+
+def test_seeds_planned_per_method(tmp_path):
+    """Seeds added to some methods only (experiment.json's method_seeds) count against those methods:
+    the others read complete (5/5), not unfinished (5/7); the setup line names who has which seeds."""
+    exp = tmp_path / "sokoban6"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({
+        "env": "Sokoban-6x6-1", "methods": ["interactive", "rescale"], "seeds": [0, 1, 2], "iterations": ITERS,
+        "method_seeds": {"interactive": [0, 1, 2], "rescale": [0, 1]}}))
+    for method, seeds in (("interactive", (0, 1, 2)), ("rescale", (0, 1))):
+        for seed in seeds:
+            _write_run(str(exp / method / f"seed{seed}"), 0.5 + 0.1 * seed, seed=seed)
+    report.write_report(str(tmp_path))
+    table = (exp / "table.md").read_text()
+    col = {h: i for i, h in enumerate(_header(table))}
+    assert _row(table, "interactive")[col["n seeds"]] == "3/3"
+    assert _row(table, "rescale")[col["n seeds"]] == "2/2"
+    assert "by method: interactive: 0, 1, 2; rescale: 0, 1" in table

@@ -350,6 +350,21 @@ def test_a_staged_warm_start_trains_each_stage_from_the_last(tmp_path, monkeypat
     assert os.path.getmtime(os.path.join(exp, "warmstart", "warmstart.json")) == stamp
     assert json.load(open(os.path.join(exp, "experiment.json")))["warmstart_reused"] is True
     assert handed == [("interactive", 0, os.path.join(exp, "warmstart"))] * 3
+    # Seeds added to one method are its own: the others are not planned for them (the table's n/planned).
+    assert runner.main(["--suite", "staged", "--out", out, "--methods", "wmact", "--seeds", "1,2"] + TINY) == 0
+    info = json.load(open(os.path.join(exp, "experiment.json")))
+    assert info["seeds"] == [0, 1, 2] and info["methods"] == ["interactive", "wmact"]
+    assert info["method_seeds"] == {"interactive": [0], "wmact": [1, 2]}
+    rows = runner.report.aggregate(exp)["rows"]
+    assert (rows["interactive"]["planned"], rows["wmact"]["planned"]) == (1, 2)
+    # A record from before per-method seeds: every method it lists had every seed it lists.
+    info.pop("method_seeds")
+    info["seeds"] = [0]
+    with open(os.path.join(exp, "experiment.json"), "w") as f:
+        json.dump(info, f)
+    assert runner.main(["--suite", "staged", "--out", out, "--methods", "rescale", "--seeds", "3"] + TINY) == 0
+    info = json.load(open(os.path.join(exp, "experiment.json")))
+    assert info["method_seeds"] == {"interactive": [0], "wmact": [0], "rescale": [3]}
 
 
 def test_a_warm_start_can_train_from_another_experiments(tmp_path, monkeypatch):

@@ -37,7 +37,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-MODES = ("greedy", "single_turn")  # the tables' success columns that have a per-level study
+# The tables' success columns that have a per-level study. greedy_l0 (greedy at the starting cap L_0, evaluated
+# where the cap anneals) puts every method on the baselines' budget: is what an annealed policy loses its
+# skill or its turns?
+MODES = ("greedy", "greedy_l0", "single_turn")
+LABELS = {"greedy": "greedy, final cap", "greedy_l0": "greedy, starting cap", "single_turn": "greedy, 1 turn"}
 WARM_START = "*warm start (before RL)*"
 
 
@@ -106,6 +110,18 @@ def stack(runs: list[dict], mode: str, field: str = "solved") -> np.ndarray | No
     return np.asarray(rows, np.float64)
 
 
+def source_mode(runs: list[dict], mode: str) -> str | None:
+    """The records that stand for `mode` in a method's runs: the mode itself where every run has it; for
+    greedy_l0, greedy where no run has it (a fixed cap: its starting cap is its final one, as in the
+    report's tables); None otherwise (some runs with it, some without: not pooled)."""
+    has = [isinstance(r.get(mode), dict) for r in runs]
+    if runs and all(has):
+        return mode
+    if mode == "greedy_l0" and not any(has):
+        return "greedy"
+    return None
+
+
 def _pts(x: float) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
 
@@ -151,9 +167,14 @@ def section_lines(per_method: dict[str, list[dict]], methods: list[str], size: i
               f"half-widths against {baseline}, with the same seeds, show what more levels could separate "
               "and what only more seeds can. `solved by every seed` / `by none`: shares of the levels."]
     for mode in MODES:
-        ys = {m: y for m in methods if (y := stack(per_method.get(m, []), mode)) is not None}
-        opt = next((np.asarray(r[mode]["optimal"]) for m in ys for r in per_method[m][:1]
-                    if isinstance(r.get(mode, {}).get("optimal"), list)), None)
+        # Each method's records for this mode (greedy_l0: a fixed-cap method's greedy), and the table only
+        # where some method has the mode itself.
+        src = {m: sm for m in methods if (sm := source_mode(per_method.get(m, []), mode)) is not None}
+        if mode not in src.values():
+            continue
+        ys = {m: y for m, sm in src.items() if (y := stack(per_method[m], sm)) is not None}
+        opt = next((np.asarray(r[src[m]]["optimal"]) for m in ys for r in per_method[m][:1]
+                    if isinstance(r.get(src[m], {}).get("optimal"), list)), None)
         if not ys or opt is None or len(opt) != next(iter(ys.values())).shape[1]:
             continue
         bins = length_bins(opt)
@@ -162,11 +183,15 @@ def section_lines(per_method: dict[str, list[dict]], methods: list[str], size: i
         masks = [(opt >= lo) & (opt <= hi) for lo, hi in bins]
         head = " | ".join(f"N_opt {lo}-{hi} ({int(k.sum())} levels)" if lo != hi else
                           f"N_opt {lo} ({int(k.sum())} levels)" for (lo, hi), k in zip(bins, masks))
-        label = "greedy, final cap" if mode == "greedy" else "greedy, 1 turn"
-        lines += ["", f"Success ({label}) by the level's optimal solution length, mean over seeds (%):", "",
+        label = LABELS[mode]
+        fixed = sorted(m for m in ys if src[m] != mode)
+        note = (f" ({', '.join(fixed)}: a fixed cap, their final cap's episodes)" if mode == "greedy_l0" and fixed
+                else "")
+        lines += ["", f"Success ({label}) by the level's optimal solution length, mean over seeds (%){note}:", "",
                   f"| method | seeds | {head} |", "| --- | ---: |" + " ---: |" * len(bins)]
         rows = list(ys.items())
-        if warm is not None and (w := stack([warm], mode)) is not None and w.shape[1] == len(opt):
+        warm_mode = source_mode([warm], mode) if warm is not None else None  # before RL every cap is L_0
+        if warm_mode and (w := stack([warm], warm_mode)) is not None and w.shape[1] == len(opt):
             rows.insert(0, (WARM_START, w))
         for m, y in rows:
             cells = []
@@ -175,14 +200,14 @@ def section_lines(per_method: dict[str, list[dict]], methods: list[str], size: i
                 cells.append(f"{_pts(per_seed.mean())}" + (f" ± {_pts(np.std(per_seed, ddof=1))}"
                                                              if len(per_seed) > 1 else ""))
             lines.append(f"| {m} | {y.shape[0]} | " + " | ".join(cells) + " |")
-        short = {m: a for m in ys if (a := stack(per_method[m], mode, "actions")) is not None}
+        short = {m: a for m in ys if (a := stack(per_method[m], src[m], "actions")) is not None}
         if short:
             lines += ["", f"Failures ({label}) by optimal length: the share of the bin's episodes that failed; of "
                       "those, the share that ended with fewer actions than the optimal solution has (an answer too "
                       "short to solve it), and their mean actions and turns; means over seeds:", "",
                       f"| method | seeds | {head} |", "| --- | ---: |" + " ---: |" * len(bins)]
             for m, acts in short.items():
-                failed, turns = ys[m] == 0, stack(per_method[m], mode, "turns")
+                failed, turns = ys[m] == 0, stack(per_method[m], src[m], "turns")
                 cells = []
                 for k in masks:
                     f = failed[:, k]

@@ -142,8 +142,10 @@ def probe_init(steps: int) -> None:
               + f"{time.time() - t0:>9.0f}", flush=True)
 
 
-def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: int, init: str = "") -> None:
+def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: int, init: str = "",
+                     sets: dict | None = None) -> None:
     from configs import default
+    from experiments.run import apply
     from envs_jax.oracles import optimal_actions
     from wmact_jax import config_check, prompts
     from wmact_jax import ppo as ppo_lib
@@ -153,7 +155,9 @@ def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: i
 
     c = default.get_config()
     c.env.name, c.warmstart.init = env_name, init
-    c = config_check.prepare_config(c, explicit=("env.name",) + (("warmstart.init",) if init else ()))
+    apply(c, sets or {})  # e.g. a larger model: --set model.hidden_size=256
+    c = config_check.prepare_config(c, explicit=("env.name",) + (("warmstart.init",) if init else ())
+                                    + tuple(sets or ()))
     tr = Trainer(c)
     env, ep, tok, conv = tr.env, tr.env_params, tr.tokenizer, tr.conv
     render = jax.jit(env.render_glyphs)
@@ -182,12 +186,13 @@ def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: i
     pad = lambda rows: jnp.asarray([r + [0] * (width - len(r)) for r in rows], jnp.int32)
     xtr, mtr, xte, mte = pad(xtr), pad(mtr).astype(bool), pad(xte), pad(mte).astype(bool)
     move_pos = jnp.argmax(mte, axis=1) + 3  # <think> </think> <answer> MOVE
-    print(f"# first-move probe on {env_name}: {xtr.shape[0]} training / {xte.shape[0]} held-out examples of "
-          f"{width} tokens ({time.time() - t0:.0f} s); batch {batch}, lr {lr}, model {SHAPE}"
-          + (f", from the policy of {init}" if init else ", from scratch"))
-    gd = tr.graphdef
     # The fresh model (seed 0), or another puzzle's warm start: does what it learnt of the grid carry over?
     p = initial_params(tr)["policy"]
+    print(f"# first-move probe on {env_name}: {xtr.shape[0]} training / {xte.shape[0]} held-out examples of "
+          f"{width} tokens ({time.time() - t0:.0f} s); batch {batch}, lr {lr}, model "
+          f"{ {k: int(c.model[k]) for k in SHAPE} } ({sum(x.size for x in jax.tree.leaves(p)) / 1e6:.2f}M parameters)"
+          + (f", from the policy of {init}" if init else ", from scratch"))
+    gd = tr.graphdef
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, 50, steps, lr * 0.1)))
     s = opt.init(p)
@@ -436,6 +441,8 @@ def main() -> None:
                     "checkpoint; a warm start's static bound)")
     ap.add_argument("--step", type=int, help="levels: the run's checkpoint at this iteration instead of its "
                     "latest (0: its warm start, before RL)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="first-move: a config field of configs/default.py, e.g. model.hidden_size=256 (repeatable)")
     a = ap.parse_args()
     if (a.probe == "critic" or a.probe == "levels" and not a.run) and not a.warmstart:
         ap.error(f"{a.probe} needs --warmstart (python -m wmact_jax.warmstart --config=configs/default.py --out=W)")
@@ -454,7 +461,9 @@ def main() -> None:
             ap.error("caps needs --run DIR[,DIR...]")
         probe_caps(a.run.split(","), [int(x) for x in a.caps.split(",")], a.env)
     else:
-        probe_first_move(a.env or "Maze-5x5", a.steps, a.batch, a.lr, a.levels, a.init)
+        from experiments.run import parse_sets
+
+        probe_first_move(a.env or "Maze-5x5", a.steps, a.batch, a.lr, a.levels, a.init, parse_sets(a.set))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def reevaluate(exp_dir: str, eval_levels: int, methods: list[str] | None = None,
         if not os.path.isdir(ckpt_dir):
             log(f"{method}/{seed}: no checkpoints/, skipped")
             continue
-        steps = _saved_steps(ckpt_dir)
+        steps = _saved_steps(ckpt_dir)  # the folder names: enough to skip a done run without opening Orbax
         # The warm start in the first seed of each method that is evaluated, if its checkpoint 0 was kept.
         first = before and method not in seen_method and 0 in steps
         seen_method.add(method)

@@ -112,6 +112,31 @@ def test_the_section_tables_each_method_against_the_baseline():
     assert levels.section_lines({"wmact": per["wmact"][:1]}, ["wmact"], 96, "interactive") == []
 
 
+def test_success_at_the_starting_cap_puts_annealed_and_fixed_caps_on_one_budget():
+    """greedy_l0 is evaluated where the cap anneals: the starting-cap table takes it there and a fixed-cap
+    method's greedy episodes (its starting cap is its final one), names those, leaves out a method whose
+    runs have it only in part, and takes the warm start's greedy row (before RL every cap is L_0)."""
+    opt = [2, 2, 6, 6]
+    full = {"solved": [1, 1, 1, 1], "optimal": opt, "actions": [2, 2, 6, 6], "turns": [1, 1, 2, 2]}
+    capped = {"solved": [1, 1, 0, 0], "optimal": opt, "actions": [2, 2, 4, 3], "turns": [1, 1, 2, 2]}
+    wmact = [{"greedy": capped, "greedy_l0": full}, {"greedy": capped, "greedy_l0": full}]
+    interactive = [{"greedy": {**full, "solved": [1, 0, 1, 0]}}] * 2
+    anneal = [{"greedy": capped, "greedy_l0": full}, {"greedy": capped}]  # one run evaluated before greedy_l0
+    per = {"wmact": wmact, "interactive": interactive, "anneal": anneal}
+    text = "\n".join(levels.section_lines(per, ["interactive", "anneal", "wmact"], 4, "interactive",
+                                          warm={"greedy": full}))
+    final = text.split("Success (greedy, final cap)")[1].split("Success (greedy, starting cap)")[0]
+    start = text.split("Success (greedy, starting cap)")[1].split("Failures (greedy, starting cap)")[0]
+    assert "| wmact | 2 | 100.0 ± 0.0 | 0.0 ± 0.0 |" in final and "| anneal | 2 |" in final
+    assert "(interactive: a fixed cap, their final cap's episodes)" in start
+    assert "| wmact | 2 | 100.0 ± 0.0 | 100.0 ± 0.0 |" in start
+    assert "| interactive | 2 | 50.0 ± 0.0 | 50.0 ± 0.0 |" in start and "anneal" not in start
+    assert f"| {levels.WARM_START} | 1 | 100.0 | 100.0 |" in start
+    # Without any greedy_l0 record there is no starting-cap table (every cap is fixed: it would repeat greedy).
+    assert "starting cap" not in "\n".join(levels.section_lines({"interactive": interactive * 2}, ["interactive"],
+                                                                 4, "interactive"))
+
+
 def test_failures_that_stopped_short_of_the_optimal_length():
     """The failure table: of the failed episodes of a bin, those with fewer actions than the optimal
     solution (too short to solve), averaged over the runs that failed there."""

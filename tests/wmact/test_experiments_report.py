@@ -402,6 +402,29 @@ def test_published_reevaluations_belong_to_their_runs():
             os.path.join(exp_dir, "table.md")).read(), exp_dir
 
 
+def test_published_budget_plays_belong_to_their_runs():
+    """Every caps_<N>.json in experiments/results (experiments/budget.py) holds its run's final policy on
+    the levels of that run's eval_<N>.json: cap 1 is its single-turn episodes, its own final cap its greedy
+    ones and L_0 its starting-cap ones, level for level."""
+    import glob
+
+    found = glob.glob(os.path.join(ROOT, "experiments", "results", "*", "*", "*", "seed*", "caps_*.json"))
+    assert found, "no published budget play (experiments/results/sokoban6_plan_turns_left has them)"
+    for path in found:
+        run = os.path.dirname(path)
+        size = os.path.basename(path)[len("caps_"):-len(".json")]
+        caps, own = (json.load(open(os.path.join(run, f))) for f in (os.path.basename(path), f"eval_{size}.json"))
+        after = own["after"]
+        assert caps["step"] == after["step"] == json.load(open(os.path.join(run, "final.json")))["after"]["step"]
+        played = {"1": "single_turn", str(int(after["metrics"]["greedy/turn_cap"])): "greedy",
+                  str(caps["max_turns"]): "greedy_l0"}
+        for cap, mode in played.items():
+            if cap in caps["caps"] and mode in after["levels"]:
+                assert caps["caps"][cap]["solved"] == after["levels"][mode]["solved"], (path, cap, mode)
+        for cap, c in caps["caps"].items():
+            assert len(c["solved"]) == int(size) and np.mean(c["solved"]) == pytest.approx(c["success_rate"])
+
+
 def test_seeds_planned_per_method(tmp_path):
     """Seeds added to some methods only (experiment.json's method_seeds) count against those methods:
     the others read complete (5/5), not unfinished (5/7); the setup line names who has which seeds."""

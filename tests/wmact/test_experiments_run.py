@@ -190,6 +190,42 @@ def test_more_levels_at_the_end_and_reevaluation_agree(results, capsys, tmp_path
     assert not os.path.exists(unfinished / "eval_256.json")
 
 
+def test_budget_plays_each_run_at_every_cap_and_matches_its_own_evaluation(results, tmp_path, capsys):
+    """experiments/budget.py: each run's final policy under caps 1..L_0 on the eval_<N>.json levels; cap 1 is
+    the single-turn evaluation and the run's own cap its greedy one, level by level; a second call reads
+    the file instead of playing again; the table pools the runs and writes budget.md / budget.png."""
+    from experiments import budget
+
+    exp = os.path.join(results, "maze5")
+    run = os.path.join(exp, "wmact", "seed0")
+    assert budget.main([exp, "--eval-levels", "6", "--caps", "1,2,5", "--methods", "wmact", "--out",
+                        str(tmp_path)]) == 0
+    rec = json.load(open(os.path.join(run, "caps_6.json")))
+    own = json.load(open(os.path.join(run, "eval_6.json")))["after"]
+    assert rec["step"] == own["step"] and sorted(rec["caps"], key=int) == ["1", "2", "5"]
+    assert rec["caps"]["1"]["solved"] == own["levels"]["single_turn"]["solved"]
+    cap = int(own["metrics"]["greedy/turn_cap"])
+    budget.main([exp, "--eval-levels", "6", "--caps", str(cap), "--methods", "wmact"])
+    rec = json.load(open(os.path.join(run, "caps_6.json")))
+    assert rec["caps"][str(cap)]["solved"] == own["levels"]["greedy"]["solved"]
+    assert np.mean(rec["caps"]["5"]["solved"]) == pytest.approx(rec["caps"]["5"]["success_rate"])
+    capsys.readouterr()
+    assert budget.main([exp, "--eval-levels", "6", "--caps", "1,5", "--methods", "wmact"]) == 0
+    out = capsys.readouterr().out
+    assert "->" not in out and "| wmact | 1 |" in out  # nothing played again: read from the file
+    text = open(tmp_path / "budget.md").read()
+    assert "| method | runs | cap 1 | cap 2 | cap 5 |" in text and "longest levels" in text
+    assert open(tmp_path / "budget.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):  # argparse's error: not a turn cap
+        budget.main([exp, "--caps", "0,1"])
+    capsys.readouterr()  # a cap above a run's bound (EntirePlan's is 1) is left out of that run, said so
+    assert budget.main([exp, "--eval-levels", "6", "--caps", "1,2", "--methods", "entire_plan"]) == 0
+    out = capsys.readouterr().out
+    assert "caps 2 are above its static turn bound 1, left out" in out and "| entire_plan | 1 |" in out
+    rec = json.load(open(os.path.join(exp, "entire_plan", "seed0", "caps_6.json")))
+    assert list(rec["caps"]) == ["1"]
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
     assert runner.main(["--suite", "quick", "--out", str(tmp_path), "--methods", "wmcat"]) == 2
     assert "unknown method" in capsys.readouterr().err

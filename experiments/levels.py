@@ -20,7 +20,9 @@ y = mu + level + seed + residual, without replication (one episode per seed and 
 - (the CLI) every run's metrics of eval_<N>.json, per-level records or not, against the baseline;
 - success by the level's difficulty, the oracle's optimal solution length (bins of about equal size), and
   how the failures ended: how many stopped with fewer actions than the optimal solution (too short to
-  solve: a plan cut off, or turns run out) rather than wandering.
+  solve: a plan cut off, or turns run out) rather than wandering; at the final cap, at the starting cap L_0
+  (`greedy_l0`, where the cap anneals: what an annealed policy does with the baselines' budget) and in one
+  turn.
 
 experiments/report.py adds these tables under each re-evaluated table of table.md.
 """

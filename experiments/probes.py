@@ -145,8 +145,8 @@ def probe_init(steps: int) -> None:
 def probe_first_move(env_name: str, steps: int, batch: int, lr: float, levels: int, init: str = "",
                      sets: dict | None = None) -> None:
     from configs import default
-    from experiments.run import apply
     from envs_jax.oracles import optimal_actions
+    from experiments.run import apply
     from wmact_jax import config_check, prompts
     from wmact_jax import ppo as ppo_lib
     from wmact_jax.models.llama import apply as model_apply

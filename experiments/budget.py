@@ -134,25 +134,28 @@ def collect(exp_dirs: list[str], caps: list[int], eval_levels: int, methods: lis
     return report._order_methods([], order), per  # the tables' method order
 
 
+def success_at(runs: list[dict], cap: int, mask: np.ndarray | None = None) -> list[float]:
+    """Each run's greedy success under `cap` (on the levels of `mask` only, if given); runs without it left out."""
+    out = []
+    for r in runs:
+        c = r["caps"].get(str(cap))
+        if c is not None:
+            out.append(float(np.asarray(c["solved"], float)[mask].mean()) if mask is not None else c["success_rate"])
+    return out
+
+
 def _cell(vals: list[float]) -> str:
-    if not vals:
+    st = report._stats(vals)  # mean and sample std, as the tables of report.py
+    if not st["n"]:
         return "-"
-    m = 100 * float(np.mean(vals))
-    return f"{m:.1f}" + (f" ± {100 * float(np.std(vals, ddof=1)):.1f}" if len(vals) > 1 else "")
+    return f"{100 * st['mean']:.1f}" + (f" ± {100 * st['std']:.1f}" if st["std"] is not None else "")
 
 
 def table_lines(order: list[str], per: dict[str, list[dict]], caps: list[int], eval_levels: int,
                 baseline: str = BASELINE) -> list[str]:
     """Markdown: success by cap (mean ± std over runs), on the longest levels too, and against baseline."""
     def at(m, cap, mask=None):
-        out = []
-        for r in per[m]:
-            c = r["caps"].get(str(cap))
-            if c is None:
-                continue
-            s = np.asarray(c["solved"], float)
-            out.append(float(s[mask].mean()) if mask is not None else c["success_rate"])
-        return out
+        return success_at(per[m], cap, mask)
 
     head = " | ".join(f"cap {c}" for c in caps)
     rule = "| --- | ---: |" + " ---: |" * len(caps)
@@ -197,11 +200,11 @@ def plot(order: list[str], per: dict[str, list[dict]], caps: list[int], path: st
         dodge = 0.05 * (i - (len(order) - 1) / 2)  # the error bars side by side, not on top of each other
         xs, ms, ss = [], [], []
         for c in caps:
-            vals = [r["caps"][str(c)]["success_rate"] for r in per[m] if str(c) in r["caps"]]
-            if vals:
+            st = report._stats(success_at(per[m], c))
+            if st["n"]:
                 xs.append(c + dodge)
-                ms.append(100 * np.mean(vals))
-                ss.append(100 * np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
+                ms.append(100 * st["mean"])
+                ss.append(100 * st["std"] if st["std"] is not None else 0.0)
         ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=f"{m} ({len(per[m])} runs)")
     ax.set_xlabel("turn cap")
     ax.set_ylabel("greedy success (%)")
